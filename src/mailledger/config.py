@@ -1,0 +1,214 @@
+"""Settings: one typed schema, read from a TOML file, overridden by ``MAILLEDGER_SECTION__KEY``.
+
+Unknown keys and bad values stop the start with a message naming the key (a silently ignored
+typo in a mail server's configuration is how mail gets lost).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "MAILLEDGER_"
+CONFIG_ENV = "MAILLEDGER_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:2525 or [::1]:2525)")
+    return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (IPv6 hosts in brackets) into its parts."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///var/mailledger.db"
+    echo: bool = False
+
+
+class StorageSettings(_Section):
+    # Raw messages and attachments, content-addressed; fsynced before we answer 250.
+    blob_dir: str = "var/blobs"
+
+
+class CaptureSettings(_Section):
+    listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:2525"])
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(default=100, ge=1)
+    max_received_headers: int = Field(default=50, ge=1)
+    max_local_part_bytes: int = Field(default=64, ge=1)
+    max_header_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_mime_depth: int = Field(default=20, ge=1)
+    max_mime_parts: int = Field(default=500, ge=1)
+    timeout_seconds: float = Field(default=300.0, gt=0)
+    max_sessions: int = Field(default=1000, ge=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: list[str]) -> list[str]:
+        return [_check_listen(v) for v in value]
+
+
+class SubmissionSettings(_Section):
+    listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:2587"])
+    listen_tls: list[str] = Field(default_factory=list)
+
+    @field_validator("listen", "listen_tls")
+    @classmethod
+    def _listen(cls, value: list[str]) -> list[str]:
+        return [_check_listen(v) for v in value]
+
+
+class TLSSettings(_Section):
+    cert_file: str = ""
+    key_file: str = ""
+
+
+class DNSSettings(_Section):
+    nameservers: list[str] = Field(default_factory=list)
+    timeout_seconds: float = Field(default=5.0, gt=0)
+
+
+class RelaySettings(_Section):
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+
+
+class ServiceSettings(_Section):
+    hostname: str = "mx.capture.example"
+    spf_include_domain: str = "_spf.capture.example"
+    relay_addresses: list[str] = Field(default_factory=list)
+    # Names this process in queue claims; two processes must never share one.
+    node_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+
+class ProcessingSettings(_Section):
+    # A claim on a received message lapses after this long, so another node (or this one,
+    # restarted) takes over the work of a node that died.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    max_attempts: int = Field(default=5, ge=1)
+    # Per-sender loop guard: more than this many messages from one sender in the window.
+    loop_threshold: int = Field(default=50, ge=1)
+    loop_window_seconds: float = Field(default=600.0, gt=0)
+    privacy_keywords: list[str] = Field(default_factory=lambda: ["[private]", "[confidential]"])
+
+
+class LoggingSettings(_Section):
+    # auto: JSON lines when stderr is not a terminal (systemd), readable console otherwise.
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class MetricsSettings(_Section):
+    listen: str = "127.0.0.1:9425"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+
+class Settings(_Section):
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
+    submission: SubmissionSettings = Field(default_factory=SubmissionSettings)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+    dns: DNSSettings = Field(default_factory=DNSSettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+
+# (section, key) pairs printed masked by check-config; passwords in URLs are masked separately.
+SECRET_KEYS: frozenset[tuple[str, str]] = frozenset()
+
+
+def _env_value(raw: str) -> Any:
+    """Read an environment value as a TOML value when it is one, else as a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(path) != 2 or not all(path):
+            raise ConfigError(f"{name}: environment overrides are named MAILLEDGER_SECTION__KEY")
+        section = data.setdefault(path[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{name}: [{path[0]}] is not a section")
+        section[path[1]] = _env_value(raw)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"{key}: {message}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the file (if any), apply environment overrides, and validate everything."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        path = env.get(CONFIG_ENV) or None
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: no such configuration file") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    _apply_env(data, env)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        raise ConfigError(where + _describe(exc)) from exc
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with secrets replaced by a mask."""
+    data = settings.model_dump()
+    for section, key in SECRET_KEYS:
+        if data[section].get(key):
+            data[section][key] = "********"
+    url: str = data["database"]["url"]
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        data["database"]["url"] = f"{scheme}://{user}:********@{host}"
+    return data

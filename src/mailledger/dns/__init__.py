@@ -1,0 +1,1 @@
+"""The shared DNS resolver and the records tenants publish (later issue)."""

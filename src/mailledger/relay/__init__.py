@@ -1,0 +1,1 @@
+"""The submission relay: AUTH, DKIM signing, the outbound queue and delivery (later issue)."""

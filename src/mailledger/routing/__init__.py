@@ -1,0 +1,1 @@
+"""Recipient routes, address parsing and normalization, and party matching."""

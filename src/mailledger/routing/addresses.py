@@ -1,0 +1,121 @@
+"""The one address parser: every decision about an address goes through here (DESIGN §4).
+
+flanker's RFC 5322 parser reads header values (display names, encoded words, groups);
+``normalize`` turns an address into the form we store and look up. Nothing in mailledger calls
+``email.utils.parseaddr``, which disagrees with the modern parser on hostile input.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import idna
+from flanker.addresslib import address as flanker_address
+
+# flanker logs every lexer complaint at WARNING; the verdict we act on is the parse result.
+logging.getLogger("flanker").setLevel(logging.ERROR)
+
+# Providers that ignore dots in the local part and treat googlemail.com as gmail.com.
+GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+MAX_ADDRESS_CHARS = 320  # RFC 5321 §4.5.3.1: 64 local + @ + 255 domain
+MAX_HEADER_VALUE_CHARS = 16 * 1024  # a parser's input bound for one address header
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """One parsed mailbox: what users see (``name``, ``address``) and what we match (``key``)."""
+
+    name: str
+    local: str
+    domain: str  # lowercase, IDNA (ASCII) form
+
+    @property
+    def address(self) -> str:
+        """The address as stored and shown: local part as written, ASCII domain."""
+        return f"{self.local}@{self.domain}"
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxList:
+    """A parsed address header: the mailboxes, and the pieces that did not parse."""
+
+    mailboxes: tuple[Mailbox, ...]
+    invalid: tuple[str, ...]
+
+
+class AddressError(ValueError):
+    """An address that cannot be used; the message says why."""
+
+
+def _ascii_domain(domain: str) -> str:
+    domain = domain.strip().rstrip(".").lower()
+    if domain.startswith("[") and domain.endswith("]"):
+        return domain  # address literal: kept as written
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise AddressError(f"bad domain {domain!r}: {exc}") from exc
+
+
+def parse_mailbox_list(value: str) -> MailboxList:
+    """Parse an address header value (From, To, Cc, Reply-To) with the one parser."""
+    if len(value) > MAX_HEADER_VALUE_CHARS:
+        return MailboxList((), (value[:80] + "…",))
+    if not value.strip():
+        return MailboxList((), ())
+    parsed, unparsed = flanker_address.parse_list(value, strict=True, as_tuple=True)
+    boxes = []
+    invalid = [str(piece) for piece in unparsed if str(piece).strip()]
+    for item in parsed:
+        mailbox = getattr(item, "mailbox", None)
+        hostname = getattr(item, "hostname", None)
+        if not mailbox or not hostname:
+            invalid.append(str(item))
+            continue
+        try:
+            domain = _ascii_domain(hostname)
+        except AddressError:
+            invalid.append(str(item))
+            continue
+        boxes.append(Mailbox(name=(item.display_name or "").strip(), local=mailbox, domain=domain))
+    return MailboxList(tuple(boxes), tuple(invalid))
+
+
+def parse_address(value: str) -> Mailbox:
+    """Parse exactly one bare address (an SMTP path or a CLI argument), or raise."""
+    text = value.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    if not text or len(text) > MAX_ADDRESS_CHARS or "@" not in text:
+        raise AddressError(f"{value!r} is not an email address")
+    if any(c in text for c in ",;<>\r\n\0") or any(c.isspace() for c in text):
+        raise AddressError(f"{value!r} is not a single email address")
+    result = parse_mailbox_list(text)
+    if len(result.mailboxes) != 1 or result.invalid:
+        raise AddressError(f"{value!r} is not an email address")
+    return result.mailboxes[0]
+
+
+def normalize(address: str | Mailbox, *, strip_plus: bool = True) -> str:
+    """The key we store and look up: lowercase, ASCII domain, ``+tag`` and Gmail dots removed.
+
+    ``strip_plus`` follows the tenant's setting; Gmail's dots are ignored only for Gmail's
+    own domains, where the provider itself ignores them.
+    """
+    box = address if isinstance(address, Mailbox) else parse_address(address)
+    local = box.local.lower()
+    domain = box.domain
+    if strip_plus and "+" in local[1:]:
+        local = local[: local.index("+", 1)]
+    if domain in GMAIL_DOMAINS:
+        local = local.replace(".", "")
+        domain = "gmail.com"
+    return f"{local}@{domain}"
+
+
+def domain_of(address: str) -> str:
+    """The ASCII domain of a normalized address."""
+    return address.rpartition("@")[2]

@@ -1,0 +1,78 @@
+"""Recipient → route, decided at RCPT time from the database (DESIGN §3).
+
+A wrong address is refused in the SMTP dialogue, so the sending server tells its user; we are
+never a relay for a domain we do not serve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailledger.capture import replies
+from mailledger.capture.replies import Reply
+from mailledger.routing.addresses import AddressError, parse_address
+from mailledger.store.models import RouteKind, Staff, Tenant
+
+LOG_LOCAL_PART = "log"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where an accepted recipient's copy goes: a tenant, a kind, and for user capture the staff."""
+
+    tenant_id: int
+    kind: RouteKind
+    staff_id: int | None
+    rcpt: str  # the capture address, lowercased
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A recipient refused at RCPT, with the reply that says why."""
+
+    reply: Reply
+
+
+def capture_address(username: str, capture_domain: str) -> str:
+    """The address a staff member forwards to."""
+    return f"{username.lower()}@{capture_domain.lower()}"
+
+
+class RecipientRouter:
+    """Decides each RCPT TO against the tenants, their capture domains and their staff."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, max_local_part_bytes: int = 64) -> None:
+        self._sessions = sessions
+        self._max_local = max_local_part_bytes
+
+    def route(self, rcpt: str) -> Route | Refusal:
+        """The route for one recipient, or the refusal to answer. Blocking: call off the loop."""
+        try:
+            mailbox = parse_address(rcpt)
+        except AddressError:
+            return Refusal(replies.BAD_RECIPIENT_SYNTAX)
+        if len(mailbox.local.encode("utf-8")) > self._max_local:
+            return Refusal(replies.LOCAL_PART_TOO_LONG)
+        local = mailbox.local.lower()
+        with self._sessions() as session:
+            tenant = session.scalars(
+                select(Tenant).where(Tenant.capture_domain == mailbox.domain)
+            ).one_or_none()
+            if tenant is None:
+                return Refusal(replies.RELAY_DENIED)
+            address = capture_address(local, tenant.capture_domain)
+            if local == LOG_LOCAL_PART:
+                return Route(tenant.id, RouteKind.LOG, None, address)
+            # A +tag on a capture address (richard+crm@…) still reaches Richard.
+            username = local.split("+", 1)[0] if "+" in local[1:] else local
+            staff_id = session.scalars(
+                select(Staff.id).where(
+                    Staff.tenant_id == tenant.id, func.lower(Staff.username) == username
+                )
+            ).one_or_none()
+            if staff_id is None:
+                return Refusal(replies.UNKNOWN_USER)
+            return Route(tenant.id, RouteKind.USER, staff_id, address)

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models and sessions, and the blob store for raw bytes."""

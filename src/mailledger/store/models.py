@@ -1,0 +1,472 @@
+"""The domain of DESIGN §2 as SQLAlchemy tables.
+
+Addresses are stored normalized (see ``mailledger.routing.addresses``) so that every lookup is an
+exact match on an indexed column.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware in UTC; every timestamp we store is UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that comes back timezone-aware from SQLite as well as PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime; use mailledger.store.models.utcnow()")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+# Named constraints make Alembic migrations deterministic on SQLite and PostgreSQL alike.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class MessageState(enum.StrEnum):
+    RECEIVED = "received"
+    PROCESSED = "processed"
+    QUARANTINED = "quarantined"
+    FAILED = "failed"
+
+
+class RouteKind(enum.StrEnum):
+    USER = "user"  # richard@acme.capture.example: Richard's forwarded mail
+    LOG = "log"  # log@acme.capture.example: BCC of mail staff send
+
+
+class Direction(enum.StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class PartyKind(enum.StrEnum):
+    STAFF = "staff"
+    CONTACT = "contact"
+    UNMATCHED = "unmatched"
+
+
+def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
+    # Stored as the readable value, checked in Python: adding a value needs no migration dance.
+    return Enum(kind, name=name, native_enum=False, length=16, values_callable=_values)
+
+
+def _values(kind: type[enum.StrEnum]) -> list[str]:
+    return [member.value for member in kind]
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    capture_domain: Mapped[str] = mapped_column(String(255), unique=True)
+    # Policies (DESIGN §2, §5).
+    create_unknown_contacts: Mapped[bool] = mapped_column(Boolean, default=False)
+    record_internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    strip_plus_tags: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    customer_domains: Mapped[list[CustomerDomain]] = relationship(
+        back_populates="tenant", cascade="all, delete-orphan"
+    )
+    staff: Mapped[list[Staff]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
+
+
+class CustomerDomain(Base):
+    """A domain the tenant sends as (acme.com); trusted only once verified (DESIGN §4)."""
+
+    __tablename__ = "customer_domains"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    domain: Mapped[str] = mapped_column(String(255), unique=True)
+    verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    verified_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    tenant: Mapped[Tenant] = relationship(back_populates="customer_domains")
+
+
+class Staff(Base):
+    __tablename__ = "staff"
+    __table_args__ = (UniqueConstraint("tenant_id", "username"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    username: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # Where forwarding confirmations are handed back to.
+    primary_address: Mapped[str] = mapped_column(String(320))
+    password_hash: Mapped[str | None] = mapped_column(String(255), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    tenant: Mapped[Tenant] = relationship(back_populates="staff")
+    addresses: Mapped[list[StaffAddress]] = relationship(
+        back_populates="staff", cascade="all, delete-orphan"
+    )
+
+
+class StaffAddress(Base):
+    """One of a staff member's own addresses; an address belongs to one staff member only."""
+
+    __tablename__ = "staff_addresses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"))
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    verified: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    staff: Mapped[Staff] = relationship(back_populates="addresses")
+
+
+class Company(Base):
+    __tablename__ = "companies"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    domains: Mapped[list[CompanyDomain]] = relationship(
+        back_populates="company", cascade="all, delete-orphan"
+    )
+
+
+class CompanyDomain(Base):
+    __tablename__ = "company_domains"
+    __table_args__ = (UniqueConstraint("company_id", "domain"), Index(None, "tenant_id", "domain"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    domain: Mapped[str] = mapped_column(String(255))
+
+    company: Mapped[Company] = relationship(back_populates="domains")
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200), default="")
+    company_id: Mapped[int | None] = mapped_column(
+        ForeignKey("companies.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    addresses: Mapped[list[ContactAddress]] = relationship(
+        back_populates="contact", cascade="all, delete-orphan"
+    )
+    company: Mapped[Company | None] = relationship()
+
+
+class ContactAddress(Base):
+    __tablename__ = "contact_addresses"
+    __table_args__ = (UniqueConstraint("tenant_id", "address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    address: Mapped[str] = mapped_column(String(320))
+
+    contact: Mapped[Contact] = relationship(back_populates="addresses")
+
+
+class NeverLog(Base):
+    """An address or a domain never recorded, for the whole tenant or for one staff member."""
+
+    __tablename__ = "never_log"
+    __table_args__ = (UniqueConstraint("tenant_id", "staff_id", "pattern"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    staff_id: Mapped[int | None] = mapped_column(
+        ForeignKey("staff.id", ondelete="CASCADE"), default=None
+    )
+    pattern: Mapped[str] = mapped_column(String(320))
+
+
+class ReceivedMessage(Base):
+    """Every message accepted over SMTP, durable before we answered 250."""
+
+    __tablename__ = "received_messages"
+    __table_args__ = (Index(None, "state", "claim_expires_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    queue_id: Mapped[str] = mapped_column(String(40), unique=True)
+    trace_id: Mapped[str] = mapped_column(String(40))
+    blob: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    peer: Mapped[str] = mapped_column(String(100))
+    helo: Mapped[str] = mapped_column(String(255), default="")
+    mail_from: Mapped[str] = mapped_column(String(320))
+    rcpt_to: Mapped[list[Any]] = mapped_column()
+    tls: Mapped[str] = mapped_column(String(100), default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    state: Mapped[MessageState] = mapped_column(
+        _enum(MessageState, "message_state"), default=MessageState.RECEIVED
+    )
+    reason: Mapped[str] = mapped_column(Text, default="")
+    message_id: Mapped[str] = mapped_column(String(998), default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    auth: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    routes: Mapped[list[MessageRoute]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", order_by="MessageRoute.id"
+    )
+    trace: Mapped[list[TraceEntry]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", order_by="TraceEntry.id"
+    )
+
+
+class MessageRoute(Base):
+    """One capture address a received message was accepted for."""
+
+    __tablename__ = "message_routes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("received_messages.id", ondelete="CASCADE"), index=True
+    )
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    kind: Mapped[RouteKind] = mapped_column(_enum(RouteKind, "route_kind"))
+    staff_id: Mapped[int | None] = mapped_column(
+        ForeignKey("staff.id", ondelete="SET NULL"), default=None
+    )
+    rcpt: Mapped[str] = mapped_column(String(320))
+    # What processing decided for this route: "", "recorded", or the quarantine reason.
+    outcome: Mapped[str] = mapped_column(Text, default="")
+    activity_id: Mapped[int | None] = mapped_column(
+        ForeignKey("activities.id", ondelete="SET NULL"), default=None
+    )
+
+    message: Mapped[ReceivedMessage] = relationship(back_populates="routes")
+
+
+class TraceEntry(Base):
+    """What one processing step decided about a message, and why."""
+
+    __tablename__ = "trace_entries"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("received_messages.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    step: Mapped[str] = mapped_column(String(40))
+    decision: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    message: Mapped[ReceivedMessage] = relationship(back_populates="trace")
+
+
+class Thread(Base):
+    __tablename__ = "threads"
+    __table_args__ = (Index(None, "tenant_id", "subject_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    subject_key: Mapped[str] = mapped_column(String(998))
+    # The sorted non-staff addresses, so subject threading needs the same parties.
+    parties_key: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Activity(Base):
+    """One email in the CRM record, however many paths it arrived by."""
+
+    __tablename__ = "activities"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "dedupe_key"),
+        Index(None, "tenant_id", "message_id"),
+        Index(None, "tenant_id", "from_address", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    dedupe_key: Mapped[str] = mapped_column(String(200))
+    direction: Mapped[Direction] = mapped_column(_enum(Direction, "direction"))
+    staff_id: Mapped[int | None] = mapped_column(
+        ForeignKey("staff.id", ondelete="SET NULL"), default=None
+    )
+    thread_id: Mapped[int | None] = mapped_column(
+        ForeignKey("threads.id", ondelete="SET NULL"), default=None
+    )
+    subject: Mapped[str] = mapped_column(Text, default="")
+    from_address: Mapped[str] = mapped_column(String(320), default="")
+    from_name: Mapped[str] = mapped_column(String(200), default="")
+    message_id: Mapped[str] = mapped_column(String(998), default="")
+    in_reply_to: Mapped[str] = mapped_column(Text, default="")
+    references: Mapped[str] = mapped_column(Text, default="")
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    text_body: Mapped[str] = mapped_column(Text, default="")
+    html_body: Mapped[str] = mapped_column(Text, default="")
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    auth: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Free reference to an opportunity, ticket…: filled in later by users.
+    regarding: Mapped[str] = mapped_column(String(200), default="")
+    raw_blob: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    participants: Mapped[list[Participant]] = relationship(
+        back_populates="activity", cascade="all, delete-orphan", order_by="Participant.id"
+    )
+    sources: Mapped[list[ActivitySource]] = relationship(
+        back_populates="activity", cascade="all, delete-orphan", order_by="ActivitySource.id"
+    )
+    attachments: Mapped[list[Attachment]] = relationship(
+        back_populates="activity", cascade="all, delete-orphan", order_by="Attachment.id"
+    )
+
+
+class Participant(Base):
+    __tablename__ = "participants"
+    __table_args__ = (
+        UniqueConstraint("activity_id", "role", "address"),
+        Index(None, "contact_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(8))  # from, to, cc, bcc
+    address: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    kind: Mapped[PartyKind] = mapped_column(_enum(PartyKind, "party_kind"))
+    staff_id: Mapped[int | None] = mapped_column(
+        ForeignKey("staff.id", ondelete="SET NULL"), default=None
+    )
+    contact_id: Mapped[int | None] = mapped_column(
+        ForeignKey("contacts.id", ondelete="SET NULL"), default=None
+    )
+    company_id: Mapped[int | None] = mapped_column(
+        ForeignKey("companies.id", ondelete="SET NULL"), default=None
+    )
+
+    activity: Mapped[Activity] = relationship(back_populates="participants")
+
+
+class ActivitySource(Base):
+    """One path by which the activity's email reached us (a route of a received message)."""
+
+    __tablename__ = "activity_sources"
+    __table_args__ = (UniqueConstraint("activity_id", "route_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("received_messages.id", ondelete="CASCADE")
+    )
+    route_id: Mapped[int] = mapped_column(ForeignKey("message_routes.id", ondelete="CASCADE"))
+    kind: Mapped[RouteKind] = mapped_column(_enum(RouteKind, "route_kind"))
+    staff_id: Mapped[int | None] = mapped_column(
+        ForeignKey("staff.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    activity: Mapped[Activity] = relationship(back_populates="sources")
+
+
+class Attachment(Base):
+    """A file of the email; inline images referenced by ``cid:`` are kept with ``inline``."""
+
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(255), default="")
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+    blob: Mapped[str] = mapped_column(String(64))
+    content_id: Mapped[str] = mapped_column(String(255), default="")
+    inline: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class SenderCount(Base):
+    """Messages seen from one sender per time bucket, for the loop guard (DESIGN §5)."""
+
+    __tablename__ = "sender_counts"
+    __table_args__ = (UniqueConstraint("tenant_id", "sender", "bucket"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    sender: Mapped[str] = mapped_column(String(320))
+    bucket: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+__all__ = [
+    "Activity",
+    "ActivitySource",
+    "Attachment",
+    "Base",
+    "Company",
+    "CompanyDomain",
+    "Contact",
+    "ContactAddress",
+    "CustomerDomain",
+    "Direction",
+    "MessageRoute",
+    "MessageState",
+    "NeverLog",
+    "Participant",
+    "PartyKind",
+    "ReceivedMessage",
+    "RouteKind",
+    "SenderCount",
+    "Staff",
+    "StaffAddress",
+    "Tenant",
+    "Thread",
+    "TraceEntry",
+    "utcnow",
+]

@@ -1,0 +1,1 @@
+"""Helpers for tests: real servers on loopback, message builders, a PostgreSQL instance."""

@@ -1,0 +1,1 @@
+"""Sender authentication (SPF, DKIM, ARC, DMARC) and the trust rules of DESIGN §4."""
