@@ -260,6 +260,8 @@ class ReceivedMessage(Base):
     claim_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     auth: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Set by `quarantine release --force`: record despite the policy that quarantined it.
+    force_record: Mapped[bool] = mapped_column(Boolean, default=False)
 
     routes: Mapped[list[MessageRoute]] = relationship(
         back_populates="message", cascade="all, delete-orphan", order_by="MessageRoute.id"

@@ -1,0 +1,53 @@
+"""The demo tenant that `make run` creates, so a newcomer can watch a capture happen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailledger.routing.routes import capture_address
+from mailledger.store import directory
+from mailledger.store.models import Tenant
+
+DEMO_TENANT = "acme"
+DEMO_CAPTURE_DOMAIN = "acme.capture.example"
+DEMO_CUSTOMER_DOMAIN = "acme.example"
+DEMO_STAFF = "richard"
+DEMO_STAFF_ADDRESSES = ("richard@acme.example", "richard.smith@gmail.com")
+DEMO_CONTACT = "carol@client.example"
+DEMO_COMPANY = "Client Co"
+DEMO_COMPANY_DOMAIN = "client.example"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoAddresses:
+    """What the demo prints: the addresses to try."""
+
+    user_capture: str
+    log_capture: str
+    staff_address: str
+    contact_address: str
+
+
+def seed_demo(session: Session) -> DemoAddresses:
+    """Create the demo tenant, staff member, company and contact unless they exist."""
+    existing = session.scalars(select(Tenant).where(Tenant.name == DEMO_TENANT)).one_or_none()
+    if existing is None:
+        tenant = directory.add_tenant(
+            session, DEMO_TENANT, DEMO_CAPTURE_DOMAIN, [DEMO_CUSTOMER_DOMAIN]
+        )
+        directory.add_staff(
+            session, tenant, DEMO_STAFF, list(DEMO_STAFF_ADDRESSES), name="Richard Smith"
+        )
+        directory.add_company(session, tenant, DEMO_COMPANY, [DEMO_COMPANY_DOMAIN])
+        directory.add_contact(
+            session, tenant, [DEMO_CONTACT], name="Carol Client", company=DEMO_COMPANY
+        )
+    return DemoAddresses(
+        user_capture=capture_address(DEMO_STAFF, DEMO_CAPTURE_DOMAIN),
+        log_capture=capture_address("log", DEMO_CAPTURE_DOMAIN),
+        staff_address=DEMO_STAFF_ADDRESSES[0],
+        contact_address=DEMO_CONTACT,
+    )
