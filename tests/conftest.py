@@ -1,7 +1,12 @@
-"""Shared fixtures: a fresh database and blob store per test, and the demo directory in it."""
+"""Shared fixtures: a fresh database and blob store per test, and the demo directory in it.
+
+Tests marked ``@pytest.mark.postgres`` run twice, on SQLite and on a real PostgreSQL server
+started once per session; every other test runs on SQLite only.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +19,45 @@ from mailledger.demo import DemoAddresses, seed_demo
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base
+from mailledger.testing.postgres import PostgresServer, find_bindir, start_server
+
+BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run postgres-marked tests on both backends; the parameter picks ``database_url``'s kind."""
+    if "database_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "postgres"
+    ):
+        metafunc.parametrize("database_url", BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL 15 server for the whole run, in a temporary directory, on loopback."""
+    bindir = find_bindir()
+    if bindir is None:
+        reason = "PostgreSQL server programs (pg_ctl, initdb) not found; install postgresql-15"
+        if os.environ.get("CI"):
+            # .ci/run installs PostgreSQL; a skip there would hide untested code.
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = start_server(bindir)
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    """An SQLite database file of this test's own."""
-    return f"sqlite:///{tmp_path / 'mailledger.db'}"
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own: an SQLite file, or a fresh PostgreSQL database."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mailledger.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = server.create_database()
+    yield server.url(name)
+    server.drop_database(name)
 
 
 @pytest.fixture

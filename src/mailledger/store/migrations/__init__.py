@@ -1,0 +1,1 @@
+"""Alembic migration scripts for the mailledger schema (run by ``mailledger db upgrade``)."""
