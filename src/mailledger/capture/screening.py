@@ -1,0 +1,89 @@
+"""Cheap checks on the raw DATA bytes, before anything parses them (DESIGN §4).
+
+Python's ``email`` parser is quadratic or recursive on hostile input, and a bare CR or LF is
+read differently by different parsers (the smuggling family of bugs), so these run first, on
+bytes, with ``bytes.count``/``bytes.find`` and one precompiled pattern: a 10 MB message costs
+milliseconds. Each check returns the refusal to answer, or ``None``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mailledger.capture import replies
+from mailledger.capture.replies import Reply
+from mailledger.config import CaptureSettings
+
+CRLF = b"\r\n"
+# A header field named Received at the start of a line; RFC 5322 §4.5.3 (obsolete syntax)
+# still allows white space before the colon, and senders that use it must not slip past.
+_RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def bare_newline(raw: bytes) -> Reply | None:
+    """Refuse a CR or LF that is not part of a CRLF pair (RFC 5321 §2.3.8, §4.1.1.4).
+
+    aiosmtpd splits DATA only on CRLF, so a lone LF or CR stays inside a line, where one
+    parser sees a line break and another does not.
+    """
+    pairs = raw.count(CRLF)
+    if raw.count(b"\n") != pairs or raw.count(b"\r") != pairs:
+        return replies.BARE_NEWLINE
+    return None
+
+
+def nul_byte(raw: bytes) -> Reply | None:
+    """Refuse NUL anywhere: RFC 5322 §3.5 forbids it and C-based tools truncate at it."""
+    return replies.NUL_BYTE if b"\0" in raw else None
+
+
+def header_block(raw: bytes) -> bytes:
+    """The header section: everything up to (and with) the CRLF before the first empty line."""
+    if raw.startswith(CRLF):
+        return b""
+    end = raw.find(b"\r\n\r\n")
+    return raw if end < 0 else raw[: end + 2]
+
+
+def header_size(raw: bytes, max_header_bytes: int) -> Reply | None:
+    """Refuse a header section larger than the configured bound."""
+    if raw.startswith(CRLF):
+        return None
+    # Only the first max_header_bytes (+ the blank line) need searching: a blank line found
+    # there ends a header block within the bound.
+    end = raw.find(b"\r\n\r\n", 0, max_header_bytes + 2)
+    if end >= 0:
+        return None
+    if len(raw) <= max_header_bytes:
+        return None  # a message that is all header, and small enough
+    return replies.HEADERS_TOO_BIG
+
+
+def received_count(raw: bytes, limit: int) -> int:
+    """How many Received fields the header block holds, counting no further than ``limit + 1``."""
+    count = 0
+    for _ in _RECEIVED.finditer(header_block(raw)):
+        count += 1
+        if count > limit:
+            break
+    return count
+
+
+def too_many_hops(raw: bytes, max_received_headers: int) -> Reply | None:
+    """Refuse a message that has passed too many relays: a loop (RFC 5321 §6.3)."""
+    if received_count(raw, max_received_headers) > max_received_headers:
+        return replies.TOO_MANY_HOPS
+    return None
+
+
+def screen(raw: bytes, capture: CaptureSettings) -> Reply | None:
+    """Run every check in order; the first refusal wins, ``None`` means go on to store it.
+
+    The newline check comes first: the later checks rely on lines ending in CRLF.
+    """
+    return (
+        bare_newline(raw)
+        or nul_byte(raw)
+        or header_size(raw, capture.max_header_bytes)
+        or too_many_hops(raw, capture.max_received_headers)
+    )
