@@ -49,9 +49,7 @@ def find_tenant(session: Session, name_or_domain: str) -> Tenant:
     """A tenant by name or capture domain."""
     key = name_or_domain.strip().lower()
     tenant = session.scalars(
-        select(Tenant).where(
-            (func.lower(Tenant.name) == key) | (Tenant.capture_domain == key)
-        )
+        select(Tenant).where((func.lower(Tenant.name) == key) | (Tenant.capture_domain == key))
     ).one_or_none()
     if tenant is None:
         raise DirectoryError(f"no tenant named {name_or_domain!r}")
@@ -110,7 +108,7 @@ def add_staff(
 ) -> Staff:
     """Create a staff member with their own addresses (each owned by one staff member only)."""
     username = username.strip().lower()
-    if not username or len(username) > 64 or any(c in username for c in "@+ \t,;<>\"\\"):
+    if not username or len(username) > 64 or any(c in username for c in '@+ \t,;<>"\\'):
         raise DirectoryError(f"{username!r} cannot be a capture address's local part")
     if username in RESERVED_USERNAMES:
         raise DirectoryError(f"{username!r} is reserved; choose another username")
@@ -122,7 +120,9 @@ def add_staff(
     if exists is not None:
         raise DirectoryError(f"tenant {tenant.name!r} already has a staff member {username!r}")
     primary_address = parse_address(primary or addresses[0]).address
-    staff = Staff(tenant_id=tenant.id, username=username, name=name, primary_address=primary_address)
+    staff = Staff(
+        tenant_id=tenant.id, username=username, name=name, primary_address=primary_address
+    )
     session.add(staff)
     session.flush()
     for value in addresses:

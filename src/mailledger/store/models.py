@@ -85,6 +85,7 @@ class Direction(enum.StrEnum):
 class PartyKind(enum.StrEnum):
     STAFF = "staff"
     CONTACT = "contact"
+    COMPANY = "company"  # not a known contact, but from a domain a company owns
     UNMATCHED = "unmatched"
 
 
@@ -192,9 +193,7 @@ class Contact(Base):
     __tablename__ = "contacts"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
-    )
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200), default="")
     company_id: Mapped[int | None] = mapped_column(
         ForeignKey("companies.id", ondelete="SET NULL"), default=None
@@ -331,12 +330,16 @@ class Activity(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "dedupe_key"),
         Index(None, "tenant_id", "message_id"),
+        Index(None, "tenant_id", "content_key"),
         Index(None, "tenant_id", "from_address", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # "mid:<Message-ID>" or, without one, "sum:<content checksum>" (see routing/dedupe.py).
     dedupe_key: Mapped[str] = mapped_column(String(200))
+    # The content checksum, kept as well: it finds the same email when a path rewrote Message-ID.
+    content_key: Mapped[str] = mapped_column(String(80), default="")
     direction: Mapped[Direction] = mapped_column(_enum(Direction, "direction"))
     staff_id: Mapped[int | None] = mapped_column(
         ForeignKey("staff.id", ondelete="SET NULL"), default=None
@@ -405,9 +408,7 @@ class ActivitySource(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
-    message_id: Mapped[int] = mapped_column(
-        ForeignKey("received_messages.id", ondelete="CASCADE")
-    )
+    message_id: Mapped[int] = mapped_column(ForeignKey("received_messages.id", ondelete="CASCADE"))
     route_id: Mapped[int] = mapped_column(ForeignKey("message_routes.id", ondelete="CASCADE"))
     kind: Mapped[RouteKind] = mapped_column(_enum(RouteKind, "route_kind"))
     staff_id: Mapped[int | None] = mapped_column(

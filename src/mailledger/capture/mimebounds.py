@@ -1,0 +1,92 @@
+"""Bound a message's MIME structure before Python's ``email`` package sees it (DESIGN §4).
+
+The stdlib parser recurses once per nesting level and slows down with many parts, so hostile
+input must be measured first. This scanner reads the raw bytes once, line by line, keeping a
+stack of open multipart boundaries: linear time, constant recursion.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_CONTENT_TYPE = re.compile(rb"^content-type[ \t]*:", re.IGNORECASE)
+_MULTIPART = re.compile(rb"multipart/", re.IGNORECASE)
+_BOUNDARY = re.compile(rb"""boundary[ \t]*=[ \t]*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))""", re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class MimeShape:
+    """How deep the multipart nesting goes and how many parts the message has."""
+
+    depth: int
+    parts: int
+
+
+def _header_block_boundary(lines: list[bytes]) -> bytes | None:
+    """The boundary a header block declares, if its Content-Type is multipart."""
+    value = b""
+    collecting = False
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if collecting:
+                value += line
+            continue
+        if collecting:
+            break
+        if _CONTENT_TYPE.match(line):
+            collecting = True
+            value = line
+    if not value or not _MULTIPART.search(value):
+        return None
+    found = _BOUNDARY.search(value)
+    if found is None:
+        return None
+    return found.group(1) or found.group(2)
+
+
+def measure(raw: bytes) -> MimeShape:
+    """Measure nesting depth and part count the way a MIME parser would see them."""
+    stack: list[bytes] = []
+    max_depth = 0
+    parts = 1
+    headers: list[bytes] = []
+    in_headers = True
+    for raw_line in raw.split(b"\n"):
+        line = raw_line.rstrip(b"\r")
+        if in_headers:
+            if line:
+                headers.append(line)
+                continue
+            in_headers = False
+            boundary = _header_block_boundary(headers)
+            headers = []
+            if boundary is not None:
+                stack.append(boundary)
+                max_depth = max(max_depth, len(stack))
+            continue
+        if not line.startswith(b"--") or not stack:
+            continue
+        token = line[2:].rstrip(b" \t")
+        # A delimiter may close an inner multipart or an outer one (RFC 2046 §5.1.1).
+        for level in range(len(stack) - 1, -1, -1):
+            boundary = stack[level]
+            if token == boundary:
+                del stack[level + 1 :]
+                parts += 1
+                in_headers = True
+                break
+            if token == boundary + b"--":
+                del stack[level:]
+                break
+    return MimeShape(depth=max_depth, parts=parts)
+
+
+def check(raw: bytes, *, max_depth: int, max_parts: int) -> str | None:
+    """A quarantine reason when the structure is over the limits, else None."""
+    shape = measure(raw)
+    if shape.depth > max_depth:
+        return f"mime-too-deep: {shape.depth} nested multiparts (limit {max_depth})"
+    if shape.parts > max_parts:
+        return f"mime-too-many-parts: {shape.parts} parts (limit {max_parts})"
+    return None

@@ -1,0 +1,140 @@
+"""One bounded parse of a stored message into the facts every later step decides on.
+
+The raw bytes are measured first (``mimebounds``), then parsed once with the ``compat32``
+policy (several times cheaper than ``policy.default`` and not recursive in header folding);
+addresses go through ``routing.addresses`` only, so DMARC, matching and display agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email import policy
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import BytesParser
+from email.utils import parsedate_to_datetime
+
+from mailledger.capture import mimebounds
+from mailledger.capture.content import Body, extract_body
+from mailledger.routing.addresses import Mailbox, MailboxList, parse_mailbox_list
+
+_MSGID = re.compile(r"<([^<>\s]{1,900})>")
+MAX_SUBJECT_CHARS = 998  # RFC 5322 §2.1.1 line limit; longer is folded junk
+
+
+class ParseFailure(Exception):  # noqa: N818 - carries a quarantine reason
+    """The message cannot be parsed safely; the text is the quarantine reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """The facts of one message that processing steps use."""
+
+    from_fields: int
+    from_list: MailboxList
+    to: tuple[Mailbox, ...]
+    cc: tuple[Mailbox, ...]
+    subject: str
+    date: datetime | None
+    message_id: str
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    # Lowercased header name → raw values, for the auto-reply and bulk rules.
+    headers: dict[str, list[str]] = field(repr=False)
+    body: Body = field(repr=False)
+
+    @property
+    def sender(self) -> Mailbox | None:
+        """The single From mailbox, or None when From is missing or ambiguous."""
+        boxes = self.from_list.mailboxes
+        if self.from_fields == 1 and len(boxes) == 1 and not self.from_list.invalid:
+            return boxes[0]
+        return None
+
+
+def header_text(value: str) -> str:
+    """Decode a header value: 8-bit UTF-8 (RFC 6532) and RFC 2047 encoded words."""
+    value = header_text_for_addresses(value)
+    if "=?" in value:
+        with contextlib.suppress(HeaderParseError, LookupError, UnicodeError, ValueError):
+            value = str(make_header(decode_header(value)))
+    return " ".join(value.split())
+
+
+def _raw_values(message: Message, name: str) -> list[str]:
+    values = message.get_all(name) or []
+    return [str(v) for v in values]
+
+
+def _addresses(message: Message, name: str) -> tuple[Mailbox, ...]:
+    found: list[Mailbox] = []
+    for value in _raw_values(message, name):
+        found.extend(parse_mailbox_list(header_text_for_addresses(value)).mailboxes)
+    return tuple(found)
+
+
+def header_text_for_addresses(value: str) -> str:
+    """Undo 8-bit transport decoding but keep encoded words for the address parser."""
+    if any("\udc80" <= ch <= "\udcff" for ch in value):
+        value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    return " ".join(value.split())
+
+
+def message_ids(value: str) -> tuple[str, ...]:
+    """The ``<id>`` tokens of a Message-ID, In-Reply-To or References value, without brackets."""
+    return tuple(dict.fromkeys(_MSGID.findall(value)))
+
+
+def _date(message: Message, received_at: datetime) -> datetime | None:
+    value = message.get("Date")
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    # A Date far in the future is a broken clock or a forgery; don't let it reorder a timeline.
+    if when > received_at + timedelta(days=1):
+        return None
+    return when.astimezone(UTC)
+
+
+def parse_message(
+    raw: bytes, *, received_at: datetime, max_depth: int, max_parts: int
+) -> ParsedMessage:
+    """Parse within the limits, or raise ParseFailure with the quarantine reason."""
+    reason = mimebounds.check(raw, max_depth=max_depth, max_parts=max_parts)
+    if reason is not None:
+        raise ParseFailure(reason)
+    message = BytesParser(policy=policy.compat32).parsebytes(raw)
+    from_values = _raw_values(message, "From")
+    from_list = MailboxList((), ())
+    if from_values:
+        merged = [parse_mailbox_list(header_text_for_addresses(v)) for v in from_values]
+        from_list = MailboxList(
+            tuple(box for item in merged for box in item.mailboxes),
+            tuple(bad for item in merged for bad in item.invalid),
+        )
+    headers: dict[str, list[str]] = {}
+    for name, value in message.items():
+        headers.setdefault(name.lower(), []).append(str(value))
+    message_id_values = message_ids(str(message.get("Message-ID", "")))
+    return ParsedMessage(
+        from_fields=len(from_values),
+        from_list=from_list,
+        to=_addresses(message, "To"),
+        cc=_addresses(message, "Cc"),
+        subject=header_text(str(message.get("Subject", "")))[:MAX_SUBJECT_CHARS],
+        date=_date(message, received_at),
+        message_id=message_id_values[0] if message_id_values else "",
+        in_reply_to=message_ids(str(message.get("In-Reply-To", ""))),
+        references=message_ids(" ".join(_raw_values(message, "References"))),
+        headers=headers,
+        body=extract_body(message),
+    )

@@ -1,0 +1,464 @@
+"""Processing one stored message: named steps, each leaving a trace of what it decided and why.
+
+Runs inside one database transaction, so a crash part-way leaves no half-recorded activity:
+the message stays ``received`` and is processed again (DESIGN §3). Every outcome is either an
+activity (new, or merged into the same email's activity) or a quarantine with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from mailledger.capture.automated import automated_reason
+from mailledger.capture.parsing import ParsedMessage, ParseFailure, parse_message
+from mailledger.config import Settings
+from mailledger.routing import dedupe
+from mailledger.routing.addresses import Mailbox, normalize
+from mailledger.routing.matcher import Match, company_owners, match_parties, never_log_hits
+from mailledger.store.blobs import BlobStore
+from mailledger.store.models import (
+    Activity,
+    ActivitySource,
+    Attachment,
+    Contact,
+    ContactAddress,
+    Direction,
+    MessageRoute,
+    MessageState,
+    Participant,
+    PartyKind,
+    ReceivedMessage,
+    RouteKind,
+    SenderCount,
+    Tenant,
+    Thread,
+    TraceEntry,
+    utcnow,
+)
+from mailledger.verify.trust import TrustDecision, decide_trust
+
+RECORDED = "recorded"
+
+
+@dataclass(frozen=True, slots=True)
+class Party:
+    """One address of the email in one role, normalized for the tenant."""
+
+    role: str
+    mailbox: Mailbox
+    key: str
+
+
+class Quarantine(Exception):  # noqa: N818 - it is a decision, not a fault
+    """A route's copy is kept aside; the text is the reason users and operators see."""
+
+
+class Tracer:
+    """Appends trace entries to a message, in order."""
+
+    def __init__(self, session: Session, message: ReceivedMessage) -> None:
+        self._session = session
+        self._message = message
+
+    def __call__(self, step: str, decision: str, detail: str = "") -> None:
+        self._session.add(
+            TraceEntry(
+                message_id=self._message.id,
+                at=utcnow(),
+                step=step,
+                decision=decision,
+                detail=detail[:2000],
+            )
+        )
+
+
+def process_message(
+    session: Session, blobs: BlobStore, message: ReceivedMessage, settings: Settings
+) -> None:
+    """Decide every route of one received message and set its final state and reason."""
+    trace = Tracer(session, message)
+    force = message.force_record
+    outcomes: list[str] = []
+    try:
+        parsed = _parse(blobs, message, settings, trace)
+        sender = _sender(parsed)
+        _check_automated(parsed, message, settings, force)
+        trace("automated", "person", "no auto-reply, bulk, bounce or loop markers")
+    except Quarantine as exc:
+        trace("quarantine", "quarantined", str(exc))
+        for route in message.routes:
+            route.outcome = str(exc)
+        _finish(message, MessageState.QUARANTINED, str(exc))
+        return
+    step = RouteStep(session, blobs, settings, message, parsed, sender, trace)
+    for route in message.routes:
+        try:
+            activity = step.run(route)
+        except Quarantine as exc:
+            route.outcome = str(exc)
+            trace("quarantine", "quarantined", f"{route.rcpt}: {exc}")
+            outcomes.append(str(exc))
+            continue
+        route.outcome = RECORDED
+        route.activity_id = activity.id
+    if any(route.outcome == RECORDED for route in message.routes):
+        _finish(message, MessageState.PROCESSED, "; ".join(dict.fromkeys(outcomes)))
+    else:
+        _finish(message, MessageState.QUARANTINED, "; ".join(dict.fromkeys(outcomes)))
+
+
+def _check_automated(
+    parsed: ParsedMessage, message: ReceivedMessage, settings: Settings, force: bool
+) -> None:
+    if force:
+        return
+    reason = automated_reason(
+        parsed.headers, message.mail_from, parsed.message_id, settings.service.hostname
+    )
+    if reason is not None:
+        raise Quarantine(reason)
+
+
+def _finish(message: ReceivedMessage, state: MessageState, reason: str) -> None:
+    message.state = state
+    message.reason = reason
+    message.finished_at = utcnow()
+    message.claimed_by = None
+    message.claim_expires_at = None
+
+
+def _parse(
+    blobs: BlobStore, message: ReceivedMessage, settings: Settings, trace: Tracer
+) -> ParsedMessage:
+    raw = blobs.get(message.blob)
+    try:
+        parsed = parse_message(
+            raw,
+            received_at=message.received_at,
+            max_depth=settings.capture.max_mime_depth,
+            max_parts=settings.capture.max_mime_parts,
+        )
+    except ParseFailure as exc:
+        raise Quarantine(str(exc)) from exc
+    except (ValueError, LookupError, UnicodeError, AttributeError, TypeError) as exc:
+        # The email package is lenient, but garbage MIME can still trip it; keep the message.
+        raise Quarantine(f"unparseable: {type(exc).__name__}") from exc
+    message.message_id = parsed.message_id[:998]
+    trace(
+        "parse",
+        "parsed",
+        f"message-id=<{parsed.message_id}> subject={parsed.subject[:80]!r} "
+        f"{len(parsed.body.attachments)} attachment(s)",
+    )
+    return parsed
+
+
+def _sender(parsed: ParsedMessage) -> Mailbox:
+    """The single From mailbox; anything else is ambiguous and quarantined (DESIGN §4)."""
+    sender = parsed.sender
+    if sender is not None:
+        return sender
+    if parsed.from_fields == 0:
+        raise Quarantine("ambiguous-from: no From header")
+    if parsed.from_fields > 1:
+        raise Quarantine(f"ambiguous-from: {parsed.from_fields} From headers")
+    if parsed.from_list.invalid:
+        raise Quarantine(f"ambiguous-from: unparseable From {parsed.from_list.invalid[0][:80]!r}")
+    if not parsed.from_list.mailboxes:
+        raise Quarantine("ambiguous-from: From holds no mailbox")
+    raise Quarantine(f"ambiguous-from: From holds {len(parsed.from_list.mailboxes)} mailboxes")
+
+
+def _parties(parsed: ParsedMessage, sender: Mailbox, tenant: Tenant) -> list[Party]:
+    """From, To and Cc, normalized, without the tenant's own capture addresses."""
+    seen: set[tuple[str, str]] = set()
+    parties = []
+    for role, boxes in (("from", (sender,)), ("to", parsed.to), ("cc", parsed.cc)):
+        for box in boxes:
+            if box.domain == tenant.capture_domain:
+                continue
+            key = normalize(box, strip_plus=tenant.strip_plus_tags)
+            if (role, key) in seen:
+                continue
+            seen.add((role, key))
+            parties.append(Party(role, box, key))
+    return parties
+
+
+@dataclass(slots=True)
+class RouteStep:
+    """The context one route's copy is decided in: the message, its parse, and the stores."""
+
+    session: Session
+    blobs: BlobStore
+    settings: Settings
+    message: ReceivedMessage
+    parsed: ParsedMessage
+    sender: Mailbox
+    trace: Tracer
+
+    def run(self, route: MessageRoute) -> Activity:
+        """Trust, match, policy, then record or merge; raises Quarantine with the reason."""
+        session, trace = self.session, self.trace
+        force = self.message.force_record
+        tenant = session.get_one(Tenant, route.tenant_id)
+
+        trust = decide_trust(route.kind, self.message.mail_from)
+        trace("trust", trust.verdict, f"{route.rcpt}: {trust.reason}")
+        if not trust.accept and not force:
+            raise Quarantine(f"untrusted: {trust.reason}")
+
+        parties = _parties(self.parsed, self.sender, tenant)
+        matches = match_parties(session, tenant, [p.key for p in parties])
+        sender_key = parties[0].key
+        sender_match = matches[sender_key]
+        trace(
+            "match",
+            "matched",
+            ", ".join(f"{p.role} {p.key}={matches[p.key].kind.value}" for p in parties),
+        )
+
+        if route.kind is RouteKind.LOG and sender_match.kind is not PartyKind.STAFF:
+            raise Quarantine(f"log-not-staff: From {sender_key} is not a staff member's address")
+        outbound = sender_match.kind is PartyKind.STAFF
+        direction = Direction.OUTBOUND if outbound else Direction.INBOUND
+        owner = route.staff_id if route.kind is RouteKind.USER else sender_match.staff_id
+
+        external = [p for p in parties if matches[p.key].kind is not PartyKind.STAFF]
+        staff_ids = {m.staff_id for m in matches.values() if m.staff_id is not None}
+        if owner is not None:
+            staff_ids.add(owner)
+        hits = never_log_hits(session, tenant, staff_ids, [p.key for p in external])
+        if hits and not force:
+            raise Quarantine(f"never-log: {', '.join(hits)}")
+
+        if not external and not (tenant.record_internal or force):
+            raise Quarantine("internal: every party is staff")
+        self._require_known(tenant, direction, external, matches)
+
+        if not force:
+            _loop_guard(session, tenant, sender_key, self.settings)
+
+        activity, merged = self._record(route, tenant, trust, [p.key for p in external])
+        if merged:
+            trace("record", "merged", f"merged into activity {activity.id} (source {route.rcpt})")
+        else:
+            activity.direction = direction
+            activity.staff_id = owner
+            trace("record", "captured", f"activity {activity.id} ({direction.value})")
+        _add_participants(session, activity, parties, matches)
+        return activity
+
+    def _require_known(
+        self,
+        tenant: Tenant,
+        direction: Direction,
+        external: list[Party],
+        matches: dict[str, Match],
+    ) -> None:
+        """Inbound needs a known sender, outbound a known recipient, unless created."""
+        if direction is Direction.INBOUND:
+            candidates = [p for p in external if p.role == "from"]
+        else:
+            candidates = external
+        if not candidates or any(
+            m.kind is not PartyKind.UNMATCHED for m in _of(candidates, matches)
+        ):
+            return
+        if tenant.create_unknown_contacts:
+            for party in candidates:
+                matches[party.key] = _create_contact(self.session, tenant, party)
+                self.trace("contact", "created", f"{party.key} added as a contact")
+            return
+        if self.message.force_record:
+            return
+        label = "unknown-sender" if direction is Direction.INBOUND else "unknown-recipients"
+        names = ", ".join(p.key for p in candidates)
+        raise Quarantine(f"{label}: {names} not a contact or company")
+
+    def _record(
+        self, route: MessageRoute, tenant: Tenant, trust: TrustDecision, external_keys: list[str]
+    ) -> tuple[Activity, bool]:
+        """Find the same email's activity (Message-ID, then checksum) or create it."""
+        session, parsed = self.session, self.parsed
+        checksum = dedupe.content_key(parsed)
+        key = dedupe.message_id_key(parsed.message_id) if parsed.message_id else checksum
+        session.flush()
+        existing = session.scalars(
+            select(Activity)
+            .where(
+                Activity.tenant_id == tenant.id,
+                or_(Activity.dedupe_key == key, Activity.content_key == checksum),
+            )
+            .order_by(Activity.id)
+            .limit(1)
+        ).one_or_none()
+        merged = existing is not None
+        if existing is None:
+            existing = self._new_activity(tenant, trust, key, checksum, external_keys)
+        session.add(
+            ActivitySource(
+                activity_id=existing.id,
+                message_id=self.message.id,
+                route_id=route.id,
+                kind=route.kind,
+                staff_id=route.staff_id,
+            )
+        )
+        self.message.auth = trust.auth
+        return existing, merged
+
+    def _new_activity(
+        self,
+        tenant: Tenant,
+        trust: TrustDecision,
+        key: str,
+        checksum: str,
+        external_keys: list[str],
+    ) -> Activity:
+        parsed, sender = self.parsed, self.sender
+        subject_lower = parsed.subject.lower()
+        keywords = self.settings.processing.privacy_keywords
+        activity = Activity(
+            tenant_id=tenant.id,
+            dedupe_key=key,
+            content_key=checksum,
+            direction=Direction.INBOUND,
+            subject=parsed.subject,
+            from_address=sender.address,
+            from_name=sender.name[:200],
+            message_id=parsed.message_id[:998],
+            in_reply_to=" ".join(parsed.in_reply_to),
+            references=" ".join(parsed.references),
+            occurred_at=parsed.date or self.message.received_at,
+            text_body=parsed.body.text,
+            html_body=parsed.body.html,
+            private=any(word.lower() in subject_lower for word in keywords),
+            auth=dict(trust.auth),
+            raw_blob=self.message.blob,
+        )
+        activity.thread_id = _thread_for(self.session, tenant, parsed, external_keys)
+        self.session.add(activity)
+        self.session.flush()
+        for part in parsed.body.parts:
+            self.session.add(
+                Attachment(
+                    activity_id=activity.id,
+                    filename=part.filename,
+                    content_type=part.content_type[:255],
+                    size=len(part.payload),
+                    blob=self.blobs.put(part.payload),
+                    content_id=part.content_id[:255],
+                    inline=part.inline,
+                )
+            )
+        return activity
+
+
+def _of(parties: list[Party], matches: dict[str, Match]) -> list[Match]:
+    return [matches[p.key] for p in parties]
+
+
+def _create_contact(session: Session, tenant: Tenant, party: Party) -> Match:
+    owners = company_owners(session, tenant, {party.mailbox.domain})
+    company_id = owners.get(party.mailbox.domain)
+    contact = Contact(tenant_id=tenant.id, name=party.mailbox.name[:200], company_id=company_id)
+    session.add(contact)
+    session.flush()
+    session.add(ContactAddress(contact_id=contact.id, tenant_id=tenant.id, address=party.key))
+    session.flush()
+    return Match(party.key, PartyKind.CONTACT, contact_id=contact.id, company_id=company_id)
+
+
+def _loop_guard(session: Session, tenant: Tenant, sender: str, settings: Settings) -> None:
+    """Count messages per sender per time window; past the threshold it is a loop or a flood."""
+    window = settings.processing.loop_window_seconds
+    bucket = int(utcnow().timestamp() // window)
+    row = session.scalars(
+        select(SenderCount).where(
+            SenderCount.tenant_id == tenant.id,
+            SenderCount.sender == sender,
+            SenderCount.bucket == bucket,
+        )
+    ).one_or_none()
+    if row is None:
+        row = SenderCount(tenant_id=tenant.id, sender=sender, bucket=bucket, count=0)
+        session.add(row)
+    row.count += 1
+    if row.count > settings.processing.loop_threshold:
+        raise Quarantine(
+            f"loop: more than {settings.processing.loop_threshold} messages from {sender} "
+            f"within {window:g} s"
+        )
+
+
+def _thread_for(
+    session: Session, tenant: Tenant, parsed: ParsedMessage, external_keys: list[str]
+) -> int:
+    """In-Reply-To/References first, then the normalized subject with the same parties."""
+    ids = [*parsed.in_reply_to, *parsed.references]
+    if ids:
+        thread_id = session.scalars(
+            select(Activity.thread_id)
+            .where(
+                Activity.tenant_id == tenant.id,
+                Activity.message_id.in_(ids),
+                Activity.thread_id.is_not(None),
+            )
+            .limit(1)
+        ).first()
+        if thread_id is not None:
+            return thread_id
+    subject = dedupe.subject_key(parsed.subject)
+    parties = dedupe.parties_key(external_keys)
+    if subject:
+        existing = session.scalars(
+            select(Thread.id)
+            .where(
+                Thread.tenant_id == tenant.id,
+                Thread.subject_key == subject,
+                Thread.parties_key == parties,
+            )
+            .order_by(Thread.id.desc())
+            .limit(1)
+        ).first()
+        if existing is not None:
+            return existing
+    thread = Thread(tenant_id=tenant.id, subject_key=subject[:998], parties_key=parties)
+    session.add(thread)
+    session.flush()
+    return thread.id
+
+
+def _add_participants(
+    session: Session, activity: Activity, parties: list[Party], matches: dict[str, Match]
+) -> None:
+    """Add each party once per role; a merged path may name parties the first one did not."""
+    session.flush()
+    have = set(
+        session.execute(
+            select(Participant.role, Participant.address).where(
+                Participant.activity_id == activity.id
+            )
+        ).tuples()
+    )
+    for party in parties:
+        if (party.role, party.key) in have:
+            continue
+        match = matches[party.key]
+        session.add(
+            Participant(
+                activity_id=activity.id,
+                role=party.role,
+                address=party.key,
+                name=party.mailbox.name[:200],
+                kind=match.kind,
+                staff_id=match.staff_id,
+                contact_id=match.contact_id,
+                company_id=match.company_id,
+            )
+        )
+        have.add((party.role, party.key))

@@ -1,0 +1,116 @@
+"""Who each party of an email is: staff first, then contacts, then companies by domain.
+
+Staff come first so that a staff member entered by mistake as a contact still counts as staff
+(DESIGN §5). Companies match by domain, never for free-mail domains, whose list is data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailledger.routing.addresses import domain_of
+from mailledger.store.models import (
+    CompanyDomain,
+    Contact,
+    ContactAddress,
+    NeverLog,
+    PartyKind,
+    StaffAddress,
+    Tenant,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """What one normalized address is to a tenant."""
+
+    address: str
+    kind: PartyKind
+    staff_id: int | None = None
+    contact_id: int | None = None
+    company_id: int | None = None
+
+
+@cache
+def free_mail_domains() -> frozenset[str]:
+    """Domains anyone can get an address at, where a domain says nothing about a company."""
+    text = resources.files("mailledger").joinpath("data/freemail.txt").read_text("utf-8")
+    return frozenset(
+        line.strip().lower() for line in text.splitlines() if line.strip() and line[0] != "#"
+    )
+
+
+def match_parties(session: Session, tenant: Tenant, addresses: list[str]) -> dict[str, Match]:
+    """Match normalized addresses for one tenant with three indexed queries."""
+    wanted = sorted(set(addresses))
+    result: dict[str, Match] = {}
+    if not wanted:
+        return result
+    for address, staff_id in session.execute(
+        select(StaffAddress.address, StaffAddress.staff_id).where(
+            StaffAddress.tenant_id == tenant.id, StaffAddress.address.in_(wanted)
+        )
+    ):
+        result[address] = Match(address, PartyKind.STAFF, staff_id=staff_id)
+    rest = [a for a in wanted if a not in result]
+    if rest:
+        for address, contact_id, company_id in session.execute(
+            select(ContactAddress.address, Contact.id, Contact.company_id)
+            .join(Contact, Contact.id == ContactAddress.contact_id)
+            .where(ContactAddress.tenant_id == tenant.id, ContactAddress.address.in_(rest))
+        ):
+            result[address] = Match(
+                address, PartyKind.CONTACT, contact_id=contact_id, company_id=company_id
+            )
+    rest = [a for a in wanted if a not in result]
+    owners = company_owners(session, tenant, {domain_of(a) for a in rest})
+    for address in rest:
+        company_id = owners.get(domain_of(address))
+        if company_id is not None:
+            result[address] = Match(address, PartyKind.COMPANY, company_id=company_id)
+        else:
+            result[address] = Match(address, PartyKind.UNMATCHED)
+    return result
+
+
+def company_owners(session: Session, tenant: Tenant, domains: set[str]) -> dict[str, int]:
+    """Domain → company, only where exactly one company of the tenant owns the domain."""
+    candidates = sorted(domains - free_mail_domains())
+    if not candidates:
+        return {}
+    owners: dict[str, set[int]] = {}
+    for domain, company_id in session.execute(
+        select(CompanyDomain.domain, CompanyDomain.company_id).where(
+            CompanyDomain.tenant_id == tenant.id, CompanyDomain.domain.in_(candidates)
+        )
+    ):
+        owners.setdefault(domain, set()).add(company_id)
+    return {domain: ids.pop() for domain, ids in owners.items() if len(ids) == 1}
+
+
+def never_log_hits(
+    session: Session, tenant: Tenant, staff_ids: set[int], addresses: list[str]
+) -> list[str]:
+    """The parties that the tenant's or these staff members' never-log lists name."""
+    rows = session.scalars(
+        select(NeverLog.pattern).where(
+            NeverLog.tenant_id == tenant.id,
+            (NeverLog.staff_id.is_(None)) | (NeverLog.staff_id.in_(sorted(staff_ids))),
+        )
+    ).all()
+    if not rows:
+        return []
+    patterns = {p.lower() for p in rows}
+    hits = []
+    for address in addresses:
+        domain = domain_of(address)
+        labels = domain.split(".")
+        parents = {".".join(labels[i:]) for i in range(len(labels) - 1)}
+        if address in patterns or parents & patterns:
+            hits.append(address)
+    return hits
