@@ -1,0 +1,93 @@
+"""The operator's actions on quarantined mail: release it for another try, or delete it.
+
+Nothing accepted ever disappears on its own (DESIGN §2); these are the two ways an operator
+ends a quarantine, and each leaves a trace entry or removes the message entirely.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from mailledger.store.blobs import BlobStore
+from mailledger.store.models import (
+    Activity,
+    Attachment,
+    MessageState,
+    ReceivedMessage,
+    TraceEntry,
+)
+from mailledger.store.queries import get_message
+
+
+class QuarantineError(ValueError):
+    """The message is not in a state this action applies to."""
+
+
+def _quarantined(session: Session, message_id: int) -> ReceivedMessage:
+    message = get_message(session, message_id)
+    if message.state != MessageState.QUARANTINED:
+        raise QuarantineError(f"message {message_id} is {message.state.value}, not quarantined")
+    return message
+
+
+def release(session: Session, message_id: int, *, force: bool = False) -> ReceivedMessage:
+    """Put a quarantined message back in the queue; with ``force`` it is recorded regardless.
+
+    The processing worker picks up messages in state ``received`` with no live claim, so
+    clearing the state and the claim is all a release needs.
+    """
+    message = _quarantined(session, message_id)
+    previous = message.reason
+    message.state = MessageState.RECEIVED
+    message.reason = ""
+    message.claimed_by = None
+    message.claim_expires_at = None
+    message.finished_at = None
+    message.attempts = 0
+    message.force_record = force
+    for route in message.routes:
+        if route.activity_id is None:
+            route.outcome = ""
+    session.add(
+        TraceEntry(
+            message_id=message.id,
+            step="operator",
+            decision="released-forced" if force else "released",
+            detail=f"was quarantined: {previous}" if previous else "was quarantined",
+        )
+    )
+    session.flush()
+    return message
+
+
+def blob_in_use(session: Session, digest: str, *, except_message: int | None = None) -> bool:
+    """Whether any message, activity or attachment still references these bytes."""
+    others = select(ReceivedMessage.id).where(ReceivedMessage.blob == digest)
+    if except_message is not None:
+        others = others.where(ReceivedMessage.id != except_message)
+    checks = [
+        exists(others),
+        exists(select(Activity.id).where(Activity.raw_blob == digest)),
+        exists(select(Attachment.id).where(Attachment.blob == digest)),
+    ]
+    return any(session.scalar(select(check)) for check in checks)
+
+
+def delete(session: Session, blobs: BlobStore, message_id: int) -> bool:
+    """Delete a quarantined message, its routes and trace, and its raw bytes when unshared.
+
+    Returns whether the blob was removed. The file goes inside the transaction, after the
+    reference check: on SQLite the transaction holds the write lock, so no new row can start
+    sharing the digest meanwhile; a failed commit then loses only bytes the operator asked to
+    delete. On PostgreSQL one race remains: intake stores bytes before inserting their row, so
+    a message with byte-identical content arriving in that instant could lose its blob.
+    """
+    message = _quarantined(session, message_id)
+    digest = message.blob
+    session.delete(message)
+    session.flush()
+    if blob_in_use(session, digest):
+        return False
+    blobs.delete(digest)
+    return True

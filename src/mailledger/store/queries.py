@@ -1,0 +1,362 @@
+"""Read-side queries for the operator: rows turned into plain dicts for JSON and for tables.
+
+The CLI prints these as they are (``--json``) or as aligned columns, so the shape lives here
+once: DESIGN §10 names the keys scripts rely on, and tests hold us to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from mailledger.routing.routes import capture_address
+from mailledger.store.models import (
+    Activity,
+    ActivitySource,
+    Company,
+    Contact,
+    MessageRoute,
+    MessageState,
+    PartyKind,
+    ReceivedMessage,
+    Staff,
+    Tenant,
+    TraceEntry,
+)
+
+DEFAULT_LIMIT = 50
+
+
+class NotFoundError(LookupError):
+    """The row the operator named does not exist."""
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _tenant_names(session: Session, ids: set[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    rows = session.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(ids)))
+    return dict(rows.tuples().all())
+
+
+def _staff_names(session: Session, ids: set[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    rows = session.execute(select(Staff.id, Staff.username).where(Staff.id.in_(ids)))
+    return dict(rows.tuples().all())
+
+
+# --- the directory ----------------------------------------------------------------------------
+
+
+def tenants(session: Session) -> list[dict[str, Any]]:
+    """Every tenant with its domains and how many staff it has."""
+    counted = session.execute(select(Staff.tenant_id, func.count()).group_by(Staff.tenant_id))
+    staff_counts = dict(counted.tuples().all())
+    rows = session.scalars(
+        select(Tenant).options(selectinload(Tenant.customer_domains)).order_by(Tenant.name)
+    )
+    return [
+        {
+            "id": tenant.id,
+            "name": tenant.name,
+            "capture_domain": tenant.capture_domain,
+            "customer_domains": sorted(d.domain for d in tenant.customer_domains),
+            "staff": staff_counts.get(tenant.id, 0),
+            "created_at": _time(tenant.created_at),
+        }
+        for tenant in rows
+    ]
+
+
+def staff_members(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
+    """A tenant's staff: capture address, primary address and own addresses."""
+    rows = session.scalars(
+        select(Staff)
+        .where(Staff.tenant_id == tenant.id)
+        .options(selectinload(Staff.addresses))
+        .order_by(Staff.username)
+    )
+    return [
+        {
+            "id": staff.id,
+            "username": staff.username,
+            "name": staff.name,
+            "capture_address": capture_address(staff.username, tenant.capture_domain),
+            "primary_address": staff.primary_address,
+            "addresses": sorted(a.address for a in staff.addresses),
+        }
+        for staff in rows
+    ]
+
+
+def contacts(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
+    """A tenant's contacts with their addresses and company."""
+    rows = session.scalars(
+        select(Contact)
+        .where(Contact.tenant_id == tenant.id)
+        .options(selectinload(Contact.addresses), selectinload(Contact.company))
+        .order_by(Contact.id)
+    )
+    return [
+        {
+            "id": contact.id,
+            "name": contact.name,
+            "company": contact.company.name if contact.company else None,
+            "addresses": [a.address for a in contact.addresses],
+        }
+        for contact in rows
+    ]
+
+
+def companies(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
+    """A tenant's companies with their domains and how many contacts each has."""
+    counted = session.execute(
+        select(Contact.company_id, func.count())
+        .where(Contact.tenant_id == tenant.id)
+        .group_by(Contact.company_id)
+    )
+    counts = dict(counted.tuples().all())
+    rows = session.scalars(
+        select(Company)
+        .where(Company.tenant_id == tenant.id)
+        .options(selectinload(Company.domains))
+        .order_by(Company.name)
+    )
+    return [
+        {
+            "id": company.id,
+            "name": company.name,
+            "domains": sorted(d.domain for d in company.domains),
+            "contacts": counts.get(company.id, 0),
+        }
+        for company in rows
+    ]
+
+
+# --- activities -------------------------------------------------------------------------------
+
+
+def _activity_query() -> Any:
+    return select(Activity).options(
+        selectinload(Activity.participants),
+        selectinload(Activity.sources),
+        selectinload(Activity.attachments),
+    )
+
+
+def _activity_dicts(session: Session, rows: Sequence[Activity]) -> list[dict[str, Any]]:
+    tenant_names = _tenant_names(session, {a.tenant_id for a in rows})
+    staff_ids = {a.staff_id for a in rows if a.staff_id is not None}
+    staff_ids |= {s.staff_id for a in rows for s in a.sources if s.staff_id is not None}
+    staff_names = _staff_names(session, staff_ids)
+    message_ids = {s.message_id for a in rows for s in a.sources}
+    messages = {
+        m.id: m
+        for m in session.scalars(select(ReceivedMessage).where(ReceivedMessage.id.in_(message_ids)))
+    }
+    routes = {
+        r.id: r
+        for r in session.scalars(
+            select(MessageRoute).where(
+                MessageRoute.id.in_({s.route_id for a in rows for s in a.sources})
+            )
+        )
+    }
+    result = []
+    for activity in rows:
+        result.append(
+            {
+                "id": activity.id,
+                "tenant": tenant_names.get(activity.tenant_id),
+                "direction": activity.direction.value,
+                "subject": activity.subject,
+                "from": activity.from_address,
+                "from_name": activity.from_name,
+                "staff": staff_names.get(activity.staff_id) if activity.staff_id else None,
+                "contacts": list(
+                    dict.fromkeys(
+                        p.address
+                        for p in activity.participants
+                        if p.kind not in (PartyKind.STAFF, PartyKind.UNMATCHED)
+                    )
+                ),
+                "message_id": activity.message_id,
+                "thread_id": activity.thread_id,
+                "occurred_at": _time(activity.occurred_at),
+                "private": activity.private,
+                "auth": activity.auth,
+                "participants": [
+                    {
+                        "role": p.role,
+                        "address": p.address,
+                        "name": p.name,
+                        "kind": p.kind.value,
+                    }
+                    for p in activity.participants
+                ],
+                "sources": [
+                    _source_dict(source, messages, routes, staff_names)
+                    for source in activity.sources
+                ],
+                "attachments": [
+                    {
+                        "filename": a.filename,
+                        "content_type": a.content_type,
+                        "size": a.size,
+                        "inline": a.inline,
+                        "content_id": a.content_id,
+                        "blob": a.blob,
+                    }
+                    for a in activity.attachments
+                ],
+            }
+        )
+    return result
+
+
+def _source_dict(
+    source: ActivitySource,
+    messages: dict[int, ReceivedMessage],
+    routes: dict[int, MessageRoute],
+    staff_names: dict[int, str],
+) -> dict[str, Any]:
+    message = messages.get(source.message_id)
+    route = routes.get(source.route_id)
+    return {
+        "message": source.message_id,
+        "queue_id": message.queue_id if message else None,
+        "kind": source.kind.value,
+        "rcpt": route.rcpt if route else None,
+        "staff": staff_names.get(source.staff_id) if source.staff_id else None,
+        "mail_from": message.mail_from if message else None,
+        "received_at": _time(message.received_at) if message else None,
+    }
+
+
+def activities(
+    session: Session, tenant: Tenant | None = None, limit: int = DEFAULT_LIMIT
+) -> list[dict[str, Any]]:
+    """The newest activities first, of one tenant or of all."""
+    query = _activity_query().order_by(Activity.occurred_at.desc(), Activity.id.desc())
+    if tenant is not None:
+        query = query.where(Activity.tenant_id == tenant.id)
+    rows = session.scalars(query.limit(limit)).all()
+    return _activity_dicts(session, rows)
+
+
+def activity(session: Session, activity_id: int) -> dict[str, Any]:
+    """One activity in full, with the trace of every message it was recorded from."""
+    row = session.scalars(_activity_query().where(Activity.id == activity_id)).one_or_none()
+    if row is None:
+        raise NotFoundError(f"no activity {activity_id}")
+    data = _activity_dicts(session, [row])[0]
+    message_ids = sorted({s.message_id for s in row.sources})
+    entries = session.scalars(
+        select(TraceEntry).where(TraceEntry.message_id.in_(message_ids)).order_by(TraceEntry.id)
+    )
+    data["text_body"] = row.text_body
+    data["regarding"] = row.regarding
+    data["trace"] = [{"message": e.message_id, **_trace_dict(e)} for e in entries]
+    return data
+
+
+# --- received messages ------------------------------------------------------------------------
+
+
+def _trace_dict(entry: TraceEntry) -> dict[str, Any]:
+    return {
+        "time": _time(entry.at),
+        "step": entry.step,
+        "decision": entry.decision,
+        "detail": entry.detail,
+    }
+
+
+def _message_dicts(session: Session, rows: Sequence[ReceivedMessage]) -> list[dict[str, Any]]:
+    tenant_ids = {r.tenant_id for m in rows for r in m.routes}
+    tenant_names = _tenant_names(session, tenant_ids)
+    staff_names = _staff_names(session, {r.staff_id for m in rows for r in m.routes if r.staff_id})
+    return [
+        {
+            "id": message.id,
+            "queue_id": message.queue_id,
+            "trace_id": message.trace_id,
+            "state": message.state.value,
+            "reason": message.reason,
+            "mail_from": message.mail_from,
+            "rcpt_to": list(message.rcpt_to),
+            "message_id": message.message_id,
+            "received_at": _time(message.received_at),
+            "peer": message.peer,
+            "size": message.size,
+            "routes": [
+                {
+                    "rcpt": route.rcpt,
+                    "kind": route.kind.value,
+                    "tenant": tenant_names.get(route.tenant_id),
+                    "staff": staff_names.get(route.staff_id) if route.staff_id else None,
+                    "outcome": route.outcome,
+                    "activity": route.activity_id,
+                }
+                for route in message.routes
+            ],
+        }
+        for message in rows
+    ]
+
+
+def messages(
+    session: Session, state: MessageState | None = None, limit: int = DEFAULT_LIMIT
+) -> list[dict[str, Any]]:
+    """Received messages, newest first, optionally in one state."""
+    query = (
+        select(ReceivedMessage)
+        .options(selectinload(ReceivedMessage.routes))
+        .order_by(ReceivedMessage.received_at.desc(), ReceivedMessage.id.desc())
+    )
+    if state is not None:
+        query = query.where(ReceivedMessage.state == state)
+    rows = session.scalars(query.limit(limit)).all()
+    return _message_dicts(session, rows)
+
+
+def get_message(session: Session, message_id: int) -> ReceivedMessage:
+    """A received message by id, or NotFoundError."""
+    message = session.get(ReceivedMessage, message_id)
+    if message is None:
+        raise NotFoundError(f"no received message {message_id}")
+    return message
+
+
+def message(session: Session, message_id: int) -> dict[str, Any]:
+    """One received message in full: session facts, routes, processing state and trace."""
+    row = get_message(session, message_id)
+    data = _message_dicts(session, [row])[0]
+    data.update(
+        {
+            "helo": row.helo,
+            "tls": row.tls,
+            "blob": row.blob,
+            "attempts": row.attempts,
+            "claimed_by": row.claimed_by,
+            "claim_expires_at": _time(row.claim_expires_at),
+            "finished_at": _time(row.finished_at),
+            "force_record": row.force_record,
+            "auth": row.auth,
+            "trace": [_trace_dict(entry) for entry in row.trace],
+        }
+    )
+    return data
+
+
+def trace(session: Session, message_id: int) -> list[dict[str, Any]]:
+    """What each processing step decided about a message, oldest first."""
+    return [_trace_dict(entry) for entry in get_message(session, message_id).trace]
