@@ -66,8 +66,14 @@ def header_text(value: str) -> str:
 
 
 def _raw_values(message: Message, name: str) -> list[str]:
-    values = message.get_all(name) or []
-    return [str(v) for v in values]
+    # raw_items keeps 8-bit bytes as surrogates; get_all would turn them into U+FFFD.
+    wanted = name.lower()
+    return [str(v) for k, v in message.raw_items() if k.lower() == wanted]
+
+
+def _first(message: Message, name: str) -> str:
+    values = _raw_values(message, name)
+    return values[0] if values else ""
 
 
 def _addresses(message: Message, name: str) -> tuple[Mailbox, ...]:
@@ -90,7 +96,7 @@ def message_ids(value: str) -> tuple[str, ...]:
 
 
 def _date(message: Message, received_at: datetime) -> datetime | None:
-    value = message.get("Date")
+    value = _first(message, "Date")
     if not value:
         return None
     try:
@@ -122,18 +128,18 @@ def parse_message(
             tuple(bad for item in merged for bad in item.invalid),
         )
     headers: dict[str, list[str]] = {}
-    for name, value in message.items():
+    for name, value in message.raw_items():
         headers.setdefault(name.lower(), []).append(str(value))
-    message_id_values = message_ids(str(message.get("Message-ID", "")))
+    message_id_values = message_ids(_first(message, "Message-ID"))
     return ParsedMessage(
         from_fields=len(from_values),
         from_list=from_list,
         to=_addresses(message, "To"),
         cc=_addresses(message, "Cc"),
-        subject=header_text(str(message.get("Subject", "")))[:MAX_SUBJECT_CHARS],
+        subject=header_text(_first(message, "Subject"))[:MAX_SUBJECT_CHARS],
         date=_date(message, received_at),
         message_id=message_id_values[0] if message_id_values else "",
-        in_reply_to=message_ids(str(message.get("In-Reply-To", ""))),
+        in_reply_to=message_ids(_first(message, "In-Reply-To")),
         references=message_ids(" ".join(_raw_values(message, "References"))),
         headers=headers,
         body=extract_body(message),

@@ -264,14 +264,16 @@ class RouteStep:
             candidates = [p for p in external if p.role == "from"]
         else:
             candidates = external
-        if not candidates or any(
-            m.kind is not PartyKind.UNMATCHED for m in _of(candidates, matches)
-        ):
+        if not candidates:
             return
         if tenant.create_unknown_contacts:
+            # Known only by their company's domain, or not at all: they become contacts.
             for party in candidates:
-                matches[party.key] = _create_contact(self.session, tenant, party)
-                self.trace("contact", "created", f"{party.key} added as a contact")
+                if matches[party.key].kind in (PartyKind.UNMATCHED, PartyKind.COMPANY):
+                    matches[party.key] = _create_contact(self.session, tenant, party)
+                    self.trace("contact", "created", f"{party.key} added as a contact")
+            return
+        if any(matches[p.key].kind is not PartyKind.UNMATCHED for p in candidates):
             return
         if self.message.force_record:
             return
@@ -358,10 +360,6 @@ class RouteStep:
         return activity
 
 
-def _of(parties: list[Party], matches: dict[str, Match]) -> list[Match]:
-    return [matches[p.key] for p in parties]
-
-
 def _create_contact(session: Session, tenant: Tenant, party: Party) -> Match:
     owners = company_owners(session, tenant, {party.mailbox.domain})
     company_id = owners.get(party.mailbox.domain)
@@ -438,13 +436,14 @@ def _add_participants(
 ) -> None:
     """Add each party once per role; a merged path may name parties the first one did not."""
     session.flush()
-    have = set(
-        session.execute(
+    have: set[tuple[str, str]] = {
+        (role, address)
+        for role, address in session.execute(
             select(Participant.role, Participant.address).where(
                 Participant.activity_id == activity.id
             )
-        ).tuples()
-    )
+        )
+    }
     for party in parties:
         if (party.role, party.key) in have:
             continue

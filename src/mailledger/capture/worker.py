@@ -88,7 +88,7 @@ class Worker:
                 .order_by(ReceivedMessage.id)
                 .limit(settings.batch_size)
             )
-            if is_postgres(session.get_bind().engine):  # type: ignore[union-attr]
+            if is_postgres(session.get_bind().engine):
                 query = query.with_for_update(skip_locked=True)
             ids = list(session.scalars(query))
             if ids:
@@ -129,7 +129,7 @@ class Worker:
         except (BlobStoreError, OperationalError, DBAPIError) as exc:
             bound.warning("processing deferred: storage unavailable", error=str(exc)[:200])
             self._release(message_id, retry_now=False)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - an unknown fault must not stop the worker
             bound.exception("processing failed")
             self._record_error(message_id, f"{type(exc).__name__}: {exc}"[:500])
 

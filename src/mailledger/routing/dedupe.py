@@ -36,7 +36,7 @@ def content_key(parsed: ParsedMessage) -> str:
     parts: list[str] = [normalize(sender) if sender else ""]
     parts.append(",".join(sorted(normalize(box) for box in (*parsed.to, *parsed.cc))))
     parts.append(parsed.date.isoformat() if parsed.date else "")
-    parts.append(subject_key(parsed.subject))
+    parts.append(" ".join(parsed.subject.split()))
     parts.append(" ".join(parsed.body.text.split()))
     for piece in parts:
         digest.update(piece.encode("utf-8", "replace"))

@@ -433,6 +433,8 @@ class Attachment(Base):
     content_id: Mapped[str] = mapped_column(String(255), default="")
     inline: Mapped[bool] = mapped_column(Boolean, default=False)
 
+    activity: Mapped[Activity] = relationship(back_populates="attachments")
+
 
 class SenderCount(Base):
     """Messages seen from one sender per time bucket, for the loop guard (DESIGN §5)."""
