@@ -125,6 +125,9 @@ def add_staff(
     ).first()
     if exists is not None:
         raise DirectoryError(f"tenant {tenant.name!r} already has a staff member {username!r}")
+    # Check every address before writing anything, so a refusal leaves no half-made staff.
+    for value in addresses:
+        _check_staff_address_free(session, _address(value))
     primary_address = parse_address(primary or addresses[0]).address
     staff = Staff(
         tenant_id=tenant.id, username=username, name=name, primary_address=primary_address
@@ -139,13 +142,17 @@ def add_staff(
 def add_staff_address(session: Session, staff: Staff, value: str) -> StaffAddress:
     """Give a staff member another own address; refused when anyone already owns it."""
     address = _address(value)
-    owner = session.scalars(select(StaffAddress).where(StaffAddress.address == address)).first()
-    if owner is not None:
-        raise DirectoryError(f"{address} already belongs to a staff member")
+    _check_staff_address_free(session, address)
     row = StaffAddress(staff_id=staff.id, tenant_id=staff.tenant_id, address=address, verified=True)
     session.add(row)
     session.flush()
     return row
+
+
+def _check_staff_address_free(session: Session, address: str) -> None:
+    owner = session.scalars(select(StaffAddress).where(StaffAddress.address == address)).first()
+    if owner is not None:
+        raise DirectoryError(f"{address} already belongs to a staff member")
 
 
 def add_company(session: Session, tenant: Tenant, name: str, domains: list[str]) -> Company:

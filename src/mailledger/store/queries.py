@@ -43,14 +43,14 @@ def _tenant_names(session: Session, ids: set[int]) -> dict[int, str]:
     if not ids:
         return {}
     rows = session.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(ids)))
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 def _staff_names(session: Session, ids: set[int]) -> dict[int, str]:
     if not ids:
         return {}
     rows = session.execute(select(Staff.id, Staff.username).where(Staff.id.in_(ids)))
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 # --- the directory ----------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def _staff_names(session: Session, ids: set[int]) -> dict[int, str]:
 def tenants(session: Session) -> list[dict[str, Any]]:
     """Every tenant with its domains and how many staff it has."""
     counted = session.execute(select(Staff.tenant_id, func.count()).group_by(Staff.tenant_id))
-    staff_counts = dict(counted.tuples().all())
+    staff_counts = dict(counted.all())
     rows = session.scalars(
         select(Tenant).options(selectinload(Tenant.customer_domains)).order_by(Tenant.name)
     )
@@ -123,7 +123,7 @@ def companies(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
         .where(Contact.tenant_id == tenant.id)
         .group_by(Contact.company_id)
     )
-    counts = dict(counted.tuples().all())
+    counts = dict(counted.all())
     rows = session.scalars(
         select(Company)
         .where(Company.tenant_id == tenant.id)
