@@ -1,0 +1,282 @@
+"""Durable intake: the raw message and its session facts are on disk before we answer 250.
+
+Every accepted message is written to the blob store (fsynced) and recorded as a
+``ReceivedMessage`` with its routes and a first trace entry, committed, and only then does
+``store`` return the queue id the handler puts in its ``250`` (DESIGN §3, §9).
+
+A commit with ``synchronous=FULL`` costs an fsync, which would cap a busy listener at one
+message per disk flush. So one writer thread does *group commit*: it takes every message
+waiting at that moment (up to ``batch_size``), writes their blobs, inserts all their rows in one
+transaction and commits once, then wakes each waiting session. If that transaction fails, each
+message is retried in a transaction of its own, so one bad row cannot fail its neighbours and
+nothing is ever half stored: a caller gets its queue id only after its own commit succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailledger.logs import get_logger
+from mailledger.routing.routes import Route
+from mailledger.store.blobs import BlobStore
+from mailledger.store.models import MessageRoute, MessageState, ReceivedMessage, TraceEntry
+
+log = get_logger(__name__)
+
+QUEUE_ID_BYTES = 10  # 20 hex characters: unique enough to name a message in a log line
+
+
+class IntakeError(Exception):
+    """The message could not be stored; the session must answer a temporary failure."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """What the SMTP session knew about a message, kept with it for the trace and the CLI."""
+
+    peer: str  # "ip:port"
+    helo: str
+    mail_from: str  # "" for the null reverse path
+    rcpt_to: list[str]
+    tls: str  # cipher description, "" without TLS
+    trace_id: str
+
+
+def new_queue_id() -> str:
+    """A fresh queue id; random, so ids from several nodes never collide."""
+    return secrets.token_hex(QUEUE_ID_BYTES).upper()
+
+
+@dataclass(slots=True)
+class _Pending:
+    facts: SessionFacts
+    routes: list[Route]
+    raw: bytes
+    queue_id: str
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[str]
+    digest: str = field(default="")
+
+
+_STOP = object()
+
+
+class Intake:
+    """Stores accepted messages durably, batching concurrent sessions into one commit."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        blobs: BlobStore,
+        *,
+        batch_size: int = 64,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._blobs = blobs
+        self._batch_size = batch_size
+        self.on_stored = on_stored
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start the writer thread; call from the event loop that will call ``store``."""
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="mailledger-intake", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Refuse new work, finish everything already handed in, and stop the writer."""
+        self._closing = True
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    async def store(self, facts: SessionFacts, routes: list[Route], raw: bytes) -> str:
+        """Store one message for its routes; returns the queue id once it is committed.
+
+        Raises ``IntakeError`` if it could not be stored; then nothing of it was committed.
+        """
+        if self._thread is None or self._closing:
+            raise IntakeError("intake is not running")
+        if not routes:
+            raise IntakeError("a message needs at least one route")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(facts, list(routes), raw, new_queue_id(), loop, loop.create_future())
+        self._queue.put(pending)
+        # shield: a session that goes away mid-store must not cancel the future under the
+        # writer; the message may still be committed, and the sender will retry (a duplicate
+        # the processing step recognises by Message-ID, not a loss).
+        return await asyncio.shield(pending.future)
+
+    # --- the writer thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            while len(batch) < self._batch_size:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stopping = True
+                    break
+                batch.append(more)
+            try:
+                self._write([p for p in batch if isinstance(p, _Pending)])
+            except BaseException as exc:  # never leave a session waiting forever
+                for pending in batch:
+                    if isinstance(pending, _Pending):
+                        self._fail(pending, exc)
+                log.exception("intake writer failed")
+                if not isinstance(exc, Exception):
+                    raise
+
+    def _write(self, batch: list[_Pending]) -> None:
+        ready: list[_Pending] = []
+        for pending in batch:
+            try:
+                pending.digest = self._blobs.put(pending.raw)
+            except OSError as exc:
+                log.exception(
+                    "blob store refused a message",
+                    queue_id=pending.queue_id,
+                    trace_id=pending.facts.trace_id,
+                    error=str(exc),
+                )
+                self._fail(pending, exc)
+            else:
+                ready.append(pending)
+        if not ready:
+            return
+        try:
+            self._commit(ready)
+        except Exception as exc:
+            if len(ready) == 1:
+                log.exception(
+                    "could not record a message",
+                    queue_id=ready[0].queue_id,
+                    trace_id=ready[0].facts.trace_id,
+                )
+                self._fail(ready[0], exc)
+                return
+            log.warning("group commit failed, retrying one by one", batch=len(ready))
+            for pending in ready:
+                try:
+                    self._commit([pending])
+                except Exception as one_exc:
+                    log.exception(
+                        "could not record a message",
+                        queue_id=pending.queue_id,
+                        trace_id=pending.facts.trace_id,
+                    )
+                    self._fail(pending, one_exc)
+            return
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        with self._sessions() as session, session.begin():
+            for pending in batch:
+                session.add(_row(pending))
+        for pending in batch:
+            log.info(
+                "message stored",
+                queue_id=pending.queue_id,
+                trace_id=pending.facts.trace_id,
+                size=len(pending.raw),
+                routes=len(pending.routes),
+            )
+            self._resolve(pending, pending.queue_id)
+        if self.on_stored is not None and self._loop is not None:
+            self._call_soon(self._loop, self._notify)
+
+    def _notify(self) -> None:
+        if self.on_stored is None:
+            return
+        try:
+            self.on_stored()
+        except Exception:
+            log.exception("on_stored callback failed")
+
+    def _resolve(self, pending: _Pending, queue_id: str) -> None:
+        self._call_soon(pending.loop, _set_result, pending.future, queue_id)
+
+    def _fail(self, pending: _Pending, exc: BaseException) -> None:
+        error = IntakeError(f"message {pending.queue_id} not stored: {exc}")
+        self._call_soon(pending.loop, _set_exception, pending.future, error)
+
+    @staticmethod
+    def _call_soon(
+        loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object
+    ) -> None:
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            # The loop is closed: nobody is waiting any more (the process is stopping).
+            log.warning("event loop closed before a stored message could be acknowledged")
+
+
+def _row(pending: _Pending) -> ReceivedMessage:
+    facts = pending.facts
+    return ReceivedMessage(
+        queue_id=pending.queue_id,
+        trace_id=facts.trace_id,
+        blob=pending.digest,
+        size=len(pending.raw),
+        peer=facts.peer,
+        helo=facts.helo,
+        mail_from=facts.mail_from,
+        rcpt_to=list(facts.rcpt_to),
+        tls=facts.tls,
+        state=MessageState.RECEIVED,
+        routes=[
+            MessageRoute(
+                tenant_id=route.tenant_id,
+                kind=route.kind,
+                staff_id=route.staff_id,
+                rcpt=route.rcpt,
+            )
+            for route in pending.routes
+        ],
+        trace=[
+            TraceEntry(
+                step="intake",
+                decision="stored",
+                detail=(
+                    f"{len(pending.routes)} route(s) "
+                    f"({', '.join(route.rcpt for route in pending.routes)}), "
+                    f"{len(pending.raw)} bytes, peer {facts.peer}"
+                    + (f", helo {facts.helo}" if facts.helo else "")
+                    + (f", tls {facts.tls}" if facts.tls else "")
+                    + f", trace {facts.trace_id}"
+                ),
+            )
+        ],
+    )
+
+
+def _set_result(future: asyncio.Future[str], value: str) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[str], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
