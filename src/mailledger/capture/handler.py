@@ -1,0 +1,186 @@
+"""The one seam between aiosmtpd and mailledger: the capture handler (STYLE: one handler object).
+
+aiosmtpd calls ``handle_EHLO/HELO/MAIL/RCPT/DATA`` here. The handler holds no business rules:
+it asks ``routing`` who a recipient is, ``screening`` whether the bytes are safe to keep, and
+``intake`` to keep them, and turns each answer into a reply from ``replies``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy.exc import SQLAlchemyError
+
+from mailledger.capture import replies, screening
+from mailledger.capture.intake import Intake, IntakeError, SessionFacts
+from mailledger.config import CaptureSettings
+from mailledger.logs import get_logger
+from mailledger.routing.addresses import AddressError, parse_address
+from mailledger.routing.routes import RecipientRouter, Refusal, Route
+
+log = get_logger(__name__)
+
+NULL_SENDER = "<>"  # how aiosmtpd hands us the null reverse path (RFC 5321 §4.5.5)
+
+
+class CaptureEnvelope(Envelope):
+    """aiosmtpd's envelope with the routes decided at RCPT time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routes: list[Route] = []
+
+
+def routes_of(envelope: Envelope) -> list[Route]:
+    """The routes kept on the envelope; the handler runs only under ``CaptureSMTP``."""
+    if not isinstance(envelope, CaptureEnvelope):
+        raise TypeError("CaptureHandler needs the envelopes CaptureSMTP creates")
+    return envelope.routes
+
+
+def format_peer(peer: Any) -> str:
+    """``ip:port`` (IPv6 in brackets) from the socket's peer name."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = str(peer[0]), peer[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(peer or "")
+
+
+def describe_tls(ssl_extra: Any) -> str:
+    """The negotiated protocol and cipher after STARTTLS, or "" for a clear-text session."""
+    if not ssl_extra:
+        return ""
+    cipher = ssl_extra.get("cipher") if isinstance(ssl_extra, dict) else None
+    if isinstance(cipher, tuple) and len(cipher) >= 2:
+        return f"{cipher[1]} {cipher[0]}"
+    return "tls"
+
+
+def trace_id_of(server: SMTP) -> str:
+    """The connection's trace id, kept on the protocol (aiosmtpd rebuilds Session on STARTTLS)."""
+    return str(getattr(server, "trace_id", "") or "")
+
+
+class CaptureHandler:
+    """Answers one capture session's commands from routing, screening and intake."""
+
+    def __init__(self, router: RecipientRouter, intake: Intake, capture: CaptureSettings) -> None:
+        self._router = router
+        self._intake = intake
+        self._capture = capture
+
+    async def handle_HELO(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        """Keep the HELO name for the message's session facts."""
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """Keep the EHLO name; the capture listener takes no AUTH, so it does not offer it."""
+        session.host_name = hostname
+        return [line for line in responses if not line[4:].upper().startswith("AUTH")]
+
+    async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        """Accept a syntactically valid reverse path, or the null sender of bounces.
+
+        aiosmtpd has already refused a SIZE above ``data_size_limit`` (RFC 1870).
+        """
+        if address not in (NULL_SENDER, ""):
+            try:
+                parse_address(address)
+            except AddressError:
+                log.info("sender refused", reason="syntax")
+                return str(replies.BAD_SENDER_SYNTAX)
+        envelope.mail_from = address or NULL_SENDER
+        envelope.mail_options.extend(mail_options)
+        return str(replies.SENDER_OK)
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        """Route the recipient now, from the database, so a wrong address is refused here."""
+        if len(envelope.rcpt_tos) >= self._capture.max_recipients:
+            return str(replies.TOO_MANY_RECIPIENTS)
+        try:
+            decision = await asyncio.to_thread(self._router.route, address)
+        except SQLAlchemyError as exc:
+            log.exception("recipient lookup failed", error=type(exc).__name__)
+            return str(replies.DIRECTORY_UNAVAILABLE)
+        if isinstance(decision, Refusal):
+            log.info("recipient refused", rcpt=address, reply=str(decision.reply))
+            return str(decision.reply)
+        routes = routes_of(envelope)
+        if decision not in routes:
+            # The same capture address twice (or richard@ and Richard@) is one route: the
+            # message is stored once for it.
+            routes.append(decision)
+        # aiosmtpd's contract: a handle_RCPT that answers must record the recipient itself.
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        log.info("recipient accepted", rcpt=address, kind=str(decision.kind))
+        return str(replies.RECIPIENT_OK)
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        """Screen the exact bytes, store them durably, and only then answer 250."""
+        raw: bytes = envelope.original_content or b""
+        refusal = screening.screen(raw, self._capture)
+        if refusal is not None:
+            log.info("message refused", size=len(raw), reply=str(refusal))
+            return str(refusal)
+        routes = routes_of(envelope)
+        if not routes:  # aiosmtpd refuses DATA without RCPT; this guards a misuse
+            return str(replies.LOCAL_ERROR)
+        mail_from = "" if envelope.mail_from == NULL_SENDER else str(envelope.mail_from)
+        facts = SessionFacts(
+            peer=format_peer(session.peer),
+            helo=str(session.host_name or ""),
+            mail_from=mail_from,
+            rcpt_to=list(dict.fromkeys(envelope.rcpt_tos)),
+            tls=describe_tls(session.ssl),
+            trace_id=trace_id_of(server),
+        )
+        try:
+            queue_id = await self._intake.store(facts, list(routes), raw)
+        except IntakeError as exc:
+            log.warning("message not stored", error=str(exc), size=len(raw))
+            return str(replies.STORAGE_FAILED)
+        log.info("message accepted", queue_id=queue_id, size=len(raw), routes=len(routes))
+        return f"{replies.QUEUED} {queue_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected fault is temporary: log the traceback, answer 451 with the trace id.
+
+        aiosmtpd's default answers 500 with the exception's text, which tells a stranger
+        about our internals and makes the sender drop mail it should retry.
+        """
+        trace_id = str(structlog.contextvars.get_contextvars().get("trace_id", ""))
+        log.error("error in SMTP session", exc_info=error)
+        reply = replies.LOCAL_ERROR
+        if trace_id:
+            reply = reply.with_text(f"Temporary local error (trace {trace_id})")
+        return str(reply)
