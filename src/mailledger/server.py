@@ -1,0 +1,135 @@
+"""``mailledger serve``: every listener and worker in one process, in one event loop.
+
+Start order follows the data: storage first, then the worker that drains it, then the listener
+that fills it. Stop order is the reverse: the listener first (no new mail; a DATA in progress
+may finish), then the intake drains what it was handed, then the worker puts down its claims.
+Anything still unprocessed stays ``received`` and is picked up on the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+from mailledger.capture.handler import CaptureHandler
+from mailledger.capture.intake import Intake
+from mailledger.capture.listener import CaptureListener
+from mailledger.capture.protocol import build_tls_context
+from mailledger.capture.worker import Worker
+from mailledger.config import ConfigError, Settings, load_settings
+from mailledger.logs import configure_logging, get_logger
+from mailledger.routing.routes import RecipientRouter
+from mailledger.store.blobs import BlobStore
+from mailledger.store.engine import make_engine, make_sessionmaker
+
+log = get_logger(__name__)
+
+# How long a stopping listener lets a DATA in progress finish. systemd waits 90 s by default
+# before SIGKILL; this leaves the rest of the shutdown ample time.
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+Ready = Callable[[list[tuple[str, int]]], None]
+
+
+async def serve(
+    settings: Settings,
+    *,
+    ready: Ready | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the capture service until ``stop`` is set or SIGTERM/SIGINT arrives.
+
+    ``ready`` is called with the bound (host, port) addresses once mail can be sent.
+    """
+    stop_event = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    engine = make_engine(settings.database.url, echo=settings.database.echo)
+    sessions = make_sessionmaker(engine)
+    blobs = BlobStore(settings.storage.blob_dir)
+    worker = Worker(sessions, blobs, settings)
+    intake = Intake(sessions, blobs, on_stored=worker.wake)
+    router = RecipientRouter(sessions, max_local_part_bytes=settings.capture.max_local_part_bytes)
+    handler = CaptureHandler(router, intake, settings.capture)
+    listener = CaptureListener(settings, handler, tls_context=build_tls_context(settings.tls))
+
+    signals = _install_signal_handlers(loop, stop_event)
+    intake.start()
+    worker_task = asyncio.create_task(worker.run(), name="mailledger-worker")
+    try:
+        addresses = await listener.start()
+        if ready is not None:
+            ready(addresses)
+        stopped = asyncio.create_task(stop_event.wait())
+        # A worker that dies is a fault to surface, not to run on without.
+        done, _ = await asyncio.wait({stopped, worker_task}, return_when=asyncio.FIRST_COMPLETED)
+        if worker_task in done:
+            stopped.cancel()
+            worker_task.result()
+            raise RuntimeError("the processing worker stopped unexpectedly")
+        log.info("stopping")
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await listener.stop(SHUTDOWN_GRACE_SECONDS)
+        await intake.close()
+        await worker.stop()
+        if not worker_task.done():
+            await worker_task
+        engine.dispose()
+        log.info("stopped")
+
+
+def _install_signal_handlers(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event
+) -> list[signal.Signals]:
+    # Signal handlers can only be set from the main thread (a test may run us elsewhere).
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    return installed
+
+
+def run_server(settings: Settings) -> int:
+    """Configure logging and serve until stopped; the exit code for the CLI."""
+    configure_logging(settings.logging)
+
+    def _ready(addresses: list[tuple[str, int]]) -> None:
+        log.info(
+            "capture listening",
+            addresses=[f"{host}:{port}" for host, port in addresses],
+            hostname=settings.service.hostname,
+        )
+
+    try:
+        asyncio.run(serve(settings, ready=_ready))
+    except OSError as exc:
+        # Typically the port is taken or the blob directory is not writable.
+        log.error("cannot serve", error=str(exc))  # noqa: TRY400 - the message is the story
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mailledger.server --config FILE``: the server without the CLI around it."""
+    parser = argparse.ArgumentParser(prog="python -m mailledger.server")
+    parser.add_argument("--config", help="TOML configuration file (or MAILLEDGER_CONFIG)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"mailledger: {exc}", file=sys.stderr)
+        return 2
+    return run_server(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
