@@ -1,0 +1,501 @@
+"""The `mailledger` command, run in-process against a configuration file of the test's own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import inspect
+from sqlalchemy.orm import Session
+
+from mailledger.cli import format_table, main
+from mailledger.store import directory
+from mailledger.store.blobs import BlobStore
+from mailledger.store.engine import make_engine, make_sessionmaker
+from mailledger.store.models import (
+    Activity,
+    ActivitySource,
+    Attachment,
+    Direction,
+    MessageRoute,
+    MessageState,
+    Participant,
+    PartyKind,
+    ReceivedMessage,
+    RouteKind,
+    TraceEntry,
+)
+
+ACTIVITY_KEYS = {
+    "id", "tenant", "direction", "subject", "from", "staff", "contacts", "message_id",
+    "occurred_at", "auth", "sources", "thread_id", "private", "participants", "attachments",
+}  # fmt: skip
+MESSAGE_KEYS = {
+    "id", "state", "reason", "mail_from", "rcpt_to", "message_id", "received_at",
+    "queue_id", "trace_id", "peer", "size", "routes",
+}  # fmt: skip
+
+
+class Run:
+    """Runs the command in-process with the test's --config and captures what it printed."""
+
+    def __init__(self, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.config = config
+        self.capsys = capsys
+        self.out = ""
+        self.err = ""
+
+    def __call__(self, *argv: str, expect: int = 0) -> str:
+        self.capsys.readouterr()
+        code = main(["--config", str(self.config), *argv])
+        self.out, self.err = self.capsys.readouterr()
+        assert code == expect, f"exit {code}; stdout: {self.out}\nstderr: {self.err}"
+        return self.out
+
+    def json(self, *argv: str) -> list[dict[str, Any]]:
+        data = json.loads(self(*argv, "--json"))
+        assert isinstance(data, list)
+        assert all(isinstance(item, dict) for item in data)
+        return data
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    """A configuration with its own SQLite file and blob directory."""
+    path = tmp_path / "mailledger.toml"
+    path.write_text(
+        f"""
+[database]
+url = "sqlite:///{tmp_path / "cli.db"}"
+[storage]
+blob_dir = "{tmp_path / "blobs"}"
+[capture]
+listen = ["127.0.0.1:2626"]
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def run(config_file: Path, capsys: pytest.CaptureFixture[str]) -> Run:
+    """The command, on an empty but migrated database."""
+    runner = Run(config_file, capsys)
+    runner("db", "upgrade")
+    return runner
+
+
+@pytest.fixture
+def session(run: Run, tmp_path: Path) -> Iterator[Session]:
+    """A session on the CLI's database, for writing what the worker would have recorded."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+    # A plain session: tests commit before running the CLI, which must be able to write (SQLite
+    # takes its write lock at BEGIN).
+    with make_sessionmaker(engine)() as session:
+        yield session
+    engine.dispose()
+
+
+def _record(session: Session, blobs: BlobStore) -> tuple[int, int, int]:
+    """One processed message with its activity, and one quarantined message."""
+    tenant = directory.find_tenant(session, "acme")
+    staff = directory.find_staff(session, tenant, "richard")
+    ids = []
+    for queue_id, state in (("Q1", MessageState.PROCESSED), ("Q2", MessageState.QUARANTINED)):
+        raw = f"Subject: {queue_id}\r\n\r\nbody\r\n".encode()
+        message = ReceivedMessage(
+            queue_id=queue_id,
+            trace_id=f"T{queue_id}",
+            blob=blobs.put(raw),
+            size=len(raw),
+            peer="127.0.0.1:5000",
+            mail_from="richard.smith@gmail.com",
+            rcpt_to=["richard@acme.capture.example"],
+            state=state,
+            reason="forwarder not authenticated" if state == MessageState.QUARANTINED else "",
+            message_id=f"<{queue_id}@client.example>",
+        )
+        message.routes.append(
+            MessageRoute(
+                tenant_id=tenant.id,
+                kind=RouteKind.USER,
+                staff_id=staff.id,
+                rcpt="richard@acme.capture.example",
+            )
+        )
+        message.trace.append(TraceEntry(step="authenticate", decision="spf=pass"))
+        session.add(message)
+        session.flush()
+        ids.append(message.id)
+    processed = session.get(ReceivedMessage, ids[0])
+    assert processed is not None
+    activity = Activity(
+        tenant_id=tenant.id,
+        dedupe_key="mid:<Q1@client.example>",
+        direction=Direction.INBOUND,
+        staff_id=staff.id,
+        subject="Quote",
+        from_address="carol@client.example",
+        message_id="<Q1@client.example>",
+        occurred_at=datetime(2024, 3, 4, 5, 6, tzinfo=UTC),
+        auth={"spf": "pass", "dkim": "pass", "dmarc": "pass", "arc": "none", "trust": "ok"},
+        participants=[
+            Participant(role="from", address="carol@client.example", kind=PartyKind.CONTACT),
+            Participant(role="to", address="richard@acme.example", kind=PartyKind.STAFF),
+        ],
+        attachments=[
+            Attachment(filename="q.pdf", content_type="application/pdf", size=4, blob="b" * 64)
+        ],
+    )
+    session.add(activity)
+    session.flush()
+    activity.sources.append(
+        ActivitySource(
+            message_id=processed.id,
+            route_id=processed.routes[0].id,
+            kind=RouteKind.USER,
+            staff_id=staff.id,
+        )
+    )
+    session.flush()
+    return activity.id, ids[0], ids[1]
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def test_check_config_prints_toml(run: Run) -> None:
+    """check-config prints the effective settings as TOML that reads back."""
+    data = tomllib.loads(run("check-config"))
+    assert data["capture"]["listen"] == ["127.0.0.1:2626"]
+    assert data["capture"]["max_recipients"] == 100
+
+
+def test_check_config_masks_database_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The database password never reaches the terminal."""
+    path = tmp_path / "pg.toml"
+    path.write_text(
+        '[database]\nurl = "postgresql+psycopg://ml:hunter2@db.internal/ml"\n', encoding="utf-8"
+    )
+    runner = Run(path, capsys)
+    out = runner("check-config")
+    assert "hunter2" not in out
+    assert "ml:********@db.internal" in out
+    assert "hunter2" not in runner("check-config", "--json")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[capture]\nmax_recipients = "many"\n', "capture.max_recipients"),
+        ("[capture]\nmaximum_recipients = 3\n", "capture.maximum_recipients: unknown key"),
+        ("[capture\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, key: str
+) -> None:
+    """A bad file stops every command with exit 2 and a message naming the key."""
+    path = tmp_path / "bad.toml"
+    path.write_text(text, encoding="utf-8")
+    for argv in (["check-config"], ["tenant", "list"]):
+        assert main(["--config", str(path), *argv]) == 2
+        err = capsys.readouterr().err
+        assert key in err
+        assert str(path) in err
+
+
+def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A --config that does not exist is a configuration error, not a traceback."""
+    assert main(["--config", str(tmp_path / "nope.toml"), "check-config"]) == 2
+    assert "no such configuration file" in capsys.readouterr().err
+
+
+def test_config_from_environment(
+    config_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAILLEDGER_CONFIG names the file when --config is absent; overrides apply on top."""
+    monkeypatch.setenv("MAILLEDGER_CONFIG", str(config_file))
+    monkeypatch.setenv("MAILLEDGER_CAPTURE__MAX_RECIPIENTS", "5")
+    assert main(["check-config", "--json"]) == 0
+    (data,) = [json.loads(capsys.readouterr().out)]
+    assert data["capture"]["listen"] == ["127.0.0.1:2626"]
+    assert data["capture"]["max_recipients"] == 5
+
+
+# --- schema and demo --------------------------------------------------------------------------
+
+
+def test_db_upgrade_creates_schema_and_repeats(run: Run, tmp_path: Path) -> None:
+    """db upgrade creates every table and is harmless to run again."""
+    run("db", "upgrade")
+    engine = make_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {"tenants", "received_messages", "activities", "alembic_version"} <= tables
+
+
+def test_commands_before_upgrade_say_what_to_do(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without a schema, a command fails with exit 1 and points at `db upgrade`."""
+    assert main(["--config", str(config_file), "tenant", "list"]) == 1
+    assert "mailledger db upgrade" in capsys.readouterr().err
+
+
+def test_demo_init(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """demo init makes the schema and the demo tenant and prints a snippet that compiles."""
+    runner = Run(config_file, capsys)
+    out = runner("demo", "init")
+    assert "richard@acme.capture.example" in out
+    assert "log@acme.capture.example" in out
+    snippet = out.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    compile(snippet, "<demo snippet>", "exec")
+    assert 'smtplib.SMTP("127.0.0.1", 2626)' in snippet
+    assert 'from_addr="carol@client.example"' in snippet
+    assert 'to_addrs=["richard@acme.capture.example"]' in snippet
+    assert "swaks --server 127.0.0.1:2626" in out
+    runner("demo", "init")  # a second run finds the tenant and changes nothing
+    staff = runner.json("staff", "list", "acme")
+    assert [s["username"] for s in staff] == ["richard"]
+
+
+# --- the directory ----------------------------------------------------------------------------
+
+
+def test_tenant_staff_contact_company(run: Run) -> None:
+    """The directory commands add and list, as tables and as JSON arrays."""
+    out = run(
+        "tenant", "add", "Acme", "--capture-domain", "acme.capture.example",
+        "--customer-domain", "acme.example", "--customer-domain", "acme.org",
+    )  # fmt: skip
+    assert "acme.capture.example" in out
+    (tenant,) = run.json("tenant", "list")
+    assert tenant["name"] == "Acme"
+    assert tenant["customer_domains"] == ["acme.example", "acme.org"]
+    table = run("tenant", "list").splitlines()
+    assert table[0].split() == ["ID", "NAME", "CAPTURE_DOMAIN", "CUSTOMER_DOMAINS", "STAFF"]
+    assert table[1].index("acme.capture.example") == table[0].index("CAPTURE_DOMAIN")
+
+    out = run(
+        "staff", "add", "acme", "Richard", "--address", "richard@acme.example",
+        "--address", "Richard.Smith@gmail.com", "--name", "Richard Smith",
+        "--primary", "richard@acme.example",
+    )  # fmt: skip
+    assert out.strip() == "richard@acme.capture.example"
+    (staff,) = run.json("staff", "list", "acme")
+    assert staff["capture_address"] == "richard@acme.capture.example"
+    assert staff["primary_address"] == "richard@acme.example"
+    assert "richard@acme.example" in staff["addresses"]
+
+    run("company", "add", "acme", "Client Co", "--domain", "client.example")
+    run(
+        "contact",
+        "add",
+        "acme",
+        "Carol@Client.example",
+        "--name",
+        "Carol",
+        "--company",
+        "Client Co",
+    )
+    (contact,) = run.json("contact", "list", "acme")
+    assert contact == {
+        "id": contact["id"],
+        "name": "Carol",
+        "company": "Client Co",
+        "addresses": ["carol@client.example"],
+    }
+    (company,) = run.json("company", "list", "acme")
+    assert company["domains"] == ["client.example"]
+    assert company["contacts"] == 1
+
+    out = run("never-log", "add", "acme", "@hr.example", "--staff", "richard")
+    assert "hr.example" in out and "richard" in out
+
+
+def test_directory_refusals_exit_1(run: Run) -> None:
+    """Refused changes print why and exit 1, leaving nothing half-made."""
+    run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")
+    run("tenant", "add", "globex", "--capture-domain", "globex.capture.example")
+    run("staff", "add", "acme", "richard", "--address", "richard@acme.example")
+    run("staff", "add", "globex", "rich", "--address", "richard@acme.example", expect=1)
+    assert "already belongs to a staff member" in run.err
+    assert run.json("staff", "list", "globex") == []
+    run("staff", "add", "acme", "postmaster", "--address", "pm@acme.example", expect=1)
+    assert "reserved" in run.err
+    run("staff", "list", "initech", expect=1)
+    assert "no tenant named 'initech'" in run.err
+    run("contact", "add", "acme", "not an address", expect=1)
+    assert run.err.startswith("mailledger: ")
+    run("never-log", "add", "acme", "x.example", "--staff", "nobody", expect=1)
+    assert "no staff member 'nobody'" in run.err
+
+
+def test_contact_import(run: Run, tmp_path: Path) -> None:
+    """contact import takes the good rows, lists the bad ones by line, and exits non-zero."""
+    run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")
+    csv_file = tmp_path / "contacts.csv"
+    csv_file.write_text(
+        "email,name,company\n"
+        "dana@client.example;dana.b@client.example,Dana,Client Co\n"
+        "nope,Broken,\n"
+        "erin@new.example,Erin,\n",
+        encoding="utf-8",
+    )
+    out = run("contact", "import", "acme", str(csv_file), expect=1)
+    assert "imported 2 contact(s), 1 row(s) refused" in out
+    assert f"{csv_file}:3:" in run.err
+    names = {c["name"]: c for c in run.json("contact", "list", "acme")}
+    assert set(names) == {"Dana", "Erin"}
+    assert names["Dana"]["addresses"] == ["dana@client.example", "dana.b@client.example"]
+    good = tmp_path / "good.csv"
+    good.write_text("email,name\nfrank@x.example,Frank\n", encoding="utf-8")
+    assert "imported 1 contact(s), 0 row(s) refused" in run("contact", "import", "acme", str(good))
+    run("contact", "import", "acme", str(tmp_path / "missing.csv"), expect=1)
+    assert "missing.csv" in run.err
+
+
+# --- activities, messages, quarantine ---------------------------------------------------------
+
+
+def test_activities(run: Run, session: Session, tmp_path: Path) -> None:
+    """activities list/show give the documented keys; show adds the sources' trace."""
+    run("demo", "init")
+    activity_id, processed_id, _ = _record(session, BlobStore(tmp_path / "blobs"))
+    session.commit()
+    (item,) = run.json("activities", "list")
+    assert set(item) >= ACTIVITY_KEYS
+    assert item["tenant"] == "acme"
+    assert item["direction"] == "inbound"
+    assert item["from"] == "carol@client.example"
+    assert item["staff"] == "richard"
+    assert item["contacts"] == ["carol@client.example"]
+    assert item["occurred_at"] == "2024-03-04T05:06:00+00:00"
+    assert item["auth"]["dmarc"] == "pass"
+    assert item["sources"][0]["message"] == processed_id
+    assert item["attachments"][0]["filename"] == "q.pdf"
+    assert run.json("activities", "list", "--tenant", "acme.capture.example") == [item]
+    run("tenant", "add", "globex", "--capture-domain", "globex.capture.example")
+    assert run.json("activities", "list", "--tenant", "globex") == []
+    assert "Quote" in run("activities", "list")
+
+    (shown,) = run.json("activities", "show", str(activity_id))
+    assert set(shown) >= ACTIVITY_KEYS
+    assert shown["trace"][0]["step"] == "authenticate"
+    out = run("activities", "show", str(activity_id))
+    assert "participants:" in out and "richard@acme.example" in out
+    run("activities", "show", "999", expect=1)
+    assert "no activity 999" in run.err
+
+
+def test_messages(run: Run, session: Session, tmp_path: Path) -> None:
+    """messages list/show/trace give state, reason and each step's decision."""
+    run("demo", "init")
+    _, processed_id, quarantined_id = _record(session, BlobStore(tmp_path / "blobs"))
+    session.commit()
+    items = run.json("messages", "list")
+    assert [m["id"] for m in items] == [quarantined_id, processed_id]
+    assert all(set(m) >= MESSAGE_KEYS for m in items)
+    assert items[0]["reason"] == "forwarder not authenticated"
+    assert items[0]["routes"][0]["staff"] == "richard"
+    assert [m["id"] for m in run.json("messages", "list", "--state", "processed")] == [processed_id]
+    assert len(run.json("messages", "list", "--limit", "1")) == 1
+    (shown,) = run.json("messages", "show", str(processed_id))
+    assert set(shown) >= MESSAGE_KEYS
+    assert shown["trace"][0]["decision"] == "spf=pass"
+    (entry,) = run.json("messages", "trace", str(processed_id))
+    assert set(entry) == {"time", "step", "decision", "detail"}
+    table = run("messages", "trace", str(processed_id))
+    assert table.splitlines()[0].split() == ["TIME", "STEP", "DECISION", "DETAIL"]
+    assert "authenticate" in table
+    run("messages", "trace", "424242", expect=1)
+    assert "no received message 424242" in run.err
+
+
+def test_messages_list_rejects_unknown_state(run: Run) -> None:
+    """--state takes only the states a message can be in."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(run.config), "messages", "list", "--state", "lost"])
+    assert exit_info.value.code == 2
+
+
+def test_quarantine(run: Run, session: Session, tmp_path: Path) -> None:
+    """quarantine list, release (plain and forced) and delete."""
+    run("demo", "init")
+    blobs = BlobStore(tmp_path / "blobs")
+    _, processed_id, quarantined_id = _record(session, blobs)
+    session.commit()
+    (held,) = run.json("quarantine", "list")
+    assert held["id"] == quarantined_id
+    assert held["state"] == "quarantined"
+
+    run("quarantine", "release", str(processed_id), expect=1)
+    assert "not quarantined" in run.err
+    run("quarantine", "release", str(quarantined_id))
+    assert run.json("quarantine", "list") == []
+    (shown,) = run.json("messages", "show", str(quarantined_id))
+    assert shown["state"] == "received"
+    assert shown["force_record"] is False
+    assert shown["trace"][-1]["decision"] == "released"
+
+    with session.begin():
+        message = session.get(ReceivedMessage, quarantined_id)
+        assert message is not None
+        session.refresh(message)
+        message.state = MessageState.QUARANTINED
+    run("quarantine", "release", "--force", str(quarantined_id))
+    (shown,) = run.json("messages", "show", str(quarantined_id))
+    assert shown["force_record"] is True
+    assert shown["trace"][-1]["decision"] == "released-forced"
+
+    with session.begin():
+        message = session.get(ReceivedMessage, quarantined_id)
+        assert message is not None
+        session.refresh(message)
+        message.state = MessageState.QUARANTINED
+        digest = message.blob
+    assert blobs.path(digest).exists()
+    out = run("quarantine", "delete", str(quarantined_id))
+    assert "deleted" in out
+    assert not blobs.path(digest).exists()
+    assert [m["id"] for m in run.json("messages", "list")] == [processed_id]
+    run("quarantine", "delete", str(quarantined_id), expect=1)
+
+
+def test_format_table_aligns_columns() -> None:
+    """Tables line every column up under its header, whatever the cell widths."""
+    text = format_table(
+        [{"a": 1, "b": "long value"}, {"a": 22222, "b": None}, {"a": [1, 2], "b": True}],
+        ["a", "b"],
+    )
+    lines = text.splitlines()
+    assert lines == [
+        "A      B",
+        "1      long value",
+        "22222  -",
+        "1, 2   yes",
+    ]
+
+
+def test_python_dash_m(config_file: Path) -> None:
+    """`python -m mailledger` is the same command as the console script."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mailledger", "--config", str(config_file), "check-config"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[capture]" in result.stdout
