@@ -194,8 +194,11 @@ Send a message while `mailledger serve` runs, with Python:
 python3 - <<'EOF'
 import smtplib
 from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 
 msg = EmailMessage()
+msg["Message-ID"] = make_msgid(domain="client.example")
+msg["Date"] = formatdate(localtime=True)
 msg["From"] = "Carol Client <{contact}>"
 msg["To"] = "Richard Smith <{staff_address}>"
 msg["Subject"] = "Quote for the new office"
