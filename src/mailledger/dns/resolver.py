@@ -1,0 +1,476 @@
+"""The one resolver every SPF, DKIM, ARC, DMARC and MX lookup goes through (DESIGN §7).
+
+Tests and operators point it at any name server, so nothing in the verification path ever
+does DNS on its own: pyspf and dkimpy are handed adapters (``spf_check``/``spf_context`` and
+``dkim_dnsfunc``) that answer from here. Failures never escape as dnspython exceptions; they
+become a :class:`DNSResult` status in the RFC 8601 vocabulary (a timeout is ``temperror``).
+
+This module lives in ``mailledger.dns``; ``import dns.resolver`` below is dnspython because
+imports are absolute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ipaddress
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeVar
+
+import dns.asyncresolver
+import dns.exception
+import dns.message
+import dns.name
+import dns.nameserver
+import dns.rdata
+import dns.rdatatype
+import dns.resolver
+import spf
+
+from mailledger.config import DNSSettings
+
+Status = Literal["ok", "nxdomain", "nodata", "temperror", "permerror"]
+# TXT/SPF, A/AAAA, PTR/CNAME/NS and other types are strings; MX is (preference, exchange).
+Record = str | tuple[int, str]
+
+# RFC 2308 §5: negative answers are cached for min(SOA TTL, SOA MINIMUM). Without an SOA we
+# still keep them briefly, so a burst of checks for one missing name asks once.
+DEFAULT_NEGATIVE_TTL: Final = 30
+MAX_NEGATIVE_TTL: Final = 3 * 3600
+MAX_POSITIVE_TTL: Final = 86400
+DEFAULT_CACHE_SIZE: Final = 10_000
+# RFC 6891 §6.2.5 / DNS flag day 2020: a payload size that avoids IP fragmentation.
+EDNS_PAYLOAD: Final = 1232
+
+_R = TypeVar("_R", bound=dns.resolver.BaseResolver)
+
+
+@dataclass(frozen=True, slots=True)
+class DNSResult:
+    """One lookup's outcome, cacheable and safe to share between threads.
+
+    ``records`` holds TXT/SPF records as one string each (the record's character-strings
+    joined, RFC 7208 §3.3 / RFC 6376 §3.6.2.2) decoded as UTF-8 with ``surrogateescape``, so
+    ``record.encode("utf-8", "surrogateescape")`` gives back the exact bytes; MX records as
+    ``(preference, exchange)``; A/AAAA as address text; PTR/CNAME/NS as names without the
+    final dot (the root, as in a null MX, is ``"."``).
+    """
+
+    name: str
+    rdtype: str
+    status: Status
+    records: tuple[Record, ...] = ()
+    ttl: int = 0
+    canonical_name: str = ""
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the name has records of the asked type."""
+        return self.status == "ok"
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """The string records (TXT, SPF, addresses, names), for callers that want one type."""
+        return tuple(r for r in self.records if isinstance(r, str))
+
+    @property
+    def exchanges(self) -> tuple[tuple[int, str], ...]:
+        """The MX records as (preference, exchange), in preference order (RFC 5321 §5.1)."""
+        return tuple(sorted(r for r in self.records if isinstance(r, tuple)))
+
+
+class DNSTempError(Exception):
+    """A lookup failed temporarily; raised only where a library's callback can't return it.
+
+    dkimpy maps both ``None`` and its own ``DnsTimeoutError`` to a plain failed signature, so
+    the DKIM adapter raises this instead: it is not a ``dkim.DKIMException``, passes through
+    ``dkim.verify`` and ``dkim.arc_verify``, and the caller reports ``temperror``.
+    """
+
+    def __init__(self, result: DNSResult) -> None:
+        super().__init__(f"{result.name}/{result.rdtype}: {result.detail or result.status}")
+        self.result = result
+
+
+def text_bytes(record: str) -> bytes:
+    """The exact bytes of a TXT record held in a :class:`DNSResult`."""
+    return record.encode("utf-8", "surrogateescape")
+
+
+def parse_nameserver(value: str) -> tuple[str, int]:
+    """Split ``"host:port"``, ``"[v6]:port"``, ``"host"`` or a bare IPv6 address.
+
+    Name servers must be addresses: resolving the resolver's own servers would need DNS.
+    """
+    text = value.strip()
+    port = 53
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{value!r}: expected [IPv6]:PORT")
+        if rest:
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = int(port_text)
+    else:
+        host = text
+    ipaddress.ip_address(host)  # raises ValueError naming the bad host
+    if not 0 < port < 65536:
+        raise ValueError(f"{value!r}: port out of range")
+    return host, port
+
+
+def _name_text(name: dns.name.Name) -> str:
+    return "." if name == dns.name.root else name.to_text(omit_final_dot=True)
+
+
+def _record(rd: dns.rdata.Rdata) -> Record:
+    value: Any = rd
+    if rd.rdtype in (dns.rdatatype.TXT, dns.rdatatype.SPF):
+        return b"".join(value.strings).decode("utf-8", "surrogateescape")
+    if rd.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        return str(value.address)
+    if rd.rdtype == dns.rdatatype.MX:
+        return (int(value.preference), _name_text(value.exchange))
+    if rd.rdtype in (dns.rdatatype.PTR, dns.rdatatype.CNAME, dns.rdatatype.NS):
+        return _name_text(value.target)
+    return rd.to_text()
+
+
+def _negative_ttl(response: dns.message.Message | None) -> int:
+    """RFC 2308 §5: min(SOA TTL, SOA MINIMUM) from the authority section, else a default."""
+    if response is not None:
+        for rrset in response.authority:
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                soa: Any = rrset[0]
+                return max(0, min(int(rrset.ttl), int(soa.minimum), MAX_NEGATIVE_TTL))
+    return DEFAULT_NEGATIVE_TTL
+
+
+class _TTLCache:
+    """A bounded LRU of results with expiry times, shared by the sync and async paths."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._data: OrderedDict[tuple[str, int], tuple[float, DNSResult]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> DNSResult | None:
+        now = time.monotonic()
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            expires, result = entry
+            if expires <= now:
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return result
+
+    def put(self, key: tuple[str, int], result: DNSResult) -> None:
+        if result.ttl <= 0 or self._max <= 0:
+            return
+        expires = time.monotonic() + result.ttl
+        with self._lock:
+            self._data[key] = (expires, result)
+            self._data.move_to_end(key)
+            while len(self._data) > self._max:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+
+@dataclass(frozen=True, slots=True)
+class _Question:
+    qname: dns.name.Name
+    rdtype: dns.rdatatype.RdataType
+    key: tuple[str, int]
+    name: str
+    type_text: str
+
+
+# The resolver pyspf's lookups go to in the current context (thread or task). pyspf has no
+# per-query hook, only the module global ``spf.DNSLookup``; a context variable lets several
+# resolvers (tests, tenants) share that one global safely. ``asyncio.to_thread`` copies the
+# context, so a binding made before handing the check to a worker thread still applies.
+_spf_resolver: contextvars.ContextVar[Resolver | None] = contextvars.ContextVar(
+    "mailledger_spf_resolver", default=None
+)
+_spf_install_lock = threading.Lock()
+
+
+def _spf_dnslookup(
+    name: str, qtype: str, strict: object = True, timeout: float | None = None
+) -> list[tuple[tuple[str, str], Any]]:
+    """Stands in for ``spf.DNSLookup``: answers from the resolver bound to this context."""
+    resolver = _spf_resolver.get()
+    if resolver is None:
+        # Never fall back to pyspf's own DNS: that would bypass configured name servers.
+        raise spf.TempError("DNS: no mailledger resolver is bound for this SPF check")
+    return resolver.spf_lookup(name, qtype, timeout)
+
+
+def install_spf_lookup() -> None:
+    """Route every pyspf lookup through the bound :class:`Resolver` (idempotent)."""
+    with _spf_install_lock:
+        if spf.DNSLookup is not _spf_dnslookup:
+            spf.DNSLookup = _spf_dnslookup
+
+
+class Resolver:
+    """Cached DNS lookups with one time budget, for async code and worker threads alike."""
+
+    def __init__(
+        self, settings: DNSSettings | None = None, *, cache_size: int = DEFAULT_CACHE_SIZE
+    ) -> None:
+        settings = settings or DNSSettings()
+        self.timeout_seconds = settings.timeout_seconds
+        self._cache = _TTLCache(cache_size)
+        self._config_error = ""
+        servers = [parse_nameserver(v) for v in settings.nameservers]
+        self._sync = self._make(dns.resolver.Resolver, servers)
+        self._async = self._make(dns.asyncresolver.Resolver, servers)
+
+    def _make(self, kind: type[_R], servers: list[tuple[str, int]]) -> _R:
+        if servers:
+            resolver = kind(configure=False)
+            resolver.nameservers = [dns.nameserver.Do53Nameserver(h, p) for h, p in servers]
+        else:
+            try:
+                resolver = kind(configure=True)  # the system's resolv.conf
+            except dns.resolver.NoResolverConfiguration as exc:
+                resolver = kind(configure=False)
+                self._config_error = f"no name servers configured: {exc}"
+        resolver.timeout = self.timeout_seconds
+        resolver.lifetime = self.timeout_seconds
+        resolver.use_edns(0, 0, EDNS_PAYLOAD)
+        resolver.cache = None  # ours is shared between the sync and async resolvers
+        return resolver
+
+    def clear_cache(self) -> None:
+        """Forget every cached answer (operators changing records, tests)."""
+        self._cache.clear()
+
+    @property
+    def cache_size(self) -> int:
+        """How many answers are cached now."""
+        return len(self._cache)
+
+    # -- the lookups ---------------------------------------------------------------------
+
+    def _question(self, name: str, rdtype: str | int) -> _Question | DNSResult:
+        try:
+            kind = dns.rdatatype.RdataType.make(rdtype)
+        except (dns.exception.DNSException, ValueError) as exc:
+            return DNSResult(str(name), str(rdtype), "permerror", detail=f"bad type: {exc}")
+        type_text = dns.rdatatype.to_text(kind)
+        try:
+            qname = dns.name.from_text(name.strip().rstrip(".") + ".")
+        except (dns.exception.DNSException, ValueError) as exc:
+            # RFC 7208 §4.3: a malformed domain is not a DNS failure; retrying won't help.
+            return DNSResult(name, type_text, "permerror", detail=f"bad name: {exc}")
+        text = _name_text(qname).lower()
+        return _Question(qname, kind, (text, int(kind)), text, type_text)
+
+    def _lifetime(self, lifetime: float | None) -> float:
+        if lifetime is None:
+            return self.timeout_seconds
+        return max(0.001, min(lifetime, self.timeout_seconds))
+
+    def query_sync(
+        self, name: str, rdtype: str | int, *, lifetime: float | None = None
+    ) -> DNSResult:
+        """Blocking lookup, for pyspf, dkimpy and other code already in a worker thread."""
+        q = self._question(name, rdtype)
+        if isinstance(q, DNSResult):
+            return q
+        cached = self._cache.get(q.key)
+        if cached is not None:
+            return cached
+        if self._config_error:
+            return DNSResult(q.name, q.type_text, "temperror", detail=self._config_error)
+        try:
+            answer = self._sync.resolve(
+                q.qname,
+                q.rdtype,
+                raise_on_no_answer=False,
+                lifetime=self._lifetime(lifetime),
+                search=False,
+            )
+        except (dns.exception.DNSException, OSError) as exc:
+            result = self._from_exception(q, exc)
+        else:
+            result = self._from_answer(q, answer)
+        self._cache.put(q.key, result)
+        return result
+
+    async def query(
+        self, name: str, rdtype: str | int, *, lifetime: float | None = None
+    ) -> DNSResult:
+        """Lookup on the running event loop; shares the cache with :meth:`query_sync`."""
+        q = self._question(name, rdtype)
+        if isinstance(q, DNSResult):
+            return q
+        cached = self._cache.get(q.key)
+        if cached is not None:
+            return cached
+        if self._config_error:
+            return DNSResult(q.name, q.type_text, "temperror", detail=self._config_error)
+        try:
+            answer = await self._async.resolve(
+                q.qname,
+                q.rdtype,
+                raise_on_no_answer=False,
+                lifetime=self._lifetime(lifetime),
+                search=False,
+            )
+        except (dns.exception.DNSException, OSError) as exc:
+            result = self._from_exception(q, exc)
+        else:
+            result = self._from_answer(q, answer)
+        self._cache.put(q.key, result)
+        return result
+
+    async def txt(self, name: str) -> DNSResult:
+        """TXT records of ``name``, each one joined into a single string."""
+        return await self.query(name, "TXT")
+
+    async def mx(self, name: str) -> DNSResult:
+        """MX records of ``name`` as (preference, exchange)."""
+        return await self.query(name, "MX")
+
+    def txt_sync(self, name: str) -> DNSResult:
+        """Blocking twin of :meth:`txt`."""
+        return self.query_sync(name, "TXT")
+
+    def mx_sync(self, name: str) -> DNSResult:
+        """Blocking twin of :meth:`mx`."""
+        return self.query_sync(name, "MX")
+
+    @staticmethod
+    def _from_answer(q: _Question, answer: dns.resolver.Answer) -> DNSResult:
+        canonical = _name_text(answer.canonical_name).lower()
+        if answer.rrset is None:
+            ttl = _negative_ttl(answer.response)
+            return DNSResult(q.name, q.type_text, "nodata", ttl=ttl, canonical_name=canonical)
+        ttl = max(0, min(int(answer.chaining_result.minimum_ttl), MAX_POSITIVE_TTL))
+        records = tuple(_record(rd) for rd in answer.rrset)
+        return DNSResult(q.name, q.type_text, "ok", records, ttl, canonical)
+
+    @staticmethod
+    def _from_exception(q: _Question, exc: BaseException) -> DNSResult:
+        if isinstance(exc, dns.resolver.NXDOMAIN):
+            nxdomain: Any = exc  # dnspython leaves NXDOMAIN.response untyped
+            try:
+                response: dns.message.Message | None = nxdomain.response(q.qname)
+            except KeyError:
+                response = None
+            return DNSResult(q.name, q.type_text, "nxdomain", ttl=_negative_ttl(response))
+        if isinstance(exc, dns.resolver.NoAnswer):
+            return DNSResult(q.name, q.type_text, "nodata", ttl=DEFAULT_NEGATIVE_TTL)
+        if isinstance(exc, dns.resolver.YXDOMAIN):
+            return DNSResult(q.name, q.type_text, "permerror", detail="YXDOMAIN")
+        if isinstance(exc, dns.resolver.NoNameservers):
+            errors = [e[3] for e in exc.kwargs.get("errors", [])]
+            if errors and all(isinstance(e, dns.message.ChainTooLong) for e in errors):
+                # RFC 1034 §3.6.2: a CNAME loop is an error in the data, not a transient one.
+                return DNSResult(
+                    q.name, q.type_text, "permerror", detail="CNAME chain loops or is too long"
+                )
+            return DNSResult(q.name, q.type_text, "temperror", detail=str(exc))
+        if isinstance(exc, dns.exception.Timeout):
+            return DNSResult(q.name, q.type_text, "temperror", detail=f"timeout: {exc}")
+        # Unknown faults are temporary (STYLE: network errors, no configuration, bad packets).
+        return DNSResult(q.name, q.type_text, "temperror", detail=f"{type(exc).__name__}: {exc}")
+
+    # -- pyspf ---------------------------------------------------------------------------
+
+    def spf_lookup(
+        self, name: str, qtype: str, timeout: float | None = None
+    ) -> list[tuple[tuple[str, str], Any]]:
+        """One lookup in the shape of ``spf.DNSLookup``: ``[((name, qtype), data), ...]``.
+
+        CNAMEs are followed here (the answer is filed under the asked name, as pyspf's own
+        dnspython driver does). TXT/SPF data is a one-element tuple of bytes, MX is
+        ``(preference, exchange)``. No data, NXDOMAIN and permanent errors (a CNAME loop, a
+        malformed name) give ``[]``, which pyspf counts as a void lookup (RFC 7208 §4.6.4);
+        a temporary error raises ``spf.TempError``.
+        """
+        result = self.query_sync(name, qtype, lifetime=timeout)
+        if result.status == "temperror":
+            raise spf.TempError(f"DNS {result.detail or 'temporary failure'}")
+        if result.status != "ok":
+            return []
+        key = (name, qtype)
+        if qtype in ("TXT", "SPF"):
+            return [(key, (text_bytes(r),)) for r in result.texts]
+        return [(key, r) for r in result.records]
+
+    @contextlib.contextmanager
+    def spf_context(self) -> Iterator[Resolver]:
+        """Make pyspf queries made inside this block (this thread or task) use this resolver."""
+        install_spf_lookup()
+        token = _spf_resolver.set(self)
+        try:
+            yield self
+        finally:
+            _spf_resolver.reset(token)
+
+    def spf_check(
+        self,
+        ip: str,
+        sender: str,
+        helo: str,
+        *,
+        receiver: str | None = None,
+        strict: bool | int = True,
+        querytime: float | None = None,
+    ) -> tuple[str, str]:
+        """RFC 7208 check_host() through this resolver: (result, explanation). Blocking.
+
+        ``querytime`` bounds the whole check (RFC 7208 §4.6.4 suggests 20 s); by default it
+        is four times the per-lookup timeout, so a check never runs unbounded.
+        """
+        budget = querytime if querytime is not None else 4 * self.timeout_seconds
+        with self.spf_context():
+            q = spf.query(
+                i=ip, s=sender, h=helo, receiver=receiver, strict=strict, querytime=budget
+            )
+            result, _code, explanation = q.check()
+        return str(result), str(explanation)
+
+    # -- dkimpy --------------------------------------------------------------------------
+
+    def dkim_dnsfunc(self, name: bytes, timeout: float = 5) -> bytes | None:
+        """``dnsfunc`` for ``dkim.verify``/``dkim.arc_verify``: the key record's text or None.
+
+        None (no record, or a name that isn't ASCII) makes dkimpy fail the signature, which is
+        right for a missing key (RFC 6376 §6.1.2 PERMFAIL). A temporary failure raises
+        :class:`DNSTempError` instead, because dkimpy turns its own timeout error into the
+        same plain failure and the caller could not report ``temperror``. dkimpy's
+        ``timeout`` is honoured only when shorter than ours.
+        """
+        try:
+            text = name.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        result = self.query_sync(text, "TXT", lifetime=timeout)
+        if result.status == "temperror":
+            raise DNSTempError(result)
+        if result.status != "ok" or not result.texts:
+            return None
+        # RFC 6376 §3.6.2.2: several records at one selector are undefined; take the first.
+        return text_bytes(result.texts[0])
