@@ -56,8 +56,8 @@ class DNSResult:
     ``records`` holds TXT/SPF records as one string each (the record's character-strings
     joined, RFC 7208 §3.3 / RFC 6376 §3.6.2.2) decoded as UTF-8 with ``surrogateescape``, so
     ``record.encode("utf-8", "surrogateescape")`` gives back the exact bytes; MX records as
-    ``(preference, exchange)``; A/AAAA as address text; PTR/CNAME/NS as names without the
-    final dot (the root, as in a null MX, is ``"."``).
+    ``(preference, exchange)``; A/AAAA as address text; PTR/CNAME/NS as lowercase names
+    without the final dot (the root, as in a null MX, is ``"."``).
     """
 
     name: str
@@ -127,7 +127,9 @@ def parse_nameserver(value: str) -> tuple[str, int]:
 
 
 def _name_text(name: dns.name.Name) -> str:
-    return "." if name == dns.name.root else name.to_text(omit_final_dot=True)
+    # Names are case-insensitive (RFC 4343) and compression can copy the question's case into
+    # an answer, so they are compared and returned in lowercase.
+    return "." if name == dns.name.root else name.to_text(omit_final_dot=True).lower()
 
 
 def _record(rd: dns.rdata.Rdata) -> Record:
@@ -282,7 +284,7 @@ class Resolver:
         except (dns.exception.DNSException, ValueError) as exc:
             # RFC 7208 §4.3: a malformed domain is not a DNS failure; retrying won't help.
             return DNSResult(name, type_text, "permerror", detail=f"bad name: {exc}")
-        text = _name_text(qname).lower()
+        text = _name_text(qname)
         return _Question(qname, kind, (text, int(kind)), text, type_text)
 
     def _lifetime(self, lifetime: float | None) -> float:
@@ -362,7 +364,7 @@ class Resolver:
 
     @staticmethod
     def _from_answer(q: _Question, answer: dns.resolver.Answer) -> DNSResult:
-        canonical = _name_text(answer.canonical_name).lower()
+        canonical = _name_text(answer.canonical_name)
         if answer.rrset is None:
             ttl = _negative_ttl(answer.response)
             return DNSResult(q.name, q.type_text, "nodata", ttl=ttl, canonical_name=canonical)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socketserver
 import struct
+import textwrap
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -386,7 +387,7 @@ class DNSServer:
     def add_zone_text(self, text: str, origin: str = ".", default_ttl: int = 300) -> None:
         """Publish records written as a zone file (``$ORIGIN``, ``$TTL``, relative names)."""
         zone = dns.zone.from_text(
-            f"$TTL {default_ttl}\n{text}",
+            f"$TTL {default_ttl}\n{textwrap.dedent(text)}",
             origin=_name(origin),
             relativize=False,
             check_origin=False,
