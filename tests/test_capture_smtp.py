@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import ssl
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -565,3 +568,60 @@ async def test_intake_refuses_after_close(
     facts = SessionFacts("127.0.0.1:1", "", "", [], "", "t")
     with pytest.raises(IntakeError):
         await intake.store(facts, [route], b"x\r\n")
+
+
+# --- STARTTLS ----------------------------------------------------------------------------
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for mx.capture.example, made with the openssl command."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=mx.capture.example",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_starttls_only_with_a_certificate(
+    settings: Settings, demo: DemoAddresses, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """STARTTLS is offered only with [tls] set; after it the trace id stays and TLS is recorded."""
+    async with running_server(settings) as port:
+        plain = await send_raw_async(port, CONTACT, [demo.user_capture], make_email())
+    assert "starttls" not in plain.esmtp_features
+
+    cert, key = self_signed(tmp_path)
+    tls = settings.tls.model_copy(update={"cert_file": str(cert), "key_file": str(key)})
+    client_context = ssl.create_default_context(cafile=str(cert))
+    client_context.check_hostname = False
+    async with running_server(settings.model_copy(update={"tls": tls})) as port:
+        tx = await send_raw_async(
+            port, CONTACT, [demo.user_capture], make_email(), starttls=client_context
+        )
+        row = stored(sessions, queue_id_of(tx))
+    banner = BANNER.match(tx.banner[1])
+    assert banner
+    assert row.trace_id == banner.group(1)
+    assert row.tls.startswith("TLSv1."), row.tls
+    assert row.helo == "client.test"
+    # The capture listener takes no logins, with TLS or without.
+    assert "auth" not in tx.esmtp_features

@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailledger.capture import replies, screening
@@ -179,6 +179,11 @@ class CaptureHandler:
         about our internals and makes the sender drop mail it should retry.
         """
         trace_id = str(structlog.contextvars.get_contextvars().get("trace_id", ""))
+        if isinstance(error, TLSSetupException):
+            # A client that gives up mid-handshake is common and not our fault; aiosmtpd
+            # closes the connection and sends nothing.
+            log.info("TLS handshake failed", error=repr(error.__cause__))
+            return str(replies.LOCAL_ERROR)
         log.error("error in SMTP session", exc_info=error)
         reply = replies.LOCAL_ERROR
         if trace_id:

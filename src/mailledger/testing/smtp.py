@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import smtplib
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -50,6 +51,16 @@ class Transaction:
         return self.data is not None and self.data[0] == 250
 
 
+class _Client(smtplib.SMTP):
+    """smtplib's client; ``connect`` remembers the host, which ``starttls`` needs for SNI."""
+
+    def connect(
+        self, host: str = "localhost", port: int = 0, source_address: Any = None
+    ) -> tuple[int, bytes]:
+        self._host = host
+        return super().connect(host, port, source_address)
+
+
 def _reply(code: int, message: bytes | str) -> Reply:
     text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
     return code, text
@@ -65,19 +76,24 @@ def send_raw(
     source_address: str | None = None,
     mail_options: Sequence[str] = (),
     helo: str = "client.test",
+    starttls: ssl.SSLContext | None = None,
     io_timeout: float = 30.0,
 ) -> Transaction:
     """One SMTP transaction with exactly these bytes; stops at the first refused step.
 
     ``source_address`` binds the client to another loopback address (127.0.0.x), to test
-    per-peer behaviour. Every reply is recorded; nothing is raised for a refusal.
+    per-peer behaviour; ``starttls`` upgrades the session with that client context first.
+    Every reply is recorded; nothing is raised for a refusal.
     """
     result = Transaction()
     source = (source_address, 0) if source_address else None
-    client = smtplib.SMTP(timeout=io_timeout, source_address=source)
+    client = _Client(timeout=io_timeout, source_address=source)
     try:
         result.banner = _reply(*client.connect(host, port))
         result.ehlo = _reply(*client.ehlo(helo))
+        if starttls is not None:
+            client.starttls(context=starttls)
+            result.ehlo = _reply(*client.ehlo(helo))
         result.esmtp_features = dict(client.esmtp_features)
         result.mail = _reply(*client.mail(mail_from, list(mail_options)))
         if result.mail[0] != 250:
@@ -111,6 +127,7 @@ async def send_raw_async(
     source_address: str | None = None,
     mail_options: Sequence[str] = (),
     helo: str = "client.test",
+    starttls: ssl.SSLContext | None = None,
     io_timeout: float = 30.0,
 ) -> Transaction:
     """``send_raw`` in a thread, so a server in this event loop can answer meanwhile."""
@@ -124,6 +141,7 @@ async def send_raw_async(
         source_address=source_address,
         mail_options=mail_options,
         helo=helo,
+        starttls=starttls,
         io_timeout=io_timeout,
     )
 
