@@ -372,21 +372,30 @@ def _create_contact(session: Session, tenant: Tenant, party: Party) -> Match:
 
 
 def _loop_guard(session: Session, tenant: Tenant, sender: str, settings: Settings) -> None:
-    """Count messages per sender per time window; past the threshold it is a loop or a flood."""
+    """Count messages per sender; past the threshold within a window it is a loop or a flood.
+
+    Counts live in buckets one window long; the current and the previous bucket are added up,
+    so a burst that straddles a bucket boundary is still seen.
+    """
     window = settings.processing.loop_window_seconds
     bucket = int(utcnow().timestamp() // window)
-    row = session.scalars(
-        select(SenderCount).where(
-            SenderCount.tenant_id == tenant.id,
-            SenderCount.sender == sender,
-            SenderCount.bucket == bucket,
+    rows = {
+        row.bucket: row
+        for row in session.scalars(
+            select(SenderCount).where(
+                SenderCount.tenant_id == tenant.id,
+                SenderCount.sender == sender,
+                SenderCount.bucket.in_([bucket - 1, bucket]),
+            )
         )
-    ).one_or_none()
-    if row is None:
-        row = SenderCount(tenant_id=tenant.id, sender=sender, bucket=bucket, count=0)
-        session.add(row)
-    row.count += 1
-    if row.count > settings.processing.loop_threshold:
+    }
+    current = rows.get(bucket)
+    if current is None:
+        current = SenderCount(tenant_id=tenant.id, sender=sender, bucket=bucket, count=0)
+        session.add(current)
+    current.count += 1
+    total = current.count + (rows[bucket - 1].count if bucket - 1 in rows else 0)
+    if total > settings.processing.loop_threshold:
         raise Quarantine(
             f"loop: more than {settings.processing.loop_threshold} messages from {sender} "
             f"within {window:g} s"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -62,7 +62,11 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
 
 
 class MessageState(enum.StrEnum):
@@ -108,6 +112,10 @@ class Tenant(Base):
     create_unknown_contacts: Mapped[bool] = mapped_column(Boolean, default=False)
     record_internal: Mapped[bool] = mapped_column(Boolean, default=False)
     strip_plus_tags: Mapped[bool] = mapped_column(Boolean, default=True)
+    # A filtering MTA the tenant runs in front of us: mail from these networks carries that
+    # gateway's Authentication-Results (with this authserv-id), which we then believe.
+    gateway_networks: Mapped[list[Any]] = mapped_column(default=list)
+    gateway_authserv_id: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     customer_domains: Mapped[list[CustomerDomain]] = relationship(
@@ -436,6 +444,24 @@ class Attachment(Base):
     activity: Mapped[Activity] = relationship(back_populates="attachments")
 
 
+class ForwardingConfirmation(Base):
+    """A provider's forwarding-confirmation mail, to hand back to the staff member (DESIGN §6)."""
+
+    __tablename__ = "forwarding_confirmations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"), index=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("received_messages.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(40))
+    code: Mapped[str] = mapped_column(String(40), default="")
+    link: Mapped[str] = mapped_column(Text, default="")
+    requested_by: Mapped[str] = mapped_column(String(320), default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # pending: waits for the relay to hand the mail back to the staff member's primary address.
+    handback_state: Mapped[str] = mapped_column(String(16), default="pending")
+
+
 class SenderCount(Base):
     """Messages seen from one sender per time bucket, for the loop guard (DESIGN §5)."""
 
@@ -460,6 +486,7 @@ __all__ = [
     "ContactAddress",
     "CustomerDomain",
     "Direction",
+    "ForwardingConfirmation",
     "MessageRoute",
     "MessageState",
     "NeverLog",
