@@ -28,5 +28,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run
 
+# The published SPF (RFC 7208) and ARC suites, read from ../shared/vectors; `make test` runs them too.
+conformance: $(STAMP)
+	$(PY) -m pytest -q tests/conformance
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

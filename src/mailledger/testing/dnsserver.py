@@ -29,6 +29,7 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.TXT
 import dns.rrset
 import dns.zone
@@ -98,13 +99,13 @@ def make_rdata(rdtype: str | int, value: Value) -> dns.rdata.Rdata:
         return _txt_rdata(kind, value)
     if isinstance(value, tuple) and kind == dns.rdatatype.MX:
         preference, exchange = value
-        text = f"{int(preference)} {exchange}"
-    elif isinstance(value, str):
-        text = value
-    else:
+        # An empty exchange is the root, as in a null MX (RFC 7505).
+        target = dns.name.from_text(exchange.rstrip(".") + ".") if exchange else dns.name.root
+        return dns.rdtypes.ANY.MX.MX(dns.rdataclass.IN, kind, int(preference), target)
+    if not isinstance(value, str):
         raise TypeError(f"a {dns.rdatatype.to_text(kind)} value is presentation text")
     return dns.rdata.from_text(
-        dns.rdataclass.IN, kind, text, origin=dns.name.root, relativize=False
+        dns.rdataclass.IN, kind, value, origin=dns.name.root, relativize=False
     )
 
 
