@@ -113,6 +113,19 @@ class ProcessingSettings(_Section):
     privacy_keywords: list[str] = Field(default_factory=lambda: ["[private]", "[confidential]"])
 
 
+class VerifySettings(_Section):
+    # The name our Authentication-Results headers carry; empty: [service] hostname.
+    authserv_id: str = ""
+    # ARC sealers whose valid chains may vouch for a forward (DESIGN §4).
+    trusted_arc_sealers: list[str] = Field(
+        default_factory=lambda: ["google.com", "microsoft.com", "outlook.com"]
+    )
+    # One message's whole SPF, DKIM, ARC and DMARC work; running out is a temperror.
+    time_budget_seconds: float = Field(default=20.0, gt=0)
+    # DEMO ONLY: treat mail from 127.0.0.0/8 and ::1 as sent by an authenticated forwarder.
+    demo_trust_loopback: bool = False
+
+
 class LoggingSettings(_Section):
     # auto: JSON lines when stderr is not a terminal (systemd), readable console otherwise.
     format: Literal["auto", "json", "console"] = "auto"
@@ -138,6 +151,7 @@ class Settings(_Section):
     relay: RelaySettings = Field(default_factory=RelaySettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
+    verify: VerifySettings = Field(default_factory=VerifySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
