@@ -29,7 +29,6 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.TXT
 import dns.rrset
 import dns.zone
@@ -101,7 +100,7 @@ def make_rdata(rdtype: str | int, value: Value) -> dns.rdata.Rdata:
         preference, exchange = value
         # An empty exchange is the root, as in a null MX (RFC 7505).
         target = dns.name.from_text(exchange.rstrip(".") + ".") if exchange else dns.name.root
-        return dns.rdtypes.ANY.MX.MX(dns.rdataclass.IN, kind, int(preference), target)
+        return dns.rdata.from_text(dns.rdataclass.IN, kind, f"{int(preference)} {target}")
     if not isinstance(value, str):
         raise TypeError(f"a {dns.rdatatype.to_text(kind)} value is presentation text")
     return dns.rdata.from_text(
