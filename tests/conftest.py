@@ -69,6 +69,10 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         "MAILLEDGER_CAPTURE__LISTEN": '["127.0.0.1:0"]',
         "MAILLEDGER_PROCESSING__POLL_INTERVAL_SECONDS": "0.05",
         "MAILLEDGER_LOGGING__FORMAT": '"console"',
+        # Nothing listens there: a test that needs DNS starts its own server; no lookup ever
+        # leaves the machine.
+        "MAILLEDGER_DNS__NAMESERVERS": '["127.0.0.1:9"]',
+        "MAILLEDGER_DNS__TIMEOUT_SECONDS": "0.5",
     }
     return load_settings(None, env)
 

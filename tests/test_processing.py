@@ -1,4 +1,8 @@
-"""Processing stored messages: matching, policies, dedupe, threads, content, and the trace."""
+"""Processing stored messages: matching, policies, dedupe, threads, content, and the trace.
+
+Sender authentication is covered with a real DNS server in test_trust.py; here loopback is
+trusted (the demo setting) so each test looks at one processing rule.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.capture.processor import process_message
 from mailledger.capture.worker import Worker
-from mailledger.config import Settings
+from mailledger.config import DNSSettings, Settings, VerifySettings
 from mailledger.demo import DemoAddresses
+from mailledger.dns.resolver import Resolver
 from mailledger.store import directory
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import (
@@ -33,6 +38,7 @@ from mailledger.store.models import (
     utcnow,
 )
 from mailledger.testing.mail import make_email, store_received
+from mailledger.verify.authenticate import Authenticator
 
 RICHARD = "richard@acme.capture.example"
 LOG = "log@acme.capture.example"
@@ -41,8 +47,25 @@ Process = Callable[..., ReceivedMessage]
 
 
 @pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The test settings with loopback trusted, as in the demo."""
+    return settings.model_copy(update={"verify": VerifySettings(demo_trust_loopback=True)})
+
+
+@pytest.fixture
+def authenticator(settings: Settings) -> Authenticator:
+    """An authenticator that is never asked: loopback trust answers first."""
+    unreachable = DNSSettings(nameservers=["127.0.0.1:9"], timeout_seconds=0.2)
+    return Authenticator(Resolver(unreachable), settings)
+
+
+@pytest.fixture
 def process(
-    sessions: sessionmaker[Session], blobs: BlobStore, settings: Settings, demo: DemoAddresses
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    settings: Settings,
+    authenticator: Authenticator,
+    demo: DemoAddresses,
 ) -> Process:
     """Store raw bytes for the given capture addresses, process them, return the message."""
 
@@ -50,7 +73,7 @@ def process(
         message_id = store_received(sessions, blobs, raw, rcpts or [RICHARD], mail_from=mail_from)
         with sessions.begin() as session:
             message = session.get_one(ReceivedMessage, message_id)
-            process_message(session, blobs, message, settings)
+            process_message(session, blobs, message, settings, authenticator)
         with sessions() as session:
             message = session.get_one(ReceivedMessage, message_id)
             _ = message.routes, message.trace
@@ -81,12 +104,12 @@ def test_forward_from_contact_becomes_inbound_activity(
     assert message.state is MessageState.PROCESSED, message.reason
     assert message.message_id == "m1@client.example"
     steps = [t.step for t in message.trace]
-    assert steps[:5] == ["intake", "parse", "automated", "trust", "match"]
+    assert steps[:5] == ["intake", "parse", "automated", "match", "trust"]
     assert message.trace[-1].decision == "captured"
     [activity] = _activities(sessions)
     assert activity.direction is Direction.INBOUND
     assert activity.subject == "Quote for the spring order"
-    assert activity.auth["trust"] == "unverified"
+    assert activity.auth["trust"] == "demo-loopback"
     assert "please send the quote" in activity.text_body
     kinds = {(p.role, p.address, p.kind) for p in activity.participants}
     assert ("from", "carol@client.example", PartyKind.CONTACT) in kinds
@@ -228,7 +251,11 @@ def test_null_sender_and_own_message_id_are_loops(process: Process) -> None:
 
 
 def test_forced_release_records_what_policy_quarantined(
-    process: Process, sessions: sessionmaker[Session], blobs: BlobStore, settings: Settings
+    process: Process,
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    settings: Settings,
+    authenticator: Authenticator,
 ) -> None:
     """An operator's forced release records an auto-reply the policy had set aside."""
     message = process(make_email(headers={"Precedence": "bulk"}))
@@ -236,7 +263,8 @@ def test_forced_release_records_what_policy_quarantined(
         row = session.get_one(ReceivedMessage, message.id)
         row.state, row.force_record = MessageState.RECEIVED, True
     with sessions.begin() as session:
-        process_message(session, blobs, session.get_one(ReceivedMessage, message.id), settings)
+        row = session.get_one(ReceivedMessage, message.id)
+        process_message(session, blobs, row, settings, authenticator)
     assert len(_activities(sessions)) == 1
 
 

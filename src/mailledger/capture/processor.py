@@ -13,7 +13,13 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from mailledger.capture.automated import automated_reason
+from mailledger.capture.confirmations import (
+    GMAIL_CONFIRMATION_SENDER,
+    GMAIL_SIGNING_DOMAIN,
+    extract_gmail_confirmation,
+)
 from mailledger.capture.parsing import ParsedMessage, ParseFailure, parse_message
+from mailledger.capture.verification import DEMO, MessageAuth
 from mailledger.config import Settings
 from mailledger.routing import dedupe
 from mailledger.routing.addresses import Mailbox, normalize
@@ -25,7 +31,9 @@ from mailledger.store.models import (
     Attachment,
     Contact,
     ContactAddress,
+    CustomerDomain,
     Direction,
+    ForwardingConfirmation,
     MessageRoute,
     MessageState,
     Participant,
@@ -33,14 +41,25 @@ from mailledger.store.models import (
     ReceivedMessage,
     RouteKind,
     SenderCount,
+    Staff,
+    StaffAddress,
     Tenant,
     Thread,
     TraceEntry,
     utcnow,
 )
-from mailledger.verify.trust import TrustDecision, decide_trust
+from mailledger.verify.authenticate import Authenticator
+from mailledger.verify.results import TEMPERROR, AuthOutcome
+from mailledger.verify.trust import (
+    Forward,
+    TrustDecision,
+    TrustPolicy,
+    decide_log_capture,
+    decide_user_capture,
+)
 
 RECORDED = "recorded"
+CONFIRMATION = "forwarding-confirmation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +73,10 @@ class Party:
 
 class Quarantine(Exception):  # noqa: N818 - it is a decision, not a fault
     """A route's copy is kept aside; the text is the reason users and operators see."""
+
+
+class RetryLater(Exception):  # noqa: N818 - a decision to wait, not a fault
+    """A check failed temporarily (DNS): process the message again later instead of deciding."""
 
 
 class Tracer:
@@ -76,24 +99,34 @@ class Tracer:
 
 
 def process_message(
-    session: Session, blobs: BlobStore, message: ReceivedMessage, settings: Settings
+    session: Session,
+    blobs: BlobStore,
+    message: ReceivedMessage,
+    settings: Settings,
+    authenticator: Authenticator,
+    *,
+    final_attempt: bool = True,
 ) -> None:
-    """Decide every route of one received message and set its final state and reason."""
+    """Decide every route of one received message and set its final state and reason.
+
+    Raises RetryLater when a check failed temporarily and this is not the last attempt; the
+    caller rolls back and tries again later.
+    """
     trace = Tracer(session, message)
-    force = message.force_record
     outcomes: list[str] = []
     try:
-        parsed = _parse(blobs, message, settings, trace)
+        raw, parsed = _parse(blobs, message, settings, trace)
         sender = _sender(parsed)
-        _check_automated(parsed, message, settings, force)
-        trace("automated", "person", "no auto-reply, bulk, bounce or loop markers")
     except Quarantine as exc:
         trace("quarantine", "quarantined", str(exc))
         for route in message.routes:
             route.outcome = str(exc)
         _finish(message, MessageState.QUARANTINED, str(exc))
         return
-    step = RouteStep(session, blobs, settings, message, parsed, sender, trace)
+    auth = MessageAuth(
+        authenticator, settings, blobs=blobs, message=message, raw=raw, parsed=parsed
+    )
+    step = RouteStep(session, blobs, settings, message, parsed, sender, trace, auth, final_attempt)
     for route in message.routes:
         try:
             activity = step.run(route)
@@ -102,24 +135,15 @@ def process_message(
             trace("quarantine", "quarantined", f"{route.rcpt}: {exc}")
             outcomes.append(str(exc))
             continue
+        if activity is None:
+            route.outcome = CONFIRMATION
+            continue
         route.outcome = RECORDED
         route.activity_id = activity.id
-    if any(route.outcome == RECORDED for route in message.routes):
+    if any(route.outcome in (RECORDED, CONFIRMATION) for route in message.routes):
         _finish(message, MessageState.PROCESSED, "; ".join(dict.fromkeys(outcomes)))
     else:
         _finish(message, MessageState.QUARANTINED, "; ".join(dict.fromkeys(outcomes)))
-
-
-def _check_automated(
-    parsed: ParsedMessage, message: ReceivedMessage, settings: Settings, force: bool
-) -> None:
-    if force:
-        return
-    reason = automated_reason(
-        parsed.headers, message.mail_from, parsed.message_id, settings.service.hostname
-    )
-    if reason is not None:
-        raise Quarantine(reason)
 
 
 def _finish(message: ReceivedMessage, state: MessageState, reason: str) -> None:
@@ -132,7 +156,7 @@ def _finish(message: ReceivedMessage, state: MessageState, reason: str) -> None:
 
 def _parse(
     blobs: BlobStore, message: ReceivedMessage, settings: Settings, trace: Tracer
-) -> ParsedMessage:
+) -> tuple[bytes, ParsedMessage]:
     raw = blobs.get(message.blob)
     try:
         parsed = parse_message(
@@ -153,7 +177,7 @@ def _parse(
         f"message-id=<{parsed.message_id}> subject={parsed.subject[:80]!r} "
         f"{len(parsed.body.attachments)} attachment(s)",
     )
-    return parsed
+    return raw, parsed
 
 
 def _sender(parsed: ParsedMessage) -> Mailbox:
@@ -199,17 +223,31 @@ class RouteStep:
     parsed: ParsedMessage
     sender: Mailbox
     trace: Tracer
+    auth: MessageAuth
+    final_attempt: bool
 
-    def run(self, route: MessageRoute) -> Activity:
-        """Trust, match, policy, then record or merge; raises Quarantine with the reason."""
+    def run(self, route: MessageRoute) -> Activity | None:
+        """Special mail, automation, trust, match, policy, then record or merge.
+
+        Returns None when the copy was handled without an activity (a forwarding
+        confirmation); raises Quarantine with the reason when it is kept aside.
+        """
         session, trace = self.session, self.trace
         force = self.message.force_record
         tenant = session.get_one(Tenant, route.tenant_id)
-
-        trust = decide_trust(route.kind, self.message.mail_from)
-        trace("trust", trust.verdict, f"{route.rcpt}: {trust.reason}")
-        if not trust.accept and not force:
-            raise Quarantine(f"untrusted: {trust.reason}")
+        if route.kind is RouteKind.USER and normalize(self.sender) == GMAIL_CONFIRMATION_SENDER:
+            self._forwarding_confirmation(route, tenant)
+            return None
+        if not force:
+            reason = automated_reason(
+                self.parsed.headers,
+                self.message.mail_from,
+                self.parsed.message_id,
+                self.settings.service.hostname,
+            )
+            if reason is not None:
+                raise Quarantine(reason)
+        trace("automated", "person", "no auto-reply, bulk, bounce or loop markers")
 
         parties = _parties(self.parsed, self.sender, tenant)
         matches = match_parties(session, tenant, [p.key for p in parties])
@@ -223,6 +261,14 @@ class RouteStep:
 
         if route.kind is RouteKind.LOG and sender_match.kind is not PartyKind.STAFF:
             raise Quarantine(f"log-not-staff: From {sender_key} is not a staff member's address")
+        trust = self._trust(route, tenant, sender_key)
+        trace("trust", trust.verdict, f"{route.rcpt}: {trust.reason}")
+        if not trust.accept:
+            if _temporary(trust) and not self.final_attempt:
+                raise RetryLater(trust.reason)
+            if not force:
+                raise Quarantine(f"untrusted: {trust.reason}")
+            trace("trust", "overridden", "released by the operator with --force")
         outbound = sender_match.kind is PartyKind.STAFF
         direction = Direction.OUTBOUND if outbound else Direction.INBOUND
         owner = route.staff_id if route.kind is RouteKind.USER else sender_match.staff_id
@@ -251,6 +297,70 @@ class RouteStep:
             trace("record", "captured", f"activity {activity.id} ({direction.value})")
         _add_participants(session, activity, parties, matches)
         return activity
+
+    def _trust(self, route: MessageRoute, tenant: Tenant, sender_key: str) -> TrustDecision:
+        """Apply the trust rule for the route's kind to the verdicts that hold for its tenant."""
+        auth, source = self.auth.for_tenant(tenant)
+        if source == DEMO:
+            summary = auth.summary() | {"trust": "demo-loopback"}
+            reason = "DEMO ONLY: loopback trusted as an authenticated forwarder"
+            return TrustDecision(True, "demo-loopback", reason, summary)
+        domains = self.session.scalars(
+            select(CustomerDomain.domain).where(
+                CustomerDomain.tenant_id == tenant.id, CustomerDomain.verified.is_(True)
+            )
+        )
+        policy = TrustPolicy(
+            tenant_domains=frozenset(domains),
+            trusted_sealers=frozenset(s.lower() for s in self.settings.verify.trusted_arc_sealers),
+        )
+        if route.kind is RouteKind.LOG:
+            return decide_log_capture(auth, sender_key, self.message.mail_from, policy)
+        own = self.session.scalars(
+            select(StaffAddress.address).where(
+                StaffAddress.staff_id == route.staff_id, StaffAddress.verified.is_(True)
+            )
+        )
+        headers = self.parsed.headers
+        forwarded = tuple(
+            " ".join(value.split()).lower()
+            for name in ("x-forwarded-to", "x-forwarded-for")
+            for value in headers.get(name, [])
+        )
+        forward = Forward(route.rcpt, self.message.mail_from, frozenset(own), forwarded)
+        return decide_user_capture(auth, forward, policy)
+
+    def _forwarding_confirmation(self, route: MessageRoute, tenant: Tenant) -> None:
+        """Keep Gmail's code for the staff member; only Google itself may send one."""
+        auth, source = self.auth.for_tenant(tenant)
+        signed = any(r.trusted_pass and r.domain == GMAIL_SIGNING_DOMAIN for r in auth.dkim)
+        if not signed and source != DEMO:
+            if _outcome_temporary(auth) and not self.final_attempt:
+                raise RetryLater("forwarding confirmation: DKIM check failed temporarily")
+            raise Quarantine(
+                f"forged-confirmation: {GMAIL_CONFIRMATION_SENDER} without dkim=pass "
+                f"d={GMAIL_SIGNING_DOMAIN}"
+            )
+        staff = self.session.get_one(Staff, route.staff_id)
+        found = extract_gmail_confirmation(self.parsed.subject, self.parsed.body.text, route.rcpt)
+        self.session.add(
+            ForwardingConfirmation(
+                tenant_id=tenant.id,
+                staff_id=staff.id,
+                message_id=self.message.id,
+                provider="gmail",
+                code=found.code,
+                link=found.link,
+                requested_by=found.requested_by,
+            )
+        )
+        self.message.auth = auth.summary()
+        self.trace(
+            "forwarding",
+            "confirmation",
+            f"Gmail forwarding confirmation (code {found.code or 'not found'}) requested by "
+            f"{found.requested_by or 'unknown'}; held for hand-back to {staff.primary_address}",
+        )
 
     def _require_known(
         self,
@@ -340,7 +450,7 @@ class RouteStep:
             html_body=parsed.body.html,
             private=any(word.lower() in subject_lower for word in keywords),
             auth=dict(trust.auth),
-            raw_blob=self.message.blob,
+            raw_blob=self.auth.stored_copy(),
         )
         activity.thread_id = _thread_for(self.session, tenant, parsed, external_keys)
         self.session.add(activity)
@@ -358,6 +468,19 @@ class RouteStep:
                 )
             )
         return activity
+
+
+def _outcome_temporary(auth: AuthOutcome) -> bool:
+    words = {auth.spf.result, auth.arc.result, auth.dmarc.result}
+    words.update(r.result for r in auth.dkim)
+    return TEMPERROR in words
+
+
+def _temporary(trust: TrustDecision) -> bool:
+    """Whether a refusal rests on a check that failed temporarily (DNS), not on a verdict."""
+    auth = trust.auth
+    words = {auth.get("spf"), auth.get("arc"), auth.get("dmarc"), auth.get("dkim")}
+    return TEMPERROR in words
 
 
 def _create_contact(session: Session, tenant: Tenant, party: Party) -> Match:

@@ -17,11 +17,13 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.capture.processor import process_message
+from mailledger.capture.processor import RetryLater, process_message
 from mailledger.config import Settings
+from mailledger.dns.resolver import Resolver
 from mailledger.store.blobs import BlobStore, BlobStoreError
 from mailledger.store.engine import is_postgres
 from mailledger.store.models import MessageState, ReceivedMessage, TraceEntry, utcnow
+from mailledger.verify.authenticate import Authenticator
 
 log = structlog.get_logger("mailledger.worker")
 
@@ -30,11 +32,16 @@ class Worker:
     """Processes received messages until stopped; ``wake`` makes it look at once."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], blobs: BlobStore, settings: Settings
+        self,
+        sessions: sessionmaker[Session],
+        blobs: BlobStore,
+        settings: Settings,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self._sessions = sessions
         self._blobs = blobs
         self._settings = settings
+        self._authenticator = authenticator or Authenticator(Resolver(settings.dns), settings)
         self._owner = settings.service.node_id
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -119,8 +126,18 @@ class Worker:
                 if message.attempts > self._settings.processing.max_attempts:
                     self._fail(session, message, "too many processing attempts")
                     return
-                process_message(session, self._blobs, message, self._settings)
+                process_message(
+                    session,
+                    self._blobs,
+                    message,
+                    self._settings,
+                    self._authenticator,
+                    final_attempt=message.attempts >= self._settings.processing.max_attempts,
+                )
                 bound.info("processed", state=message.state.value, reason=message.reason or None)
+        except RetryLater as exc:
+            bound.info("processing deferred: a check failed temporarily", reason=str(exc)[:200])
+            self._defer(message_id, str(exc))
         except IntegrityError:
             # Another worker recorded the same email at the same moment; processing again
             # finds its activity and merges into it.
@@ -170,6 +187,25 @@ class Worker:
                     )
         except (OperationalError, DBAPIError):
             log.warning("could not record processing error", message=message_id)
+
+    def _defer(self, message_id: int, reason: str) -> None:
+        """Try again later, backing off; the last attempt decides whatever DNS says."""
+        with contextlib.suppress(OperationalError, DBAPIError), self._sessions.begin() as session:
+            message = session.get(ReceivedMessage, message_id)
+            if message is None or message.state is not MessageState.RECEIVED:
+                return
+            delay = min(30 * 2 ** max(message.attempts - 1, 0), 3600)
+            session.add(
+                TraceEntry(
+                    message_id=message.id,
+                    at=utcnow(),
+                    step="worker",
+                    decision="deferred",
+                    detail=f"retry in {delay} s: {reason}"[:2000],
+                )
+            )
+            message.claimed_by = None
+            message.claim_expires_at = utcnow() + timedelta(seconds=delay)
 
     def _release(self, message_id: int, *, retry_now: bool) -> None:
         delay = 0 if retry_now else self._settings.processing.poll_interval_seconds * 5

@@ -1,0 +1,107 @@
+"""Where one message's authentication verdicts come from: our own checks, a trusted gateway's
+Authentication-Results, or (demo only) loopback trust.
+
+Our own checks run once per message however many tenants it is for; a gateway is a tenant's
+setting, so its verdict is read per tenant.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import structlog
+
+from mailledger.capture.parsing import ParsedMessage
+from mailledger.config import Settings
+from mailledger.store.blobs import BlobStore
+from mailledger.store.models import ReceivedMessage, Tenant
+from mailledger.verify.authenticate import Authenticator, in_networks, peer_address
+from mailledger.verify.authresults import stamp
+from mailledger.verify.results import (
+    NONE,
+    PASS,
+    ARCResult,
+    AuthOutcome,
+    DMARCResult,
+    SPFResult,
+)
+
+log = structlog.get_logger("mailledger.verify")
+
+OWN = "own"
+GATEWAY = "gateway"
+DEMO = "demo"
+
+
+def _is_loopback(peer: str) -> bool:
+    try:
+        return ipaddress.ip_address(peer_address(peer)).is_loopback
+    except ValueError:
+        return False
+
+
+def _empty(from_domain: str, why: str, result: str = NONE, gateway: str = "") -> AuthOutcome:
+    return AuthOutcome(
+        SPFResult(result, "", "", why),
+        SPFResult(NONE, "", "", why),
+        (),
+        ARCResult(NONE, reason=why),
+        DMARCResult(NONE, from_domain, reason=why),
+        gateway=gateway,
+    )
+
+
+class MessageAuth:
+    """The authentication verdicts of one received message, computed at most once."""
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        settings: Settings,
+        *,
+        blobs: BlobStore,
+        message: ReceivedMessage,
+        raw: bytes,
+        parsed: ParsedMessage,
+    ) -> None:
+        self._authenticator = authenticator
+        self._settings = settings
+        self._blobs = blobs
+        self._message = message
+        self._raw = raw
+        self._parsed = parsed
+        self._own: AuthOutcome | None = None
+        sender = parsed.sender
+        self.from_domain = sender.domain if sender else ""
+
+    def for_tenant(self, tenant: Tenant) -> tuple[AuthOutcome, str]:
+        """The verdicts that apply to this tenant's copy, and where they came from."""
+        peer = self._message.peer
+        if self._settings.verify.demo_trust_loopback and _is_loopback(peer):
+            log.warning("DEMO ONLY: loopback mail trusted without authentication", peer=peer)
+            return _empty(self.from_domain, "demo: loopback trusted", PASS, gateway=DEMO), DEMO
+        if tenant.gateway_networks and in_networks(peer, list(tenant.gateway_networks)):
+            outcome = self._authenticator.from_gateway(
+                self._parsed.headers.get("authentication-results", []),
+                tenant.gateway_authserv_id,
+                self.from_domain,
+            )
+            if outcome is None:
+                why = f"gateway {tenant.gateway_authserv_id} added no Authentication-Results"
+                outcome = _empty(self.from_domain, why, gateway=tenant.gateway_authserv_id)
+            return outcome, GATEWAY
+        if self._own is None:
+            self._own = self._authenticator.authenticate(
+                self._raw,
+                peer=peer,
+                helo=self._message.helo,
+                mail_from=self._message.mail_from,
+                from_domain=self.from_domain,
+            )
+        return self._own, OWN
+
+    def stored_copy(self) -> str:
+        """The blob users get: stamped with our Authentication-Results when we checked."""
+        if self._own is None:
+            return self._message.blob
+        return self._blobs.put(stamp(self._raw, self._authenticator.authserv_id, self._own))
