@@ -24,6 +24,7 @@ from mailledger.store.models import (
     ActivitySource,
     Attachment,
     Direction,
+    ForwardingConfirmation,
     MessageRoute,
     MessageState,
     Participant,
@@ -499,3 +500,57 @@ def test_python_dash_m(config_file: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "[capture]" in result.stdout
+
+
+def test_tenant_gateway_set_list_and_clear(run: Run) -> None:
+    """An operator trusts a filtering MTA by network and authserv-id, and can remove it."""
+    run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")
+    run("tenant", "gateway", "acme", "--network", "192.0.2.0/24", "--authserv-id", "GW.acme.com")
+    assert "trusting gw.acme.com from 192.0.2.0/24" in run.out
+    [tenant] = run.json("tenant", "list")
+    assert tenant["gateway_networks"] == ["192.0.2.0/24"]
+    assert tenant["gateway_authserv_id"] == "gw.acme.com"
+    run("tenant", "gateway", "acme", "--network", "not-a-net", "--authserv-id", "x", expect=1)
+    assert "is not a network" in run.err
+    run("tenant", "gateway", "acme", "--network", "192.0.2.0/24", expect=1)
+    assert "needs --authserv-id" in run.err
+    run("tenant", "gateway", "acme", "--clear")
+    assert run.json("tenant", "list")[0]["gateway_networks"] == []
+
+
+def test_staff_forwarding_shows_the_code(run: Run, session: Session, tmp_path: Path) -> None:
+    """The Gmail confirmation code kept from a capture address is shown to the operator."""
+    run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")
+    run("staff", "add", "acme", "richard", "--address", "richard.smith@gmail.com")
+    run("staff", "forwarding", "acme", "richard")
+    assert "no forwarding confirmations yet" in run.out
+    tenant = directory.find_tenant(session, "acme")
+    staff = directory.find_staff(session, tenant, "richard")
+    raw = b"From: forwarding-noreply@google.com\r\n\r\ncode\r\n"
+    message = ReceivedMessage(
+        queue_id="QF",
+        trace_id="TF",
+        blob=BlobStore(tmp_path / "blobs").put(raw),
+        size=len(raw),
+        peer="127.0.0.10:25",
+        mail_from="forwarding-noreply@google.com",
+        rcpt_to=["richard@acme.capture.example"],
+    )
+    session.add(message)
+    session.flush()
+    session.add(
+        ForwardingConfirmation(
+            tenant_id=tenant.id,
+            staff_id=staff.id,
+            message_id=message.id,
+            provider="gmail",
+            code="612345789",
+            link="https://mail-settings.google.com/mail/vf-abc",
+            requested_by="richard.smith@gmail.com",
+        )
+    )
+    session.commit()
+    [row] = run.json("staff", "forwarding", "acme", "richard")
+    assert row["code"] == "612345789"
+    assert row["handback"] == "pending"
+    assert row["primary_address"] == "richard.smith@gmail.com"

@@ -181,6 +181,31 @@ def cmd_demo_init(_args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_demo_send(args: argparse.Namespace, settings: Settings) -> int:
+    """Send the demo email to the running capture listener, as a forwarding rule would."""
+    import smtplib  # noqa: PLC0415
+
+    from mailledger.demo import DEMO_CONTACT, demo_email  # noqa: PLC0415
+
+    if not settings.capture.listen:
+        raise directory.DirectoryError("[capture] listen is empty: nothing to send to")
+    host, port = split_listen(settings.capture.listen[0])
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - recognising a wildcard, not binding one
+        host = "127.0.0.1"
+    message = demo_email(args.subject)
+    try:
+        with smtplib.SMTP(host, port, timeout=30) as smtp:
+            refused = smtp.send_message(message, from_addr=DEMO_CONTACT, to_addrs=[args.to])
+    except (OSError, smtplib.SMTPException) as exc:
+        _err(f"could not deliver to {host}:{port}: {exc} (is `mailledger serve` running?)")
+        return EXIT_REFUSED
+    if refused:
+        _err(f"refused: {refused}")
+        return EXIT_REFUSED
+    _out(f"sent {message['Message-ID']} to {args.to} via {host}:{port}")
+    return EXIT_OK
+
+
 DEMO_TEXT = """\
 Demo tenant "acme" is ready.
 
@@ -189,7 +214,14 @@ Demo tenant "acme" is ready.
   a known contact:            {contact}
   capture listener:           {host}:{port}
 
-Send a message while `mailledger serve` runs, with Python:
+The demo configuration trusts mail from loopback as if an authenticated forwarder sent it
+([verify] demo_trust_loopback, DEMO ONLY; production checks SPF, DKIM, ARC and DMARC).
+
+While `mailledger serve` runs, send the demo email with
+
+  mailledger{config} demo send
+
+or by hand, with Python:
 
 python3 - <<'EOF'
 import smtplib
@@ -245,6 +277,35 @@ def cmd_staff_add(args: argparse.Namespace, settings: Settings) -> int:
             session, tenant, args.username, args.address, name=args.name, primary=args.primary
         )
         _out(capture_address(staff.username, tenant.capture_domain))
+    return EXIT_OK
+
+
+def cmd_staff_forwarding(args: argparse.Namespace, settings: Settings) -> int:
+    """Show the forwarding-confirmation codes Gmail mailed to a staff member's capture address."""
+    with _session(settings) as session:
+        tenant = directory.find_tenant(session, args.tenant)
+        staff = directory.find_staff(session, tenant, args.username)
+        rows = queries.forwarding_confirmations(session, staff)
+    columns = ["received_at", "provider", "code", "requested_by", "handback", "link"]
+    _emit(rows, columns, as_json=args.json, empty="no forwarding confirmations yet")
+    return EXIT_OK
+
+
+def cmd_tenant_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    """Set or clear the filtering MTA whose Authentication-Results the tenant trusts."""
+    with _session(settings) as session:
+        tenant = directory.find_tenant(session, args.tenant)
+        networks = [] if args.clear else (args.network or [])
+        if not networks and not args.clear:
+            raise directory.DirectoryError("give --network (one or more) or --clear")
+        directory.set_gateway(session, tenant, networks, args.authserv_id or "")
+        if networks:
+            _out(
+                f"tenant {tenant.name}: trusting {tenant.gateway_authserv_id} from "
+                + ", ".join(tenant.gateway_networks)
+            )
+        else:
+            _out(f"tenant {tenant.name}: no gateway")
     return EXIT_OK
 
 
@@ -452,6 +513,11 @@ def _add_directory_commands(commands: Any) -> None:
     sub.add_argument("--capture-domain", required=True, metavar="D")
     sub.add_argument("--customer-domain", action="append", metavar="D")
     _json_flag(_command(tenant, "list", cmd_tenant_list, "list tenants"))
+    sub = _command(tenant, "gateway", cmd_tenant_gateway, "trust a filtering MTA in front")
+    sub.add_argument("tenant")
+    sub.add_argument("--network", action="append", metavar="CIDR")
+    sub.add_argument("--authserv-id", metavar="ID", help="the id its Authentication-Results carry")
+    sub.add_argument("--clear", action="store_true", help="remove the gateway")
 
     staff = _group(commands, "staff", "a tenant's users")
     sub = _command(staff, "add", cmd_staff_add, "add a staff member; prints the capture address")
@@ -462,6 +528,11 @@ def _add_directory_commands(commands: Any) -> None:
     sub.add_argument("--primary", metavar="A", help="where forwarding confirmations go")
     sub = _json_flag(_command(staff, "list", cmd_staff_list, "list a tenant's staff"))
     sub.add_argument("tenant")
+    sub = _json_flag(
+        _command(staff, "forwarding", cmd_staff_forwarding, "forwarding confirmation codes")
+    )
+    sub.add_argument("tenant")
+    sub.add_argument("username")
 
     contact = _group(commands, "contact", "people outside the tenant")
     sub = _command(contact, "add", cmd_contact_add, "add a contact")
@@ -533,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     _command(db, "upgrade", cmd_db_upgrade, "apply schema migrations")
     demo = _group(commands, "demo", "the demo tenant")
     _command(demo, "init", cmd_demo_init, "create the schema and the demo tenant")
+    sub = _command(demo, "send", cmd_demo_send, "send the demo email to the capture listener")
+    sub.add_argument("--to", default="richard@acme.capture.example", metavar="ADDRESS")
+    sub.add_argument("--subject", default="Quote for the new office", metavar="TEXT")
     _add_directory_commands(commands)
     _add_mail_commands(commands)
     return parser

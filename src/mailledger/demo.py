@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -51,3 +53,17 @@ def seed_demo(session: Session) -> DemoAddresses:
         staff_address=DEMO_STAFF_ADDRESSES[0],
         contact_address=DEMO_CONTACT,
     )
+
+
+def demo_email(subject: str = "Quote for the new office") -> EmailMessage:
+    """The email `mailledger demo send` sends: Carol, a known contact, writing to Richard."""
+    msg = EmailMessage()
+    msg["Message-ID"] = make_msgid(domain=DEMO_COMPANY_DOMAIN)
+    msg["Date"] = formatdate(localtime=True)
+    msg["From"] = f"Carol Client <{DEMO_CONTACT}>"
+    msg["To"] = f"Richard Smith <{DEMO_STAFF_ADDRESSES[0]}>"
+    msg["Subject"] = subject
+    msg.set_content(
+        "Hello Richard,\n\nCould you send us the quote for the new office by Friday?\n\nCarol\n"
+    )
+    return msg

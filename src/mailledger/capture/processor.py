@@ -262,6 +262,7 @@ class RouteStep:
         if route.kind is RouteKind.LOG and sender_match.kind is not PartyKind.STAFF:
             raise Quarantine(f"log-not-staff: From {sender_key} is not a staff member's address")
         trust = self._trust(route, tenant, sender_key)
+        self.message.auth = trust.auth
         trace("trust", trust.verdict, f"{route.rcpt}: {trust.reason}")
         if not trust.accept:
             if _temporary(trust) and not self.final_attempt:

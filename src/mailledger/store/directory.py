@@ -6,6 +6,7 @@ What the operator adds here counts as verified (DESIGN §4: the operator's CLI i
 from __future__ import annotations
 
 import csv
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -305,3 +306,21 @@ def _import_row(session: Session, tenant: Tenant, row: dict[str | Any, str | Any
             name=(row.get("name") or "").strip(),
             company=(row.get("company") or "").strip() or None,
         )
+
+
+def set_gateway(session: Session, tenant: Tenant, networks: list[str], authserv_id: str) -> None:
+    """Trust a filtering MTA in front of us: its networks and the authserv-id it stamps.
+
+    An empty list of networks removes the gateway.
+    """
+    parsed = []
+    for value in networks:
+        try:
+            parsed.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+        except ValueError as exc:
+            raise DirectoryError(f"{value!r} is not a network (e.g. 192.0.2.0/24)") from exc
+    if parsed and not authserv_id.strip():
+        raise DirectoryError("a gateway needs --authserv-id, the name its headers carry")
+    tenant.gateway_networks = parsed
+    tenant.gateway_authserv_id = authserv_id.strip().lower() if parsed else ""
+    session.flush()

@@ -19,6 +19,7 @@ from mailledger.store.models import (
     ActivitySource,
     Company,
     Contact,
+    ForwardingConfirmation,
     MessageRoute,
     MessageState,
     PartyKind,
@@ -70,6 +71,8 @@ def tenants(session: Session) -> list[dict[str, Any]]:
             "capture_domain": tenant.capture_domain,
             "customer_domains": sorted(d.domain for d in tenant.customer_domains),
             "staff": staff_counts.get(tenant.id, 0),
+            "gateway_networks": list(tenant.gateway_networks),
+            "gateway_authserv_id": tenant.gateway_authserv_id,
             "created_at": _time(tenant.created_at),
         }
         for tenant in rows
@@ -360,3 +363,26 @@ def message(session: Session, message_id: int) -> dict[str, Any]:
 def trace(session: Session, message_id: int) -> list[dict[str, Any]]:
     """What each processing step decided about a message, oldest first."""
     return [_trace_dict(entry) for entry in get_message(session, message_id).trace]
+
+
+def forwarding_confirmations(session: Session, staff: Staff) -> list[dict[str, Any]]:
+    """A staff member's forwarding confirmations, newest first, with code and link."""
+    rows = session.scalars(
+        select(ForwardingConfirmation)
+        .where(ForwardingConfirmation.staff_id == staff.id)
+        .order_by(ForwardingConfirmation.received_at.desc(), ForwardingConfirmation.id.desc())
+    )
+    return [
+        {
+            "id": row.id,
+            "provider": row.provider,
+            "code": row.code,
+            "link": row.link,
+            "requested_by": row.requested_by,
+            "received_at": _time(row.received_at),
+            "message": row.message_id,
+            "handback": row.handback_state,
+            "primary_address": staff.primary_address,
+        }
+        for row in rows
+    ]

@@ -1,0 +1,74 @@
+"""The demo a newcomer runs: `demo send` reaches the listener and becomes an activity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mailledger.cli import main
+from mailledger.config import Settings, VerifySettings
+from mailledger.demo import DemoAddresses
+from mailledger.testing.smtp import running_server
+
+
+async def test_demo_send_shows_up_in_activities_within_two_seconds(
+    tmp_path: Path,
+    settings: Settings,
+    engine: object,
+    demo: DemoAddresses,
+) -> None:
+    """With the demo's loopback trust, the demo email is an activity in under two seconds."""
+    settings = settings.model_copy(update={"verify": VerifySettings(demo_trust_loopback=True)})
+    async with running_server(settings) as port:
+        config = tmp_path / "demo.toml"
+        config.write_text(
+            f'[database]\nurl = "{settings.database.url}"\n'
+            f'[storage]\nblob_dir = "{settings.storage.blob_dir}"\n'
+            f'[capture]\nlisten = ["127.0.0.1:{port}"]\n',
+            encoding="utf-8",
+        )
+        # Run the commands as a user would, in processes of their own.
+        sent = time.monotonic()
+        code, out = await _mailledger(config, "demo", "send")
+        assert code == 0, out
+        assert "sent <" in out
+        activities: list[dict[str, object]] = []
+        while time.monotonic() - sent < 2.0 and not activities:
+            code, out = await _mailledger(config, "activities", "list", "--json")
+            assert code == 0, out
+            activities = json.loads(out)
+    assert activities, "no activity within two seconds"
+    [activity] = activities
+    assert activity["subject"] == "Quote for the new office"
+    assert activity["contacts"] == ["carol@client.example"]
+    assert activity["direction"] == "inbound"
+
+
+async def _mailledger(config: Path, *argv: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mailledger",
+        "--config",
+        str(config),
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await process.communicate()
+    return process.returncode or 0, out.decode()
+
+
+def test_demo_send_without_a_server_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With nothing listening, `demo send` explains what to start instead of a traceback."""
+    config = tmp_path / "demo.toml"
+    config.write_text('[capture]\nlisten = ["127.0.0.1:9"]\n', encoding="utf-8")
+    assert main(["--config", str(config), "demo", "send"]) == 1
+    assert "is `mailledger serve` running?" in capsys.readouterr().err
