@@ -130,8 +130,7 @@ def m365_forward(
     domain = staff_address.partition("@")[2]
     envelope = f"SRS0=Hx2Q=TT=client.example=carol@{domain}"
     forwarded = (
-        "X-MS-Exchange-Organization-AutoForwarded: true\r\n"
-        f"X-Forwarded-To: {capture_address}\r\n"
+        f"X-MS-Exchange-Organization-AutoForwarded: true\r\nX-Forwarded-To: {capture_address}\r\n"
     ).encode() + original
     sealed = arc_seal(
         forwarded,
