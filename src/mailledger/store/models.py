@@ -462,6 +462,98 @@ class ForwardingConfirmation(Base):
     handback_state: Mapped[str] = mapped_column(String(16), default="pending")
 
 
+class OutboundState(enum.StrEnum):
+    QUEUED = "queued"  # waiting for its next attempt (retry_after)
+    HELD = "held"  # not sent: e.g. no verified DKIM key and the policy is to hold
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"  # a permanent failure; a DSN went to the sender
+    EXPIRED = "expired"  # the retry schedule ran out; a DSN went to the sender
+
+
+class OutboundKind(enum.StrEnum):
+    RELAY = "relay"  # staff mail submitted through us
+    HANDBACK = "handback"  # a provider's forwarding confirmation, handed back unmodified
+    CHALLENGE = "challenge"  # our own round-trip forwarding check
+    DSN = "dsn"  # a delivery status notification we generated (RFC 3464)
+
+
+class OutboundMessage(Base):
+    """One message to deliver to one recipient domain, with its queue state (DESIGN §2, §9)."""
+
+    __tablename__ = "outbound_messages"
+    __table_args__ = (Index(None, "state", "retry_after"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    queue_id: Mapped[str] = mapped_column(String(40), index=True)
+    tenant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="SET NULL"), default=None
+    )
+    staff_id: Mapped[int | None] = mapped_column(
+        ForeignKey("staff.id", ondelete="SET NULL"), default=None
+    )
+    kind: Mapped[OutboundKind] = mapped_column(_enum(OutboundKind, "outbound_kind"))
+    # The bytes to send, exactly (signed when signing applied), in the blob store.
+    blob: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    mail_from: Mapped[str] = mapped_column(String(320))  # "" for a DSN (null reverse path)
+    domain: Mapped[str] = mapped_column(String(255))  # the recipient domain of this row
+    rcpt_to: Mapped[list[Any]] = mapped_column()
+    state: Mapped[OutboundState] = mapped_column(
+        _enum(OutboundState, "outbound_state"), default=OutboundState.QUEUED
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    retry_after: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    # Per-recipient outcome: address → {"code": 250, "text": "...", "at": iso time}.
+    results: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # How DKIM signing went: "signed d=acme.com s=sel1", "unsigned: no verified key", …
+    signing: Mapped[str] = mapped_column(Text, default="")
+    activity_id: Mapped[int | None] = mapped_column(
+        ForeignKey("activities.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DkimKey(Base):
+    """A tenant's DKIM key for one customer domain and selector; the private key is a file."""
+
+    __tablename__ = "dkim_keys"
+    __table_args__ = (UniqueConstraint("domain", "selector"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    domain: Mapped[str] = mapped_column(String(255))
+    selector: Mapped[str] = mapped_column(String(63))
+    algorithm: Mapped[str] = mapped_column(String(16))  # rsa, ed25519
+    private_key_path: Mapped[str] = mapped_column(Text)
+    # The TXT record to publish at <selector>._domainkey.<domain>.
+    public_record: Mapped[str] = mapped_column(Text)
+    # Set only when the live DNS check saw the record published and matching the key.
+    verified_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The key signing uses for its domain; rotation switches it once the new one is verified.
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    retired_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ForwardingCheck(Base):
+    """Our round-trip forwarding proof for a staff member (DESIGN §6)."""
+
+    __tablename__ = "forwarding_checks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"), index=True)
+    token: Mapped[str] = mapped_column(String(128), unique=True)
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    proven_at: Mapped[datetime | None] = mapped_column(default=None)
+    # What the forwarded copy looked like: envelope pattern, DKIM and ARC signers, peer.
+    observed: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
 class SenderCount(Base):
     """Messages seen from one sender per time bucket, for the loop guard (DESIGN §5)."""
 
@@ -486,10 +578,15 @@ __all__ = [
     "ContactAddress",
     "CustomerDomain",
     "Direction",
+    "DkimKey",
+    "ForwardingCheck",
     "ForwardingConfirmation",
     "MessageRoute",
     "MessageState",
     "NeverLog",
+    "OutboundKind",
+    "OutboundMessage",
+    "OutboundState",
     "Participant",
     "PartyKind",
     "ReceivedMessage",
