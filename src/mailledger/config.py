@@ -71,6 +71,13 @@ class CaptureSettings(_Section):
 class SubmissionSettings(_Section):
     listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:2587"])
     listen_tls: list[str] = Field(default_factory=list)
+    max_sessions: int = Field(default=200, ge=1)
+    timeout_seconds: float = Field(default=300.0, gt=0)
+    # Failed logins: after max_auth_failures from one client address or for one user within
+    # auth_window_seconds, further attempts are refused for auth_lockout_seconds.
+    max_auth_failures: int = Field(default=5, ge=1)
+    auth_window_seconds: float = Field(default=900.0, gt=0)
+    auth_lockout_seconds: float = Field(default=900.0, gt=0)
 
     @field_validator("listen", "listen_tls")
     @classmethod
@@ -90,6 +97,32 @@ class DNSSettings(_Section):
 
 class RelaySettings(_Section):
     smtp_port: int = Field(default=25, ge=1, le=65535)
+    # Seconds to wait before each retry of a temporary failure; when the list runs out the
+    # message expires and its sender gets a DSN (RFC 3464).
+    retry_schedule_seconds: list[float] = Field(
+        default_factory=lambda: [60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0]
+    )
+    connect_timeout_seconds: float = Field(default=30.0, gt=0)
+    command_timeout_seconds: float = Field(default=300.0, gt=0)
+    max_per_domain: int = Field(default=5, ge=1)
+    max_concurrent: int = Field(default=50, ge=1)
+    lease_seconds: float = Field(default=600.0, gt=0)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    # Where DKIM private keys live (files, mode 0600), outside the database.
+    dkim_key_dir: str = "var/dkim"
+    # Mail whose From domain has no verified DKIM key: "hold" it, or "send" it unsigned.
+    unsigned_policy: Literal["hold", "send"] = "hold"
+    # Deliver everything through this host instead of MX lookups; empty: MX delivery.
+    smarthost: str = ""
+    smarthost_username: str = ""
+    smarthost_password: str = ""
+    # Require TLS to the smarthost (STARTTLS) before sending credentials.
+    smarthost_require_tls: bool = True
+
+    @field_validator("smarthost")
+    @classmethod
+    def _smarthost(cls, value: str) -> str:
+        return _check_listen(value) if value else value
 
 
 class ServiceSettings(_Section):
@@ -157,7 +190,7 @@ class Settings(_Section):
 
 
 # (section, key) pairs printed masked by check-config; passwords in URLs are masked separately.
-SECRET_KEYS: frozenset[tuple[str, str]] = frozenset()
+SECRET_KEYS: frozenset[tuple[str, str]] = frozenset({("relay", "smarthost_password")})
 
 
 def _env_value(raw: str) -> Any:
