@@ -9,123 +9,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger import config as config_module
+from mailledger.clikit import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    CommandError,
+    Handler,
+    command,
+    emit,
+    emit_record,
+    err,
+    group,
+    json_flag,
+    limit_flag,
+    out,
+    session_scope,
+    sessions_scope,
+    toml_lines,
+)
 from mailledger.config import ConfigError, Settings, load_settings, split_listen
 from mailledger.routing.addresses import AddressError
 from mailledger.routing.routes import capture_address
 from mailledger.store import directory, quarantine, queries
 from mailledger.store.blobs import BlobStore
 from mailledger.store.directory import DirectoryError
-from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.migrate import upgrade
 from mailledger.store.models import MessageState
-
-Handler = Callable[[argparse.Namespace, Settings], int]
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-
-
-class CommandError(Exception):
-    """A request the CLI refuses, with the message the operator sees (exit 1)."""
-
-
-# --- output -----------------------------------------------------------------------------------
-
-
-def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(f"mailledger: {text}\n")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list):
-        return ", ".join(_cell(v) for v in value) or "-"
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return str(value).replace("\n", " ")
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as plain aligned columns under a header; what a terminal user reads."""
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    lines = [[c.upper() for c in columns], *cells]
-    return "\n".join(
-        "  ".join(value.ljust(widths[i]) for i, value in enumerate(line)).rstrip() for line in lines
-    )
-
-
-def _emit(
-    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, as_json: bool, empty: str
-) -> None:
-    if as_json:
-        _out(json.dumps(list(rows), indent=2, ensure_ascii=False))
-    elif rows:
-        _out(format_table(rows, columns))
-    else:
-        _out(empty)
-
-
-def _emit_record(record: dict[str, Any], sections: dict[str, Sequence[str]]) -> None:
-    """One record as ``key: value`` lines, then each list in ``sections`` as a table."""
-    width = max(len(k) for k in record)
-    for key, value in record.items():
-        if key not in sections:
-            _out(f"{key.ljust(width)}  {_cell(value)}")
-    for key, columns in sections.items():
-        _out()
-        _out(f"{key}:")
-        _out(format_table(record.get(key) or [], columns) if record.get(key) else "  (none)")
-
-
-def _toml_lines(data: dict[str, Any]) -> Iterator[str]:
-    for section, values in data.items():
-        yield f"[{section}]"
-        for key, value in values.items():
-            # JSON scalars and arrays of them are valid TOML values.
-            yield f"{key} = {json.dumps(value, ensure_ascii=False)}"
-        yield ""
-
-
-# --- plumbing ---------------------------------------------------------------------------------
-
-
-@contextmanager
-def _session(settings: Settings) -> Iterator[Session]:
-    engine = make_engine(settings.database.url, echo=settings.database.echo)
-    try:
-        with make_sessionmaker(engine).begin() as session:
-            yield session
-    finally:
-        engine.dispose()
-
-
-@contextmanager
-def _sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.database.url, echo=settings.database.echo)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        engine.dispose()
-
 
 # --- commands ---------------------------------------------------------------------------------
 
@@ -142,16 +57,16 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     """Print the effective settings with secrets masked."""
     data = config_module.masked(settings)
     if args.json:
-        _out(json.dumps(data, indent=2))
+        out(json.dumps(data, indent=2))
     else:
-        _out("\n".join(_toml_lines(data)).rstrip())
+        out("\n".join(toml_lines(data)).rstrip())
     return EXIT_OK
 
 
 def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
     """Bring the database schema up to date."""
     upgrade(settings.database.url)
-    _out("database schema is up to date")
+    out("database schema is up to date")
     return EXIT_OK
 
 
@@ -160,13 +75,13 @@ def cmd_demo_init(_args: argparse.Namespace, settings: Settings) -> int:
     from mailledger.demo import DEMO_STAFF, seed_demo  # noqa: PLC0415
 
     upgrade(settings.database.url)
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         addresses = seed_demo(session)
     host, port = split_listen(settings.capture.listen[0]) if settings.capture.listen else ("", 0)
     if host in ("", "0.0.0.0", "::"):  # noqa: S104 - recognising a wildcard, not binding one
         host = "127.0.0.1"
     config_hint = f" --config {args_config}" if (args_config := _args.config) else ""
-    _out(
+    out(
         DEMO_TEXT.format(
             user_capture=addresses.user_capture,
             log_capture=addresses.log_capture,
@@ -197,12 +112,12 @@ def cmd_demo_send(args: argparse.Namespace, settings: Settings) -> int:
         with smtplib.SMTP(host, port, timeout=30) as smtp:
             refused = smtp.send_message(message, from_addr=DEMO_CONTACT, to_addrs=[args.to])
     except (OSError, smtplib.SMTPException) as exc:
-        _err(f"could not deliver to {host}:{port}: {exc} (is `mailledger serve` running?)")
+        err(f"could not deliver to {host}:{port}: {exc} (is `mailledger serve` running?)")
         return EXIT_REFUSED
     if refused:
-        _err(f"refused: {refused}")
+        err(f"refused: {refused}")
         return EXIT_REFUSED
-    _out(f"sent {message['Message-ID']} to {args.to} via {host}:{port}")
+    out(f"sent {message['Message-ID']} to {args.to} via {host}:{port}")
     return EXIT_OK
 
 
@@ -252,80 +167,80 @@ Then see what happened to it:
 
 def cmd_tenant_add(args: argparse.Namespace, settings: Settings) -> int:
     """Create a tenant; operator-added customer domains count as verified."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         tenant = directory.add_tenant(
             session, args.name, args.capture_domain, args.customer_domain or []
         )
-        _out(f"tenant {tenant.name}: capture domain {tenant.capture_domain}")
+        out(f"tenant {tenant.name}: capture domain {tenant.capture_domain}")
     return EXIT_OK
 
 
 def cmd_tenant_list(args: argparse.Namespace, settings: Settings) -> int:
     """List tenants."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         rows = queries.tenants(session)
     columns = ["id", "name", "capture_domain", "customer_domains", "staff"]
-    _emit(rows, columns, as_json=args.json, empty="no tenants")
+    emit(rows, columns, as_json=args.json, empty="no tenants")
     return EXIT_OK
 
 
 def cmd_staff_add(args: argparse.Namespace, settings: Settings) -> int:
     """Create a staff member and print the capture address they forward to."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant)
         staff = directory.add_staff(
             session, tenant, args.username, args.address, name=args.name, primary=args.primary
         )
-        _out(capture_address(staff.username, tenant.capture_domain))
+        out(capture_address(staff.username, tenant.capture_domain))
     return EXIT_OK
 
 
 def cmd_staff_forwarding(args: argparse.Namespace, settings: Settings) -> int:
     """Show the forwarding-confirmation codes Gmail mailed to a staff member's capture address."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant)
         staff = directory.find_staff(session, tenant, args.username)
         rows = queries.forwarding_confirmations(session, staff)
     columns = ["received_at", "provider", "code", "requested_by", "handback", "link"]
-    _emit(rows, columns, as_json=args.json, empty="no forwarding confirmations yet")
+    emit(rows, columns, as_json=args.json, empty="no forwarding confirmations yet")
     return EXIT_OK
 
 
 def cmd_tenant_gateway(args: argparse.Namespace, settings: Settings) -> int:
     """Set or clear the filtering MTA whose Authentication-Results the tenant trusts."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant)
         networks = [] if args.clear else (args.network or [])
         if not networks and not args.clear:
             raise directory.DirectoryError("give --network (one or more) or --clear")
         directory.set_gateway(session, tenant, networks, args.authserv_id or "")
         if networks:
-            _out(
+            out(
                 f"tenant {tenant.name}: trusting {tenant.gateway_authserv_id} from "
                 + ", ".join(tenant.gateway_networks)
             )
         else:
-            _out(f"tenant {tenant.name}: no gateway")
+            out(f"tenant {tenant.name}: no gateway")
     return EXIT_OK
 
 
 def cmd_staff_list(args: argparse.Namespace, settings: Settings) -> int:
     """List a tenant's staff."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         rows = queries.staff_members(session, directory.find_tenant(session, args.tenant))
     columns = ["id", "username", "name", "capture_address", "primary_address", "addresses"]
-    _emit(rows, columns, as_json=args.json, empty="no staff")
+    emit(rows, columns, as_json=args.json, empty="no staff")
     return EXIT_OK
 
 
 def cmd_contact_add(args: argparse.Namespace, settings: Settings) -> int:
     """Create a contact."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant)
         contact = directory.add_contact(
             session, tenant, [args.address], name=args.name, company=args.company
         )
-        _out(f"contact {contact.id}: {', '.join(a.address for a in contact.addresses)}")
+        out(f"contact {contact.id}: {', '.join(a.address for a in contact.addresses)}")
     return EXIT_OK
 
 
@@ -336,47 +251,47 @@ def cmd_contact_import(args: argparse.Namespace, settings: Settings) -> int:
         handle: TextIO = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise CommandError(f"{path}: {exc.strerror}") from exc
-    with handle, _sessions(settings) as sessions:
+    with handle, sessions_scope(settings) as sessions:
         report = directory.import_contacts(sessions, args.tenant, handle)
     for line, message in report.errors:
-        _err(f"{path}:{line}: {message}")
-    _out(f"imported {report.imported} contact(s), {len(report.errors)} row(s) refused")
+        err(f"{path}:{line}: {message}")
+    out(f"imported {report.imported} contact(s), {len(report.errors)} row(s) refused")
     return EXIT_REFUSED if report.errors else EXIT_OK
 
 
 def cmd_contact_list(args: argparse.Namespace, settings: Settings) -> int:
     """List a tenant's contacts."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         rows = queries.contacts(session, directory.find_tenant(session, args.tenant))
-    _emit(rows, ["id", "name", "company", "addresses"], as_json=args.json, empty="no contacts")
+    emit(rows, ["id", "name", "company", "addresses"], as_json=args.json, empty="no contacts")
     return EXIT_OK
 
 
 def cmd_company_add(args: argparse.Namespace, settings: Settings) -> int:
     """Create a company (or add domains to one)."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant)
         company = directory.add_company(session, tenant, args.name, args.domain or [])
-        _out(f"company {company.id}: {company.name}")
+        out(f"company {company.id}: {company.name}")
     return EXIT_OK
 
 
 def cmd_company_list(args: argparse.Namespace, settings: Settings) -> int:
     """List a tenant's companies."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         rows = queries.companies(session, directory.find_tenant(session, args.tenant))
-    _emit(rows, ["id", "name", "domains", "contacts"], as_json=args.json, empty="no companies")
+    emit(rows, ["id", "name", "domains", "contacts"], as_json=args.json, empty="no companies")
     return EXIT_OK
 
 
 def cmd_never_log_add(args: argparse.Namespace, settings: Settings) -> int:
     """Never record mail with an address or domain, tenant-wide or for one staff member."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant)
         staff = directory.find_staff(session, tenant, args.staff) if args.staff else None
         row = directory.add_never_log(session, tenant, args.pattern, staff=staff)
         scope = f"staff member {staff.username}" if staff else f"tenant {tenant.name}"
-        _out(f"never log {row.pattern} for {scope}")
+        out(f"never log {row.pattern} for {scope}")
     return EXIT_OK
 
 
@@ -385,21 +300,21 @@ ACTIVITY_COLUMNS = ["id", "tenant", "occurred_at", "direction", "staff", "from",
 
 def cmd_activities_list(args: argparse.Namespace, settings: Settings) -> int:
     """List recorded activities, newest first."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant) if args.tenant else None
         rows = queries.activities(session, tenant, limit=args.limit)
-    _emit(rows, ACTIVITY_COLUMNS, as_json=args.json, empty="no activities")
+    emit(rows, ACTIVITY_COLUMNS, as_json=args.json, empty="no activities")
     return EXIT_OK
 
 
 def cmd_activities_show(args: argparse.Namespace, settings: Settings) -> int:
     """Show one activity in full."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         record = queries.activity(session, args.id)
     if args.json:
-        _out(json.dumps([record], indent=2, ensure_ascii=False))
+        out(json.dumps([record], indent=2, ensure_ascii=False))
         return EXIT_OK
-    _emit_record(
+    emit_record(
         record,
         {
             "participants": ["role", "kind", "address", "name"],
@@ -417,20 +332,20 @@ MESSAGE_COLUMNS = ["id", "received_at", "state", "mail_from", "rcpt_to", "reason
 def cmd_messages_list(args: argparse.Namespace, settings: Settings) -> int:
     """List received messages with their state and reason."""
     state = MessageState(args.state) if args.state else None
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         rows = queries.messages(session, state, limit=args.limit)
-    _emit(rows, MESSAGE_COLUMNS, as_json=args.json, empty="no messages")
+    emit(rows, MESSAGE_COLUMNS, as_json=args.json, empty="no messages")
     return EXIT_OK
 
 
 def cmd_messages_show(args: argparse.Namespace, settings: Settings) -> int:
     """Show one received message: session facts, routes and trace."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         record = queries.message(session, args.id)
     if args.json:
-        _out(json.dumps([record], indent=2, ensure_ascii=False))
+        out(json.dumps([record], indent=2, ensure_ascii=False))
         return EXIT_OK
-    _emit_record(
+    emit_record(
         record,
         {
             "routes": ["rcpt", "kind", "tenant", "staff", "outcome", "activity"],
@@ -442,148 +357,120 @@ def cmd_messages_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_messages_trace(args: argparse.Namespace, settings: Settings) -> int:
     """What each processing step decided about a message, and why."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         rows = queries.trace(session, args.id)
     columns = ["time", "step", "decision", "detail"]
-    _emit(rows, columns, as_json=args.json, empty="no trace entries yet")
+    emit(rows, columns, as_json=args.json, empty="no trace entries yet")
     return EXIT_OK
 
 
 def cmd_quarantine_list(args: argparse.Namespace, settings: Settings) -> int:
     """List quarantined messages."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         rows = queries.messages(session, MessageState.QUARANTINED, limit=args.limit)
-    _emit(rows, MESSAGE_COLUMNS, as_json=args.json, empty="quarantine is empty")
+    emit(rows, MESSAGE_COLUMNS, as_json=args.json, empty="quarantine is empty")
     return EXIT_OK
 
 
 def cmd_quarantine_release(args: argparse.Namespace, settings: Settings) -> int:
     """Send a quarantined message back to processing (``--force``: record it regardless)."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         quarantine.release(session, args.id, force=args.force)
     how = " (forced: it will be recorded despite the policy)" if args.force else ""
-    _out(f"message {args.id} released for processing{how}")
+    out(f"message {args.id} released for processing{how}")
     return EXIT_OK
 
 
 def cmd_quarantine_delete(args: argparse.Namespace, settings: Settings) -> int:
     """Delete a quarantined message and, unless shared, its raw bytes."""
-    with _session(settings) as session:
+    with session_scope(settings) as session:
         removed = quarantine.delete(session, BlobStore(settings.storage.blob_dir), args.id)
     blob = "and its raw message" if removed else "(its raw bytes are still referenced)"
-    _out(f"message {args.id} deleted {blob}")
+    out(f"message {args.id} deleted {blob}")
     return EXIT_OK
 
 
 # --- the parser -------------------------------------------------------------------------------
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return number
-
-
-def _command(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-    sub: argparse.ArgumentParser = group.add_parser(name, help=help_text)
-    sub.set_defaults(handler=handler)
-    return sub
-
-
-def _group(commands: Any, name: str, help_text: str) -> Any:
-    sub = commands.add_parser(name, help=help_text)
-    return sub.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
-
-
-def _json_flag(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    sub.add_argument("--json", action="store_true", help="a JSON array of objects")
-    return sub
-
-
-def _limit_flag(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    sub.add_argument("--limit", type=_positive, default=queries.DEFAULT_LIMIT, metavar="N")
-    return sub
-
-
 def _add_directory_commands(commands: Any) -> None:
-    tenant = _group(commands, "tenant", "customer companies")
-    sub = _command(tenant, "add", cmd_tenant_add, "add a tenant")
+    tenant = group(commands, "tenant", "customer companies")
+    sub = command(tenant, "add", cmd_tenant_add, "add a tenant")
     sub.add_argument("name")
     sub.add_argument("--capture-domain", required=True, metavar="D")
     sub.add_argument("--customer-domain", action="append", metavar="D")
-    _json_flag(_command(tenant, "list", cmd_tenant_list, "list tenants"))
-    sub = _command(tenant, "gateway", cmd_tenant_gateway, "trust a filtering MTA in front")
+    json_flag(command(tenant, "list", cmd_tenant_list, "list tenants"))
+    sub = command(tenant, "gateway", cmd_tenant_gateway, "trust a filtering MTA in front")
     sub.add_argument("tenant")
     sub.add_argument("--network", action="append", metavar="CIDR")
     sub.add_argument("--authserv-id", metavar="ID", help="the id its Authentication-Results carry")
     sub.add_argument("--clear", action="store_true", help="remove the gateway")
 
-    staff = _group(commands, "staff", "a tenant's users")
-    sub = _command(staff, "add", cmd_staff_add, "add a staff member; prints the capture address")
+    staff = group(commands, "staff", "a tenant's users")
+    sub = command(staff, "add", cmd_staff_add, "add a staff member; prints the capture address")
     sub.add_argument("tenant")
     sub.add_argument("username")
     sub.add_argument("--address", action="append", required=True, metavar="A")
     sub.add_argument("--name", default="", metavar="N")
     sub.add_argument("--primary", metavar="A", help="where forwarding confirmations go")
-    sub = _json_flag(_command(staff, "list", cmd_staff_list, "list a tenant's staff"))
+    sub = json_flag(command(staff, "list", cmd_staff_list, "list a tenant's staff"))
     sub.add_argument("tenant")
-    sub = _json_flag(
-        _command(staff, "forwarding", cmd_staff_forwarding, "forwarding confirmation codes")
+    sub = json_flag(
+        command(staff, "forwarding", cmd_staff_forwarding, "forwarding confirmation codes")
     )
     sub.add_argument("tenant")
     sub.add_argument("username")
 
-    contact = _group(commands, "contact", "people outside the tenant")
-    sub = _command(contact, "add", cmd_contact_add, "add a contact")
+    contact = group(commands, "contact", "people outside the tenant")
+    sub = command(contact, "add", cmd_contact_add, "add a contact")
     sub.add_argument("tenant")
     sub.add_argument("address")
     sub.add_argument("--name", default="", metavar="N")
     sub.add_argument("--company", metavar="C")
-    sub = _command(contact, "import", cmd_contact_import, "import contacts from CSV")
+    sub = command(contact, "import", cmd_contact_import, "import contacts from CSV")
     sub.add_argument("tenant")
     sub.add_argument("file", metavar="FILE.csv", help="columns email, name, company")
-    sub = _json_flag(_command(contact, "list", cmd_contact_list, "list a tenant's contacts"))
+    sub = json_flag(command(contact, "list", cmd_contact_list, "list a tenant's contacts"))
     sub.add_argument("tenant")
 
-    company = _group(commands, "company", "contacts' companies and their domains")
-    sub = _command(company, "add", cmd_company_add, "add a company")
+    company = group(commands, "company", "contacts' companies and their domains")
+    sub = command(company, "add", cmd_company_add, "add a company")
     sub.add_argument("tenant")
     sub.add_argument("name")
     sub.add_argument("--domain", action="append", metavar="D")
-    sub = _json_flag(_command(company, "list", cmd_company_list, "list a tenant's companies"))
+    sub = json_flag(command(company, "list", cmd_company_list, "list a tenant's companies"))
     sub.add_argument("tenant")
 
-    never_log = _group(commands, "never-log", "addresses and domains never recorded")
-    sub = _command(never_log, "add", cmd_never_log_add, "never record an address or domain")
+    never_log = group(commands, "never-log", "addresses and domains never recorded")
+    sub = command(never_log, "add", cmd_never_log_add, "never record an address or domain")
     sub.add_argument("tenant")
     sub.add_argument("pattern", help="an address, or a domain")
     sub.add_argument("--staff", metavar="USER", help="only for this staff member")
 
 
 def _add_mail_commands(commands: Any) -> None:
-    acts = _group(commands, "activities", "recorded email")
-    sub = _command(acts, "list", cmd_activities_list, "list activities, newest first")
+    acts = group(commands, "activities", "recorded email")
+    sub = command(acts, "list", cmd_activities_list, "list activities, newest first")
     sub.add_argument("--tenant", metavar="T")
-    _limit_flag(_json_flag(sub))
-    sub = _json_flag(_command(acts, "show", cmd_activities_show, "show one activity"))
+    limit_flag(json_flag(sub))
+    sub = json_flag(command(acts, "show", cmd_activities_show, "show one activity"))
     sub.add_argument("id", type=int)
 
-    msgs = _group(commands, "messages", "every message received")
-    sub = _command(msgs, "list", cmd_messages_list, "list received messages, newest first")
+    msgs = group(commands, "messages", "every message received")
+    sub = command(msgs, "list", cmd_messages_list, "list received messages, newest first")
     sub.add_argument("--state", choices=[s.value for s in MessageState])
-    _limit_flag(_json_flag(sub))
-    sub = _json_flag(_command(msgs, "show", cmd_messages_show, "show one received message"))
+    limit_flag(json_flag(sub))
+    sub = json_flag(command(msgs, "show", cmd_messages_show, "show one received message"))
     sub.add_argument("id", type=int)
-    sub = _json_flag(_command(msgs, "trace", cmd_messages_trace, "what each step decided"))
+    sub = json_flag(command(msgs, "trace", cmd_messages_trace, "what each step decided"))
     sub.add_argument("id", type=int)
 
-    quar = _group(commands, "quarantine", "messages held back by a rule")
-    _limit_flag(_json_flag(_command(quar, "list", cmd_quarantine_list, "list quarantined")))
-    sub = _command(quar, "release", cmd_quarantine_release, "process a message again")
+    quar = group(commands, "quarantine", "messages held back by a rule")
+    limit_flag(json_flag(command(quar, "list", cmd_quarantine_list, "list quarantined")))
+    sub = command(quar, "release", cmd_quarantine_release, "process a message again")
     sub.add_argument("id", type=int)
     sub.add_argument("--force", action="store_true", help="record it despite the policy")
-    sub = _command(quar, "delete", cmd_quarantine_delete, "delete a message for good")
+    sub = command(quar, "delete", cmd_quarantine_delete, "delete a message for good")
     sub.add_argument("id", type=int)
 
 
@@ -598,13 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"TOML configuration file (default: ${config_module.CONFIG_ENV}, else built-ins)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _command(commands, "serve", cmd_serve, "run every listener and worker in one process")
-    _json_flag(_command(commands, "check-config", cmd_check_config, "the effective settings"))
-    db = _group(commands, "db", "database schema")
-    _command(db, "upgrade", cmd_db_upgrade, "apply schema migrations")
-    demo = _group(commands, "demo", "the demo tenant")
-    _command(demo, "init", cmd_demo_init, "create the schema and the demo tenant")
-    sub = _command(demo, "send", cmd_demo_send, "send the demo email to the capture listener")
+    command(commands, "serve", cmd_serve, "run every listener and worker in one process")
+    json_flag(command(commands, "check-config", cmd_check_config, "the effective settings"))
+    db = group(commands, "db", "database schema")
+    command(db, "upgrade", cmd_db_upgrade, "apply schema migrations")
+    demo = group(commands, "demo", "the demo tenant")
+    command(demo, "init", cmd_demo_init, "create the schema and the demo tenant")
+    sub = command(demo, "send", cmd_demo_send, "send the demo email to the capture listener")
     sub.add_argument("--to", default="richard@acme.capture.example", metavar="ADDRESS")
     sub.add_argument("--subject", default="Quote for the new office", metavar="TEXT")
     _add_directory_commands(commands)
@@ -618,16 +505,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        _err(f"configuration: {exc}")
+        err(f"configuration: {exc}")
         return EXIT_USAGE
     handler: Handler = args.handler
     try:
         return handler(args, settings)
     except (DirectoryError, AddressError, CommandError, quarantine.QuarantineError) as exc:
-        _err(str(exc))
+        err(str(exc))
     except queries.NotFoundError as exc:
-        _err(str(exc.args[0]))
+        err(str(exc.args[0]))
     except SQLAlchemyError as exc:
-        _err(f"database: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
-        _err("is the schema up to date? run `mailledger db upgrade`")
+        err(f"database: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
+        err("is the schema up to date? run `mailledger db upgrade`")
     return EXIT_REFUSED

@@ -1,0 +1,145 @@
+"""The pieces every ``mailledger`` command is built from: output, sessions, argparse helpers.
+
+Kept apart from ``cli`` so that each part of mailledger (the relay, the DNS tools) can add its
+commands in a module of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailledger.config import Settings
+from mailledger.store import queries
+from mailledger.store.engine import make_engine, make_sessionmaker
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A request the CLI refuses, with the message the operator sees (exit 1)."""
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def err(text: str) -> None:
+    sys.stderr.write(f"mailledger: {text}\n")
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value).replace("\n", " ")
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as plain aligned columns under a header; what a terminal user reads."""
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = [[c.upper() for c in columns], *cells]
+    return "\n".join(
+        "  ".join(value.ljust(widths[i]) for i, value in enumerate(line)).rstrip() for line in lines
+    )
+
+
+def emit(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, as_json: bool, empty: str
+) -> None:
+    if as_json:
+        out(json.dumps(list(rows), indent=2, ensure_ascii=False))
+    elif rows:
+        out(format_table(rows, columns))
+    else:
+        out(empty)
+
+
+def emit_record(record: dict[str, Any], sections: dict[str, Sequence[str]]) -> None:
+    """One record as ``key: value`` lines, then each list in ``sections`` as a table."""
+    width = max(len(k) for k in record)
+    for key, value in record.items():
+        if key not in sections:
+            out(f"{key.ljust(width)}  {cell(value)}")
+    for key, columns in sections.items():
+        out()
+        out(f"{key}:")
+        out(format_table(record.get(key) or [], columns) if record.get(key) else "  (none)")
+
+
+def toml_lines(data: dict[str, Any]) -> Iterator[str]:
+    for section, values in data.items():
+        yield f"[{section}]"
+        for key, value in values.items():
+            # JSON scalars and arrays of them are valid TOML values.
+            yield f"{key} = {json.dumps(value, ensure_ascii=False)}"
+        yield ""
+
+
+# --- plumbing ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def session_scope(settings: Settings) -> Iterator[Session]:
+    engine = make_engine(settings.database.url, echo=settings.database.echo)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def sessions_scope(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(settings.database.url, echo=settings.database.echo)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+def positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
+
+
+def command(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = group.add_parser(name, help=help_text)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def group(commands: Any, name: str, help_text: str) -> Any:
+    sub = commands.add_parser(name, help=help_text)
+    return sub.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+
+def json_flag(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sub.add_argument("--json", action="store_true", help="a JSON array of objects")
+    return sub
+
+
+def limit_flag(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sub.add_argument("--limit", type=positive, default=queries.DEFAULT_LIMIT, metavar="N")
+    return sub
