@@ -259,6 +259,21 @@ def test_long_txt_is_split_and_truncation_falls_back_to_tcp(
     assert dns_server.query_count("big.example.test", transport="tcp") == 1
 
 
+def test_txt_character_strings_are_kept_per_record(
+    dns_server: DNSServer, resolver: Resolver
+) -> None:
+    """Each TXT record's strings come back as published, beside the joined text."""
+    dns_server.add("split.example.test", "TXT", ["v=DKIM1; p=AB", "CD"])
+    dns_server.add("split.example.test", "TXT", "x" * 300)
+    result = resolver.txt_sync("split.example.test")
+    by_text = dict(zip(result.texts, result.strings, strict=True))
+    assert by_text == {
+        "v=DKIM1; p=ABCD": (b"v=DKIM1; p=AB", b"CD"),
+        "x" * 300: (b"x" * 255, b"x" * 45),
+    }
+    assert resolver.mx_sync("split.example.test").strings == ()
+
+
 def test_plain_udp_query_gets_tc_bit(dns_server: DNSServer) -> None:
     """Without EDNS, an answer over 512 octets is truncated with TC set (RFC 1035 §4.2.1)."""
     dns_server.add("big.example.test", "TXT", "x" * 600)

@@ -58,6 +58,10 @@ class DNSResult:
     ``record.encode("utf-8", "surrogateescape")`` gives back the exact bytes; MX records as
     ``(preference, exchange)``; A/AAAA as address text; PTR/CNAME/NS as lowercase names
     without the final dot (the root, as in a null MX, is ``"."``).
+
+    ``strings`` keeps, for TXT/SPF answers, each record's character-strings as published
+    (RFC 1035 §3.3.14), in the order of ``records``: how a long record was split is lost in
+    the joined text, and the DNS set-up check reports it.
     """
 
     name: str
@@ -67,6 +71,7 @@ class DNSResult:
     ttl: int = 0
     canonical_name: str = ""
     detail: str = ""
+    strings: tuple[tuple[bytes, ...], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -370,7 +375,12 @@ class Resolver:
             return DNSResult(q.name, q.type_text, "nodata", ttl=ttl, canonical_name=canonical)
         ttl = max(0, min(int(answer.chaining_result.minimum_ttl), MAX_POSITIVE_TTL))
         records = tuple(_record(rd) for rd in answer.rrset)
-        return DNSResult(q.name, q.type_text, "ok", records, ttl, canonical)
+        strings = tuple(
+            tuple(bytes(s) for s in getattr(rd, "strings", ()))
+            for rd in answer.rrset
+            if rd.rdtype in (dns.rdatatype.TXT, dns.rdatatype.SPF)
+        )
+        return DNSResult(q.name, q.type_text, "ok", records, ttl, canonical, strings=strings)
 
     @staticmethod
     def _from_exception(q: _Question, exc: BaseException) -> DNSResult:
