@@ -40,6 +40,9 @@ from mailledger.store.models import (
 from mailledger.testing.mail import make_email, store_received
 from mailledger.verify.authenticate import Authenticator
 
+# Every processing rule holds on both stores (DESIGN §9).
+pytestmark = pytest.mark.postgres
+
 RICHARD = "richard@acme.capture.example"
 LOG = "log@acme.capture.example"
 

@@ -39,6 +39,9 @@ from mailledger.testing.forwarding import (
 from mailledger.testing.mail import make_email
 from mailledger.testing.smtp import running_server, send_raw_async
 
+# The trust rules hold on both stores.
+pytestmark = pytest.mark.postgres
+
 GMAIL_IP = "127.0.0.10"
 M365_IP = "127.0.0.20"
 CLIENT_IP = "127.0.0.30"
