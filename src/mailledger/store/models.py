@@ -269,6 +269,11 @@ class ReceivedMessage(Base):
     auth: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Set by `quarantine release --force`: record despite the policy that quarantined it.
     force_record: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The staff member who submitted it through the relay after SMTP AUTH (DESIGN §6): that
+    # login, not SPF or DKIM, is what the trust step checks for such a message.
+    submitted_by_staff_id: Mapped[int | None] = mapped_column(
+        ForeignKey("staff.id", ondelete="SET NULL"), default=None
+    )
 
     routes: Mapped[list[MessageRoute]] = relationship(
         back_populates="message", cascade="all, delete-orphan", order_by="MessageRoute.id"
