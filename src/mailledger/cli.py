@@ -34,6 +34,7 @@ from mailledger.clikit import (
     toml_lines,
 )
 from mailledger.config import ConfigError, Settings, load_settings, split_listen
+from mailledger.dns import commands as dns_commands
 from mailledger.routing.addresses import AddressError
 from mailledger.routing.routes import capture_address
 from mailledger.store import directory, quarantine, queries
@@ -496,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--subject", default="Quote for the new office", metavar="TEXT")
     _add_directory_commands(commands)
     _add_mail_commands(commands)
+    dns_commands.register(commands)
     return parser
 
 
