@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from mailledger.demo import seed_demo
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, MessageState, ReceivedMessage
+from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.mail import make_email
 from mailledger.testing.smtp import send_raw
 
@@ -47,7 +49,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(tmp_path: Path, port: int) -> Path:
+def write_config(tmp_path: Path, port: int, nameserver: str) -> Path:
     config = tmp_path / "mailledger.toml"
     config.write_text(
         f"""
@@ -68,9 +70,9 @@ poll_interval_seconds = 0.1
 loop_threshold = 100000
 
 [dns]
-# Nothing listens there: lookups fail at once instead of reaching out of the machine.
-nameservers = ["127.0.0.1:{free_port()}"]
-timeout_seconds = 0.5
+# The test's own DNS server: answers come at once, and nothing leaves the machine.
+nameservers = ["{nameserver}"]
+timeout_seconds = 2
 
 [verify]
 # This test is about durability, not authentication: loopback counts as a trusted forwarder.
@@ -180,10 +182,19 @@ class Clients:
             return len(self.acked)
 
 
-def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
+@pytest.fixture
+def dns_server() -> Iterator[DNSServer]:
+    """A loopback DNS server where the sender's domain publishes SPF and DMARC."""
+    with DNSServer() as server:
+        server.add("client.example", "TXT", "v=spf1 -all")
+        server.add("_dmarc.client.example", "TXT", "v=DMARC1; p=reject")
+        yield server
+
+
+def test_sigkill_loses_no_acknowledged_message(tmp_path: Path, dns_server: DNSServer) -> None:
     """Three SIGKILLs mid-stream: every 250 is stored, never more than sent, all processed."""
     port = free_port()
-    config = write_config(tmp_path, port)
+    config = write_config(tmp_path, port, dns_server.address)
     engine = make_engine(f"sqlite:///{tmp_path / 'crash.db'}")
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)

@@ -27,7 +27,7 @@ from mailledger.routing.routes import RecipientRouter
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
 
-log = get_logger(__name__)
+log = get_logger("mailledger.server")  # not "__main__" under python -m
 
 # How long a stopping listener lets a DATA in progress finish. systemd waits 90 s by default
 # before SIGKILL; this leaves the rest of the shutdown ample time.

@@ -178,7 +178,11 @@ class Intake:
                 )
                 self._fail(ready[0], exc)
                 return
-            log.warning("group commit failed, retrying one by one", batch=len(ready))
+            log.warning(
+                "group commit failed, retrying one by one",
+                batch=len(ready),
+                error=str(exc)[:300],
+            )
             for pending in ready:
                 try:
                     self._commit([pending])
