@@ -111,22 +111,27 @@ def merged_record(existing: str | None, include_domain: str) -> str:
 
 
 def combined_record(records: list[str], include_domain: str) -> str:
-    """One record out of several (RFC 7208 §3.2 allows one), with our include in it."""
+    """One record out of several (RFC 7208 §3.2 allows one), with our include in it.
+
+    Records come back from DNS in no fixed order, so they are taken sorted; of their ``all``
+    terms the most lenient is kept, so merging never fails mail one of them let pass.
+    """
     mechanisms: list[str] = []
-    final_all = ""
+    alls: list[str] = []
     modifiers: list[str] = []
-    for record in records:
+    for record in sorted(records):
         for piece in record.split()[1:]:
             bare = piece.lstrip("+-~?").lower()
             if bare == "all":
-                final_all = final_all or piece
+                alls.append(piece)
             elif "=" in piece:
-                if not any(
-                    m.split("=")[0].lower() == piece.split("=")[0].lower() for m in modifiers
-                ):
+                name = piece.split("=")[0].lower()
+                if not any(m.split("=")[0].lower() == name for m in modifiers):
                     modifiers.append(piece)
             elif piece.lower() not in (m.lower() for m in mechanisms):
                 mechanisms.append(piece)
+    leniency = {"+": 0, "?": 1, "~": 2, "-": 3}
+    final_all = min(alls, key=lambda t: leniency.get(t[0], 0), default="")
     if final_all:
         # redirect= is ignored when the record has an all mechanism (RFC 7208 §6.1).
         modifiers = [m for m in modifiers if not m.lower().startswith("redirect=")]
