@@ -544,3 +544,29 @@ async def test_dns_timeout_defers_instead_of_quarantining(
     assert message.state is MessageState.RECEIVED
     deferred = [t for t in message.trace if t.decision == "deferred"]
     assert deferred and "temperror" in deferred[0].detail
+
+
+async def test_slow_dns_does_not_stall_intake(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    world: DemoAddresses,
+    keys: Keys,
+    dns_server: DNSServer,
+) -> None:
+    """Checks waiting on a silent name server hold no database lock: intake keeps answering."""
+    dns_server.timeout("gmail.com")
+    envelope, data = gmail_forward(make_email(), "richard.smith@gmail.com", RICHARD, keys.google)
+    async with running_server(settings) as port:
+        first = await send_raw_async(
+            port, envelope, [RICHARD], data, source_address=GMAIL_IP, helo="mail.example"
+        )
+        assert first.accepted
+        await asyncio.sleep(0.2)  # the worker is now waiting on DNS for the first message
+        started = asyncio.get_running_loop().time()
+        second = await send_raw_async(
+            port, envelope, [RICHARD], make_email(subject="second"), source_address=GMAIL_IP
+        )
+        elapsed = asyncio.get_running_loop().time() - started
+    assert second.accepted, second
+    # The DNS timeout is a second; a lock held through it would make this wait for it.
+    assert elapsed < 0.8, f"intake waited {elapsed:.2f} s behind the sender checks"

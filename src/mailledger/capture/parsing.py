@@ -144,3 +144,19 @@ def parse_message(
         headers=headers,
         body=extract_body(message),
     )
+
+
+def sender_domain(raw: bytes) -> str | None:
+    """The From domain from the header section alone, or None when From is not one mailbox.
+
+    The same parser and the same rule as ``parse_message``/``ParsedMessage.sender``, for work
+    that needs only the From domain before the full parse (DMARC lookups ahead of time).
+    """
+    headers = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
+    values = _raw_values(headers, "From")
+    if len(values) != 1:
+        return None
+    parsed = parse_mailbox_list(header_text_for_addresses(values[0]))
+    if len(parsed.mailboxes) != 1 or parsed.invalid:
+        return None
+    return parsed.mailboxes[0].domain

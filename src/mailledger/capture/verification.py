@@ -33,6 +33,11 @@ GATEWAY = "gateway"
 DEMO = "demo"
 
 
+def trusts_loopback(settings: Settings, peer: str) -> bool:
+    """Whether the demo-only loopback trust applies to this peer."""
+    return settings.verify.demo_trust_loopback and _is_loopback(peer)
+
+
 def _is_loopback(peer: str) -> bool:
     try:
         return ipaddress.ip_address(peer_address(peer)).is_loopback
@@ -77,7 +82,7 @@ class MessageAuth:
     def for_tenant(self, tenant: Tenant) -> tuple[AuthOutcome, str]:
         """The verdicts that apply to this tenant's copy, and where they came from."""
         peer = self._message.peer
-        if self._settings.verify.demo_trust_loopback and _is_loopback(peer):
+        if trusts_loopback(self._settings, peer):
             log.warning("DEMO ONLY: loopback mail trusted without authentication", peer=peer)
             return _empty(self.from_domain, "demo: loopback trusted", PASS, gateway=DEMO), DEMO
         if tenant.gateway_networks and in_networks(peer, list(tenant.gateway_networks)):
@@ -97,6 +102,7 @@ class MessageAuth:
                 helo=self._message.helo,
                 mail_from=self._message.mail_from,
                 from_domain=self.from_domain,
+                key=self._message.blob,
             )
         return self._own, OWN
 

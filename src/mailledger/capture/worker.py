@@ -17,13 +17,15 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.capture.parsing import sender_domain
 from mailledger.capture.processor import RetryLater, process_message
+from mailledger.capture.verification import trusts_loopback
 from mailledger.config import Settings
 from mailledger.dns.resolver import Resolver
 from mailledger.store.blobs import BlobStore, BlobStoreError
-from mailledger.store.engine import is_postgres
-from mailledger.store.models import MessageState, ReceivedMessage, TraceEntry, utcnow
-from mailledger.verify.authenticate import Authenticator
+from mailledger.store.engine import is_postgres, read_only
+from mailledger.store.models import MessageState, ReceivedMessage, Tenant, TraceEntry, utcnow
+from mailledger.verify.authenticate import Authenticator, in_networks
 
 log = structlog.get_logger("mailledger.worker")
 
@@ -114,6 +116,7 @@ class Worker:
         """Process one claimed message in one transaction; failures retry, then end ``failed``."""
         bound = log.bind(message=message_id)
         try:
+            self._prepare(message_id)
             with self._sessions.begin() as session:
                 # The row lock keeps a node whose lease lapsed from racing the new owner.
                 message = session.get(ReceivedMessage, message_id, with_for_update=True)
@@ -149,6 +152,42 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - an unknown fault must not stop the worker
             bound.exception("processing failed")
             self._record_error(message_id, f"{type(exc).__name__}: {exc}"[:500])
+
+    def _prepare(self, message_id: int) -> None:
+        """Run the sender checks before the write transaction opens.
+
+        They wait on DNS for up to the time budget; inside the transaction they would hold the
+        database's write lock (SQLite) and stall intake's commits meanwhile.
+        """
+        with self._sessions() as session:
+            read_only(session)
+            message = session.get(ReceivedMessage, message_id)
+            if message is None or message.state is not MessageState.RECEIVED:
+                return
+            blob, peer, helo, mail_from = (
+                message.blob,
+                message.peer,
+                message.helo,
+                message.mail_from,
+            )
+            tenants = [session.get_one(Tenant, route.tenant_id) for route in message.routes]
+            behind_gateway = bool(tenants) and all(
+                t.gateway_networks and in_networks(peer, list(t.gateway_networks)) for t in tenants
+            )
+        if behind_gateway or trusts_loopback(self._settings, peer):
+            return
+        raw = self._blobs.get(blob)
+        from_domain = sender_domain(raw)
+        if from_domain is None:
+            return  # ambiguous From: quarantined before any check
+        self._authenticator.prepare(
+            (blob, peer, helo, mail_from, from_domain),
+            raw,
+            peer=peer,
+            helo=helo,
+            mail_from=mail_from,
+            from_domain=from_domain,
+        )
 
     def _fail(self, session: Session, message: ReceivedMessage, reason: str) -> None:
         message.state = MessageState.FAILED

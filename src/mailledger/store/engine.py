@@ -38,12 +38,30 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
+            if conn.get_execution_options().get(READ_ONLY):
+                # A reader must not hold the write lock (see read_only below).
+                conn.exec_driver_sql("BEGIN DEFERRED")
+                return
             # IMMEDIATE takes the write lock at the start, so two writers never deadlock on
             # an upgrade from a read lock.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+READ_ONLY = "mailledger_read_only"
+
+
+def read_only(session: Session) -> Session:
+    """Mark a fresh session as a reader: on SQLite it then takes no write lock.
+
+    Call before the session's first query. Work that may wait on the network (DNS checks)
+    reads what it needs this way and writes in a short transaction afterwards, so intake's
+    group commits never queue behind it.
+    """
+    session.connection(execution_options={READ_ONLY: True})
+    return session
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
