@@ -1,9 +1,10 @@
 """``mailledger serve``: every listener and worker in one process, in one event loop.
 
-Start order follows the data: storage first, then the worker that drains it, then the listener
-that fills it. Stop order is the reverse: the listener first (no new mail; a DATA in progress
-may finish), then the intake drains what it was handed, then the worker puts down its claims.
-Anything still unprocessed stays ``received`` and is picked up on the next start.
+Start order follows the data: storage first, then the workers that drain it (processing,
+hand-back of forwarding confirmations, outbound delivery), then the listeners that fill it
+(capture, then submission). Stop order is the reverse: the listeners first (no new mail; a DATA
+in progress may finish), then the intake drains what it was handed, then the workers put down
+their claims. Anything still unprocessed or undelivered stays queued for the next start.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -22,7 +24,11 @@ from mailledger.capture.listener import CaptureListener
 from mailledger.capture.protocol import build_tls_context
 from mailledger.capture.worker import Worker
 from mailledger.config import ConfigError, Settings, load_settings
+from mailledger.dns.resolver import Resolver
 from mailledger.logs import configure_logging, get_logger
+from mailledger.relay.delivery import DeliveryWorker
+from mailledger.relay.handback import HandbackRunner
+from mailledger.relay.submission import SubmissionHandler, SubmissionListener
 from mailledger.routing.routes import RecipientRouter
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
@@ -55,33 +61,68 @@ async def serve(
     intake = Intake(sessions, blobs, on_stored=worker.wake)
     router = RecipientRouter(sessions, max_local_part_bytes=settings.capture.max_local_part_bytes)
     handler = CaptureHandler(router, intake, settings.capture)
-    listener = CaptureListener(settings, handler, tls_context=build_tls_context(settings.tls))
+    tls_context = build_tls_context(settings.tls)
+    listener = CaptureListener(settings, handler, tls_context=tls_context)
+    resolver = Resolver(settings.dns)
+    delivery = DeliveryWorker(sessions, blobs, settings, resolver)
+    handback = HandbackRunner(sessions, blobs, settings, on_queued=[delivery.wake])
+    submission = _submission_listener(
+        settings,
+        tls_context,
+        SubmissionHandler(
+            sessions, blobs, settings, resolver, on_stored=[worker.wake, delivery.wake]
+        ),
+    )
 
     signals = _install_signal_handlers(loop, stop_event)
     intake.start()
-    worker_task = asyncio.create_task(worker.run(), name="mailledger-worker")
+    tasks = {
+        asyncio.create_task(worker.run(), name="mailledger-worker"): "processing worker",
+        asyncio.create_task(handback.run(), name="mailledger-handback"): "hand-back runner",
+        asyncio.create_task(delivery.run(), name="mailledger-delivery"): "delivery worker",
+    }
     try:
         addresses = await listener.start()
+        if submission is not None:
+            addresses += await submission.start()
         if ready is not None:
             ready(addresses)
         stopped = asyncio.create_task(stop_event.wait())
         # A worker that dies is a fault to surface, not to run on without.
-        done, _ = await asyncio.wait({stopped, worker_task}, return_when=asyncio.FIRST_COMPLETED)
-        if worker_task in done:
-            stopped.cancel()
-            worker_task.result()
-            raise RuntimeError("the processing worker stopped unexpectedly")
+        done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        for task, what in tasks.items():
+            if task in done:
+                stopped.cancel()
+                task.result()
+                raise RuntimeError(f"the {what} stopped unexpectedly")
         log.info("stopping")
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        if submission is not None:
+            await submission.stop(SHUTDOWN_GRACE_SECONDS)
         await listener.stop(SHUTDOWN_GRACE_SECONDS)
         await intake.close()
         await worker.stop()
-        if not worker_task.done():
-            await worker_task
+        await handback.stop()
+        await delivery.stop()
+        for task in tasks:
+            if not task.done():
+                await task
         engine.dispose()
         log.info("stopped")
+
+
+def _submission_listener(
+    settings: Settings, tls_context: ssl.SSLContext | None, handler: SubmissionHandler
+) -> SubmissionListener | None:
+    """The submission listener, or None when it cannot run: AUTH needs TLS (RFC 4954 §4)."""
+    if not settings.submission.listen and not settings.submission.listen_tls:
+        return None
+    if tls_context is None:
+        log.warning("submission listeners off: no [tls] cert_file/key_file for STARTTLS")
+        return None
+    return SubmissionListener(settings, handler, tls_context=tls_context)
 
 
 def _install_signal_handlers(

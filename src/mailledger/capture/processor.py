@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from mailledger.capture.automated import automated_reason
@@ -21,6 +21,7 @@ from mailledger.capture.confirmations import (
 from mailledger.capture.parsing import ParsedMessage, ParseFailure, parse_message
 from mailledger.capture.verification import DEMO, MessageAuth
 from mailledger.config import Settings
+from mailledger.relay import handback
 from mailledger.routing import dedupe
 from mailledger.routing.addresses import Mailbox, normalize
 from mailledger.routing.matcher import Match, company_owners, match_parties, never_log_hits
@@ -36,6 +37,7 @@ from mailledger.store.models import (
     ForwardingConfirmation,
     MessageRoute,
     MessageState,
+    OutboundMessage,
     Participant,
     PartyKind,
     ReceivedMessage,
@@ -60,6 +62,7 @@ from mailledger.verify.trust import (
 
 RECORDED = "recorded"
 CONFIRMATION = "forwarding-confirmation"
+FORWARDING_CHECK = "forwarding-check"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +139,11 @@ def process_message(
             outcomes.append(str(exc))
             continue
         if activity is None:
-            route.outcome = CONFIRMATION
+            route.outcome = route.outcome or CONFIRMATION
             continue
         route.outcome = RECORDED
         route.activity_id = activity.id
-    if any(route.outcome in (RECORDED, CONFIRMATION) for route in message.routes):
+    if any(route.outcome in (RECORDED, CONFIRMATION, FORWARDING_CHECK) for route in message.routes):
         _finish(message, MessageState.PROCESSED, "; ".join(dict.fromkeys(outcomes)))
     else:
         _finish(message, MessageState.QUARANTINED, "; ".join(dict.fromkeys(outcomes)))
@@ -235,8 +238,7 @@ class RouteStep:
         session, trace = self.session, self.trace
         force = self.message.force_record
         tenant = session.get_one(Tenant, route.tenant_id)
-        if route.kind is RouteKind.USER and normalize(self.sender) == GMAIL_CONFIRMATION_SENDER:
-            self._forwarding_confirmation(route, tenant)
+        if route.kind is RouteKind.USER and self._forwarding_setup(route, tenant):
             return None
         if not force:
             reason = automated_reason(
@@ -297,10 +299,13 @@ class RouteStep:
             activity.staff_id = owner
             trace("record", "captured", f"activity {activity.id} ({direction.value})")
         _add_participants(session, activity, parties, matches)
+        _link_relayed(session, self.message, activity)
         return activity
 
     def _trust(self, route: MessageRoute, tenant: Tenant, sender_key: str) -> TrustDecision:
         """Apply the trust rule for the route's kind to the verdicts that hold for its tenant."""
+        if self.message.submitted_by_staff_id is not None and route.kind is RouteKind.LOG:
+            return self._submitted(sender_key)
         auth, source = self.auth.for_tenant(tenant)
         if source == DEMO:
             summary = auth.summary() | {"trust": "demo-loopback"}
@@ -330,6 +335,58 @@ class RouteStep:
         )
         forward = Forward(route.rcpt, self.message.mail_from, frozenset(own), forwarded)
         return decide_user_capture(auth, forward, policy)
+
+    def _submitted(self, sender_key: str) -> TrustDecision:
+        """Sent through our relay after SMTP AUTH: the login vouches, if the From is theirs.
+
+        The relay refused any other From already (``relay.ownership``); checking again here
+        keeps a stored message from a deleted or changed login out of the record.
+        """
+        staff = self.session.get(Staff, self.message.submitted_by_staff_id)
+        own = self.session.scalars(
+            select(StaffAddress.address).where(
+                StaffAddress.staff_id == self.message.submitted_by_staff_id,
+                StaffAddress.verified.is_(True),
+            )
+        )
+        login = staff.username if staff is not None else "a removed staff member"
+        auth = {"spf": "none", "dkim": "none", "dmarc": "none", "arc": "none"}
+        if staff is None or sender_key not in set(own):
+            reason = f"submission by {login}: From {sender_key} is not their address"
+            return TrustDecision(False, "untrusted", reason, auth | {"trust": "untrusted"})
+        reason = f"submission: authenticated as {login}"
+        return TrustDecision(True, "submission", reason, auth | {"trust": "submission"})
+
+    def _forwarding_setup(self, route: MessageRoute, tenant: Tenant) -> bool:
+        """Gmail's confirmation or our own check coming back: handled, not recorded."""
+        if normalize(self.sender) == GMAIL_CONFIRMATION_SENDER:
+            self._forwarding_confirmation(route, tenant)
+            return True
+        token = handback.challenge_token(self.parsed.headers)
+        if token and self._forwarding_check(route, tenant, token):
+            route.outcome = FORWARDING_CHECK
+            return True
+        return False
+
+    def _forwarding_check(self, route: MessageRoute, tenant: Tenant, token: str) -> bool:
+        """Our forwarding-check challenge coming back: prove the staff member's forwarding."""
+        auth, _ = self.auth.for_tenant(tenant)
+        assert route.staff_id is not None
+        verdict = handback.prove_forwarding(
+            self.session,
+            self.message,
+            staff_id=route.staff_id,
+            capture=route.rcpt,
+            token=token,
+            auth=auth,
+        )
+        if verdict == handback.UNKNOWN:
+            return False  # not a check of this staff member: ordinary mail
+        if verdict == handback.EXPIRED:
+            raise Quarantine("forwarding-check: the challenge had expired")
+        self.message.auth = auth.summary()
+        self.trace("forwarding", "check", f"forwarding check for {route.rcpt}: {verdict}")
+        return True
 
     def _forwarding_confirmation(self, route: MessageRoute, tenant: Tenant) -> None:
         """Keep Gmail's code for the staff member; only Google itself may send one."""
@@ -482,6 +539,19 @@ def _temporary(trust: TrustDecision) -> bool:
     auth = trust.auth
     words = {auth.get("spf"), auth.get("arc"), auth.get("dmarc"), auth.get("dkim")}
     return TEMPERROR in words
+
+
+def _link_relayed(session: Session, message: ReceivedMessage, activity: Activity) -> None:
+    """Point the relay's queued copies of a submitted message at its activity."""
+    if message.submitted_by_staff_id is None:
+        return
+    # The relayed copies share the submitted message's queue id.
+    session.execute(
+        update(OutboundMessage)
+        .where(OutboundMessage.queue_id == message.queue_id)
+        .values(activity_id=activity.id)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _create_contact(session: Session, tenant: Tenant, party: Party) -> Match:

@@ -30,6 +30,8 @@ class Login:
     # Normalized (``routing.addresses.normalize``) and verified own addresses only.
     own_addresses: frozenset[str]
     strip_plus: bool = True  # the tenant's +tag setting, as for capture
+    # The tenant's log@ capture address: a BCC to it is captured, never relayed.
+    log_address: str = ""
 
 
 def _echo(value: str) -> str:
