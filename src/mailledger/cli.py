@@ -35,6 +35,7 @@ from mailledger.clikit import (
 )
 from mailledger.config import ConfigError, Settings, load_settings, split_listen
 from mailledger.dns import commands as dns_commands
+from mailledger.relay.staff_commands import register as register_relay_staff_commands
 from mailledger.routing.addresses import AddressError
 from mailledger.routing.routes import capture_address
 from mailledger.store import directory, quarantine, queries
@@ -421,6 +422,7 @@ def _add_directory_commands(commands: Any) -> None:
     )
     sub.add_argument("tenant")
     sub.add_argument("username")
+    register_relay_staff_commands(staff)
 
     contact = group(commands, "contact", "people outside the tenant")
     sub = command(contact, "add", cmd_contact_add, "add a contact")
