@@ -8,11 +8,13 @@ key for acme.example published on the test DNS server, and client.example's MX a
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,14 +27,18 @@ from mailledger.config import Settings
 from mailledger.demo import DemoAddresses
 from mailledger.dns import keys
 from mailledger.dns.resolver import Resolver
-from mailledger.relay.credentials import hash_password
+from mailledger.relay import handback, staff_commands
+from mailledger.relay.credentials import hash_password, verify_password
 from mailledger.server import serve
 from mailledger.store import directory
+from mailledger.store.blobs import BlobStore
 from mailledger.store.models import (
     Activity,
     ActivitySource,
     Direction,
     DkimKey,
+    ForwardingCheck,
+    ForwardingConfirmation,
     MessageState,
     OutboundKind,
     OutboundMessage,
@@ -42,6 +48,7 @@ from mailledger.store.models import (
     Tenant,
 )
 from mailledger.testing.dnsserver import DNSServer
+from mailledger.testing.forwarding import dkim_sign, gmail_forward, make_key
 from mailledger.testing.mail import make_email
 from mailledger.testing.recorder import Recorder, start_recorders
 from mailledger.testing.smtp import send_raw_async
@@ -50,6 +57,8 @@ from mailledger.testing.tls import write_self_signed
 
 HOSTNAME = "mx.capture.example"
 CLIENT_MX = "127.0.0.51"
+GMAIL_IP = "127.0.0.10"
+GOOGLE_KEY = make_key("google.com", "20230601")
 RICHARD_LOGIN = "richard@acme.capture.example"
 ALICE_LOGIN = "alice@acme.capture.example"
 BOB_LOGIN = "bob@globex.capture.example"
@@ -92,6 +101,11 @@ def remote() -> Iterator[Remote]:
         server.add("client.example", "MX", "10 mx.client.example.")
         server.add("mx.client.example", "A", CLIENT_MX)
         server.add("acme.example", "TXT", "v=spf1 ip4:127.0.0.0/8 -all")
+        # The staff mailboxes (acme.example at its provider) are on the recorder too.
+        server.add("acme.example", "MX", "10 mx.client.example.")
+        server.add("gmail.com", "TXT", f"v=spf1 ip4:{GMAIL_IP} -all")
+        server.add("google.com", "TXT", f"v=spf1 ip4:{GMAIL_IP} -all")
+        server.add(GOOGLE_KEY.record_name, "TXT", GOOGLE_KEY.txt)
         yield Remote(server, port, started[0])
     for recorder in started:
         recorder.close()
@@ -501,3 +515,168 @@ async def test_unverified_key_follows_the_send_policy(
             MessageState.PROCESSED,
             MessageState.QUARANTINED,
         )
+
+
+# --- hand-back and the forwarding check ------------------------------------------------------
+
+
+def gmail_confirmation(code: str) -> bytes:
+    """Gmail's forwarding confirmation to richard's capture address, signed by google.com."""
+    raw = make_email(
+        sender="Gmail Team <forwarding-noreply@google.com>",
+        to=RICHARD_LOGIN,
+        subject=f"(#{code}) Gmail Forwarding Confirmation - Receive Mail from richard.smith",
+        body=(
+            f"richard.smith@gmail.com has requested to automatically forward mail to "
+            f"{RICHARD_LOGIN}.\r\nConfirmation code: {code}\r\n"
+        ),
+        message_id=f"{code}@google.com",
+    )
+    return dkim_sign(raw, GOOGLE_KEY)
+
+
+async def test_gmail_confirmation_is_handed_back_unmodified(world: World) -> None:
+    """The confirmation reaches richard's primary address byte for byte, DKIM intact, once."""
+    raw = gmail_confirmation("612345789")
+    sent = await send_raw_async(
+        world.capture_port,
+        "forwarding-noreply@google.com",
+        [RICHARD_LOGIN],
+        raw,
+        source_address=GMAIL_IP,
+    )
+    assert sent.accepted
+    delivered = await world.mx.wait_for_async(lambda ts: any(t.accepted for t in ts))
+    handed = delivered[0]
+    assert handed.rcpt_tos == ["richard@acme.example"]
+    assert handed.mail_from == f"forwarding-handback@{HOSTNAME}"
+    assert handed.data == raw
+    assert dkim.verify(handed.data, dnsfunc=Resolver(world.settings.dns).dkim_dnsfunc)
+
+    # Forwarding now works, so the handed-back copy comes back: it is not handed back again.
+    again = await send_raw_async(
+        world.capture_port,
+        "forwarding-noreply@google.com",
+        [RICHARD_LOGIN],
+        raw,
+        source_address=GMAIL_IP,
+    )
+    assert again.accepted
+
+    def settled() -> list[str] | None:
+        with world.sessions() as session:
+            states = list(
+                session.scalars(
+                    select(ForwardingConfirmation.handback_state).order_by(
+                        ForwardingConfirmation.id
+                    )
+                )
+            )
+        return states if states == ["sent", "duplicate"] else None
+
+    assert await eventually(settled) == ["sent", "duplicate"]
+    await asyncio.sleep(0.3)
+    assert len(world.mx.transactions) == 1
+
+
+async def test_forwarding_check_proves_a_working_forward(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The challenge goes out signed, comes back through Gmail forwarding, and is proven."""
+    with world.sessions() as session:
+        richard = session.scalars(select(Staff).where(Staff.username == "richard")).one()
+    check = await handback.send_challenge(
+        world.sessions,
+        BlobStore(world.settings.storage.blob_dir),
+        world.settings,
+        Resolver(world.settings.dns),
+        staff_id=richard.id,
+    )
+    delivered = await world.mx.wait_for_async(lambda ts: any(t.accepted for t in ts))
+    challenge = delivered[0]
+    assert challenge.rcpt_tos == ["richard@acme.example"]
+    assert b"d=acme.example" in challenge.data.split(b"\r\n\r\n", 1)[0]
+    assert dkim.verify(challenge.data, dnsfunc=Resolver(world.settings.dns).dkim_dnsfunc)
+
+    # richard@acme.example forwards (via his Gmail) to his capture address.
+    envelope, forwarded = gmail_forward(
+        challenge.data, "richard.smith@gmail.com", RICHARD_LOGIN, GOOGLE_KEY
+    )
+    back = await send_raw_async(
+        world.capture_port, envelope, [RICHARD_LOGIN], forwarded, source_address=GMAIL_IP
+    )
+    assert back.accepted
+
+    def proven() -> ForwardingCheck | None:
+        with world.sessions() as session:
+            row = session.get(ForwardingCheck, check.id)
+            return row if row is not None and row.proven_at is not None else None
+
+    row = await eventually(proven)
+    assert row.observed["envelope_pattern"] == (
+        "gmail +caf_ tag (own address, names the capture address)"
+    )
+    assert row.observed["arc_sealers"] == ["google.com"]
+    assert "acme.example (pass)" in row.observed["dkim_signers"]
+    with world.sessions() as session:
+        assert session.scalars(select(Activity)).all() == []  # a check is not correspondence
+
+    capsys.readouterr()
+    args = argparse.Namespace(tenant="acme", username="richard", json=False)
+    assert staff_commands.cmd_staff_show(args, world.settings) == 0
+    shown = capsys.readouterr().out
+    assert "forwarding" in shown and "proven" in shown
+    assert "gmail +caf_ tag" in shown and "google.com" in shown
+
+
+async def test_expired_challenge_proves_nothing(world: World) -> None:
+    """A challenge that comes back after it expired is quarantined, the check stays open."""
+    with world.sessions() as session:
+        richard = session.scalars(select(Staff).where(Staff.username == "richard")).one()
+    check = await handback.send_challenge(
+        world.sessions,
+        BlobStore(world.settings.storage.blob_dir),
+        world.settings,
+        Resolver(world.settings.dns),
+        staff_id=richard.id,
+    )
+    delivered = await world.mx.wait_for_async(lambda ts: any(t.accepted for t in ts))
+    with world.sessions.begin() as session:
+        row = session.get_one(ForwardingCheck, check.id)
+        row.expires_at = row.sent_at - timedelta(seconds=1)
+    envelope, forwarded = gmail_forward(
+        delivered[0].data, "richard.smith@gmail.com", RICHARD_LOGIN, GOOGLE_KEY
+    )
+    back = await send_raw_async(
+        world.capture_port, envelope, [RICHARD_LOGIN], forwarded, source_address=GMAIL_IP
+    )
+    assert back.accepted
+
+    def quarantined() -> str | None:
+        with world.sessions() as session:
+            message = session.scalars(
+                select(ReceivedMessage).where(ReceivedMessage.state == MessageState.QUARANTINED)
+            ).first()
+            return message.reason if message is not None else None
+
+    assert "challenge had expired" in await eventually(quarantined)
+    with world.sessions() as session:
+        assert session.get_one(ForwardingCheck, check.id).proven_at is None
+
+
+def test_staff_password_is_shown_once_and_stored_hashed(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    demo: DemoAddresses,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`staff password` prints the login and a fresh password; only a scrypt hash is kept."""
+    args = argparse.Namespace(tenant="acme", username="richard")
+    assert staff_commands.cmd_staff_password(args, settings) == 0
+    shown = capsys.readouterr().out
+    password = shown.split("password:", 1)[1].split()[0]
+    assert "username:     richard@acme.capture.example" in shown
+    with sessions() as session:
+        stored = session.scalars(select(Staff.password_hash)).one()
+    assert stored is not None and password not in stored
+    assert verify_password(password, stored)
