@@ -67,6 +67,8 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         "MAILLEDGER_DATABASE__URL": database_url,
         "MAILLEDGER_STORAGE__BLOB_DIR": str(tmp_path / "blobs"),
         "MAILLEDGER_CAPTURE__LISTEN": '["127.0.0.1:0"]',
+        # A free port for /metrics and /health, so servers in tests never clash on 9425.
+        "MAILLEDGER_METRICS__LISTEN": '"127.0.0.1:0"',
         "MAILLEDGER_PROCESSING__POLL_INTERVAL_SECONDS": "0.05",
         "MAILLEDGER_LOGGING__FORMAT": '"console"',
         # Nothing listens there: a test that needs DNS starts its own server; no lookup ever

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailledger import config as config_module
+from mailledger import retention_commands
 from mailledger.clikit import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -47,11 +48,11 @@ from mailledger.store.models import MessageState
 # --- commands ---------------------------------------------------------------------------------
 
 
-def cmd_serve(_args: argparse.Namespace, settings: Settings) -> int:
-    """Run every listener and worker until Ctrl-C or SIGTERM."""
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run every listener and worker until Ctrl-C or SIGTERM; SIGHUP reloads ``--config``."""
     from mailledger.server import run_server  # noqa: PLC0415 - only serve needs the server
 
-    code: int = run_server(settings)
+    code: int = run_server(settings, args.config)
     return code
 
 
@@ -500,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_directory_commands(commands)
     _add_mail_commands(commands)
     dns_commands.register(commands)
+    retention_commands.register(commands)
     return parser
 
 

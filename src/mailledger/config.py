@@ -48,6 +48,9 @@ class DatabaseSettings(_Section):
 class StorageSettings(_Section):
     # Raw messages and attachments, content-addressed; fsynced before we answer 250.
     blob_dir: str = "var/blobs"
+    # New mail is refused with 452 4.3.1 while the blob directory's file system (and an SQLite
+    # database's) has less than this many bytes free, so the disk never fills mid-write.
+    min_free_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
 
 
 class CaptureSettings(_Section):
@@ -131,6 +134,8 @@ class ServiceSettings(_Section):
     relay_addresses: list[str] = Field(default_factory=list)
     # Names this process in queue claims; two processes must never share one.
     node_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # On SIGTERM, how long a session in DATA may take to finish before it is cut off.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
 
 class ProcessingSettings(_Section):
@@ -166,12 +171,24 @@ class LoggingSettings(_Section):
 
 
 class MetricsSettings(_Section):
+    # HOST:PORT of the /metrics and /health endpoint; "" turns it off.
     listen: str = "127.0.0.1:9425"
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        return _check_listen(value)
+        return _check_listen(value) if value else value
+
+
+class RetentionSettings(_Section):
+    # Days the raw bytes of finished (processed or failed) messages are kept; 0 keeps them.
+    raw_days: int = Field(default=0, ge=0)
+    # Days quarantined messages are kept before they are deleted; 0 keeps them.
+    quarantine_days: int = Field(default=0, ge=0)
+    # How often serve() runs the retention pass, in seconds.
+    interval_seconds: float = Field(default=3600.0, gt=0)
+    # Messages handled per transaction, so one pass never holds a long lock.
+    batch_size: int = Field(default=200, ge=1)
 
 
 class Settings(_Section):
@@ -187,6 +204,7 @@ class Settings(_Section):
     verify: VerifySettings = Field(default_factory=VerifySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
 
 # (section, key) pairs printed masked by check-config; passwords in URLs are masked separately.

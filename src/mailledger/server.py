@@ -17,6 +17,7 @@ import ssl
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from mailledger.capture.handler import CaptureHandler
 from mailledger.capture.intake import Intake
@@ -26,41 +27,56 @@ from mailledger.capture.worker import Worker
 from mailledger.config import ConfigError, Settings, load_settings
 from mailledger.dns.resolver import Resolver
 from mailledger.logs import configure_logging, get_logger
+from mailledger.metrics import Metrics
 from mailledger.relay.delivery import DeliveryWorker
 from mailledger.relay.handback import HandbackRunner
 from mailledger.relay.submission import SubmissionHandler, SubmissionListener
 from mailledger.routing.routes import RecipientRouter
+from mailledger.runtime import ServiceRuntime
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
+from mailledger.store.freespace import FreeSpaceGuard, storage_paths
 
 log = get_logger("mailledger.server")  # not "__main__" under python -m
-
-# How long a stopping listener lets a DATA in progress finish. systemd waits 90 s by default
-# before SIGKILL; this leaves the rest of the shutdown ample time.
-SHUTDOWN_GRACE_SECONDS = 30.0
 
 Ready = Callable[[list[tuple[str, int]]], None]
 
 
-async def serve(
+async def serve(  # noqa: PLR0915 - one place wires every part, in start order
     settings: Settings,
     *,
     ready: Ready | None = None,
     stop: asyncio.Event | None = None,
+    config_path: str | Path | None = None,
 ) -> None:
     """Run the capture service until ``stop`` is set or SIGTERM/SIGINT arrives.
 
-    ``ready`` is called with the bound (host, port) addresses once mail can be sent.
+    ``ready`` is called with the bound (host, port) addresses once mail can be sent;
+    ``config_path`` is the file SIGHUP reloads.
     """
     stop_event = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     engine = make_engine(settings.database.url, echo=settings.database.echo)
     sessions = make_sessionmaker(engine)
     blobs = BlobStore(settings.storage.blob_dir)
-    worker = Worker(sessions, blobs, settings)
-    intake = Intake(sessions, blobs, on_stored=worker.wake)
+    metrics = Metrics()
+    guard = FreeSpaceGuard(
+        storage_paths(settings.storage.blob_dir, settings.database.url),
+        settings.storage.min_free_bytes,
+    )
+    worker = Worker(sessions, blobs, settings, metrics=metrics)
+    intake = Intake(sessions, blobs, on_stored=worker.wake, space=guard)
     router = RecipientRouter(sessions, max_local_part_bytes=settings.capture.max_local_part_bytes)
-    handler = CaptureHandler(router, intake, settings.capture)
+    handler = CaptureHandler(router, intake, settings.capture, metrics)
+    runtime = ServiceRuntime(
+        settings,
+        sessions,
+        blobs,
+        guard,
+        metrics=metrics,
+        config_path=config_path,
+        appliers=[lambda new: handler.update_limits(new.capture)],
+    )
     tls_context = build_tls_context(settings.tls)
     listener = CaptureListener(settings, handler, tls_context=tls_context)
     resolver = Resolver(settings.dns)
@@ -82,9 +98,11 @@ async def serve(
         asyncio.create_task(delivery.run(), name="mailledger-delivery"): "delivery worker",
     }
     try:
+        await runtime.start()
         addresses = await listener.start()
         if submission is not None:
             addresses += await submission.start()
+        runtime.ready(addresses)
         if ready is not None:
             ready(addresses)
         stopped = asyncio.create_task(stop_event.wait())
@@ -97,11 +115,13 @@ async def serve(
                 raise RuntimeError(f"the {what} stopped unexpectedly")
         log.info("stopping")
     finally:
+        runtime.stopping()
         for sig in signals:
             loop.remove_signal_handler(sig)
+        grace = settings.service.shutdown_grace_seconds
         if submission is not None:
-            await submission.stop(SHUTDOWN_GRACE_SECONDS)
-        await listener.stop(SHUTDOWN_GRACE_SECONDS)
+            await submission.stop(grace)
+        await listener.stop(grace)
         await intake.close()
         await worker.stop()
         await handback.stop()
@@ -109,6 +129,7 @@ async def serve(
         for task in tasks:
             if not task.done():
                 await task
+        await runtime.stop()
         engine.dispose()
         log.info("stopped")
 
@@ -139,7 +160,7 @@ def _install_signal_handlers(
     return installed
 
 
-def run_server(settings: Settings) -> int:
+def run_server(settings: Settings, config_path: str | Path | None = None) -> int:
     """Configure logging and serve until stopped; the exit code for the CLI."""
     configure_logging(settings.logging)
 
@@ -151,7 +172,7 @@ def run_server(settings: Settings) -> int:
         )
 
     try:
-        asyncio.run(serve(settings, ready=_ready))
+        asyncio.run(serve(settings, ready=_ready, config_path=config_path))
     except OSError as exc:
         # Typically the port is taken or the blob directory is not writable.
         log.error("cannot serve", error=str(exc))  # noqa: TRY400 - the message is the story
@@ -169,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mailledger: {exc}", file=sys.stderr)
         return 2
-    return run_server(settings)
+    return run_server(settings, args.config)
 
 
 if __name__ == "__main__":

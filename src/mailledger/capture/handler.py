@@ -15,9 +15,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailledger.capture import replies, screening
-from mailledger.capture.intake import Intake, IntakeError, SessionFacts
+from mailledger.capture.intake import InsufficientStorageError, Intake, IntakeError, SessionFacts
 from mailledger.config import CaptureSettings
 from mailledger.logs import get_logger
+from mailledger.metrics import Metrics
 from mailledger.routing.addresses import AddressError, parse_address
 from mailledger.routing.routes import RecipientRouter, Refusal, Route
 
@@ -67,9 +68,20 @@ def trace_id_of(server: SMTP) -> str:
 class CaptureHandler:
     """Answers one capture session's commands from routing, screening and intake."""
 
-    def __init__(self, router: RecipientRouter, intake: Intake, capture: CaptureSettings) -> None:
+    def __init__(
+        self,
+        router: RecipientRouter,
+        intake: Intake,
+        capture: CaptureSettings,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._router = router
         self._intake = intake
+        self._capture = capture
+        self._metrics = metrics or Metrics()
+
+    def update_limits(self, capture: CaptureSettings) -> None:
+        """Apply reloaded limits (recipients, headers, hops) to the next commands."""
         self._capture = capture
 
     async def handle_HELO(  # noqa: N802 - aiosmtpd's hook name
@@ -108,7 +120,15 @@ class CaptureHandler:
                 parse_address(address)
             except AddressError:
                 log.info("sender refused", reason="syntax")
+                self._metrics.message_refused("mail", str(replies.BAD_SENDER_SYNTAX))
                 return str(replies.BAD_SENDER_SYNTAX)
+        # Refuse before the body travels when the disk is near full (RFC 1870 SIZE helps).
+        size = next((o[5:] for o in mail_options if o.upper().startswith("SIZE=")), "0")
+        shortage = self._intake.shortage(int(size) if size.isdigit() else 0)
+        if shortage is not None:
+            log.warning("sender refused: storage nearly full", shortage=str(shortage))
+            self._metrics.message_refused("mail", str(replies.INSUFFICIENT_STORAGE))
+            return str(replies.INSUFFICIENT_STORAGE)
         envelope.mail_from = address or NULL_SENDER
         envelope.mail_options.extend(mail_options)
         return str(replies.SENDER_OK)
@@ -123,14 +143,17 @@ class CaptureHandler:
     ) -> str:
         """Route the recipient now, from the database, so a wrong address is refused here."""
         if len(envelope.rcpt_tos) >= self._capture.max_recipients:
+            self._metrics.message_refused("rcpt", str(replies.TOO_MANY_RECIPIENTS))
             return str(replies.TOO_MANY_RECIPIENTS)
         try:
             decision = await asyncio.to_thread(self._router.route, address)
         except SQLAlchemyError as exc:
             log.exception("recipient lookup failed", error=type(exc).__name__)
+            self._metrics.message_refused("rcpt", str(replies.DIRECTORY_UNAVAILABLE))
             return str(replies.DIRECTORY_UNAVAILABLE)
         if isinstance(decision, Refusal):
             log.info("recipient refused", rcpt=address, reply=str(decision.reply))
+            self._metrics.message_refused("rcpt", str(decision.reply))
             return str(decision.reply)
         routes = routes_of(envelope)
         if decision not in routes:
@@ -151,10 +174,13 @@ class CaptureHandler:
         refusal = screening.screen(raw, self._capture)
         if refusal is not None:
             log.info("message refused", size=len(raw), reply=str(refusal))
+            self._metrics.message_refused("data", str(refusal))
             return str(refusal)
         routes = routes_of(envelope)
         if not routes:  # aiosmtpd refuses DATA without RCPT; this guards a misuse
             return str(replies.LOCAL_ERROR)
+        # Every line about this message names its tenant(s); the trace id is bound already.
+        mlog = log.bind(tenant_id=sorted({route.tenant_id for route in routes}))
         mail_from = "" if envelope.mail_from == NULL_SENDER else str(envelope.mail_from)
         facts = SessionFacts(
             peer=format_peer(session.peer),
@@ -166,10 +192,16 @@ class CaptureHandler:
         )
         try:
             queue_id = await self._intake.store(facts, list(routes), raw)
+        except InsufficientStorageError as exc:
+            mlog.warning("message not stored", error=str(exc), size=len(raw))
+            self._metrics.message_refused("data", str(replies.INSUFFICIENT_STORAGE))
+            return str(replies.INSUFFICIENT_STORAGE)
         except IntakeError as exc:
-            log.warning("message not stored", error=str(exc), size=len(raw))
+            mlog.warning("message not stored", error=str(exc), size=len(raw))
+            self._metrics.message_refused("data", str(replies.STORAGE_FAILED))
             return str(replies.STORAGE_FAILED)
-        log.info("message accepted", queue_id=queue_id, size=len(raw), routes=len(routes))
+        mlog.info("message accepted", queue_id=queue_id, size=len(raw), routes=len(routes))
+        self._metrics.message_accepted("capture")
         return f"{replies.QUEUED} {queue_id}"
 
     async def handle_exception(self, error: Exception) -> str:

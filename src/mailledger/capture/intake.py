@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailledger.logs import get_logger
 from mailledger.routing.routes import Route
 from mailledger.store.blobs import BlobStore
+from mailledger.store.freespace import FreeSpaceGuard, SpaceShortage
 from mailledger.store.models import MessageRoute, MessageState, ReceivedMessage, TraceEntry
 
 log = get_logger(__name__)
@@ -35,6 +36,10 @@ QUEUE_ID_BYTES = 10  # 20 hex characters: unique enough to name a message in a l
 
 class IntakeError(Exception):
     """The message could not be stored; the session must answer a temporary failure."""
+
+
+class InsufficientStorageError(IntakeError):
+    """The free-space reserve is reached: refuse with 452 4.3.1 before the disk fills."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +83,10 @@ class Intake:
         *,
         batch_size: int = 64,
         on_stored: Callable[[], None] | None = None,
+        space: FreeSpaceGuard | None = None,
     ) -> None:
         self._sessions = sessions
+        self.space = space
         self._blobs = blobs
         self._batch_size = batch_size
         self.on_stored = on_stored
@@ -105,6 +112,10 @@ class Intake:
         await asyncio.to_thread(self._thread.join)
         self._thread = None
 
+    def shortage(self, incoming_bytes: int = 0) -> SpaceShortage | None:
+        """Why a message of this size must be refused for lack of space, or None."""
+        return None if self.space is None else self.space.shortage(incoming_bytes)
+
     async def store(self, facts: SessionFacts, routes: list[Route], raw: bytes) -> str:
         """Store one message for its routes; returns the queue id once it is committed.
 
@@ -114,6 +125,8 @@ class Intake:
             raise IntakeError("intake is not running")
         if not routes:
             raise IntakeError("a message needs at least one route")
+        if (short := self.shortage(len(raw))) is not None:
+            raise InsufficientStorageError(f"below the free-space reserve: {short}")
         loop = asyncio.get_running_loop()
         pending = _Pending(facts, list(routes), raw, new_queue_id(), loop, loop.create_future())
         self._queue.put(pending)
@@ -206,6 +219,7 @@ class Intake:
                 trace_id=pending.facts.trace_id,
                 size=len(pending.raw),
                 routes=len(pending.routes),
+                tenant_id=sorted({route.tenant_id for route in pending.routes}),
             )
             self._resolve(pending, pending.queue_id)
         if self.on_stored is not None and self._loop is not None:

@@ -47,6 +47,8 @@ NUL_BYTE = Reply(550, "5.6.0", "NUL byte in message")
 HEADERS_TOO_BIG = Reply(552, "5.3.4", "Message header too large")
 LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long (RFC 5321 §4.5.3.1.6)")
 STORAGE_FAILED = Reply(451, "4.3.0", "Temporary storage failure, try again later")
+# RFC 5321 §4.5.3.1.10 / RFC 3463 4.3.1: our disk is near full; the sender keeps the message.
+INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Temporary local error, try again later")
 DIRECTORY_UNAVAILABLE = Reply(451, "4.3.0", "Recipient lookup failed, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")

@@ -22,6 +22,7 @@ from mailledger.capture.processor import RetryLater, process_message
 from mailledger.capture.verification import trusts_loopback
 from mailledger.config import Settings
 from mailledger.dns.resolver import Resolver
+from mailledger.metrics import Metrics
 from mailledger.store.blobs import BlobStore, BlobStoreError
 from mailledger.store.engine import is_postgres, read_only
 from mailledger.store.models import MessageState, ReceivedMessage, Tenant, TraceEntry, utcnow
@@ -39,8 +40,10 @@ class Worker:
         blobs: BlobStore,
         settings: Settings,
         authenticator: Authenticator | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._sessions = sessions
+        self._metrics = metrics or Metrics()
         self._blobs = blobs
         self._settings = settings
         self._authenticator = authenticator or Authenticator(Resolver(settings.dns), settings)
@@ -138,6 +141,7 @@ class Worker:
                     final_attempt=message.attempts >= self._settings.processing.max_attempts,
                 )
                 bound.info("processed", state=message.state.value, reason=message.reason or None)
+            self._metrics.message_finished(message.state, message.received_at)
         except RetryLater as exc:
             bound.info("processing deferred: a check failed temporarily", reason=str(exc)[:200])
             self._defer(message_id, str(exc))
@@ -164,6 +168,13 @@ class Worker:
             message = session.get(ReceivedMessage, message_id)
             if message is None or message.state is not MessageState.RECEIVED:
                 return
+            # process_one runs in a copied context (asyncio.to_thread): these ids reach every
+            # log line of this message's processing, the processor's included.
+            structlog.contextvars.bind_contextvars(
+                queue_id=message.queue_id,
+                trace_id=message.trace_id,
+                tenant_id=sorted({route.tenant_id for route in message.routes}),
+            )
             blob, peer, helo, mail_from = (
                 message.blob,
                 message.peer,

@@ -1,0 +1,45 @@
+"""``mailledger retention run [--dry-run]``: the retention pass by hand (cron, before a backup)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from mailledger.clikit import EXIT_OK, command, group, json_flag, out, sessions_scope
+from mailledger.config import Settings
+from mailledger.retention import run_retention
+from mailledger.store.blobs import BlobStore
+
+
+def cmd_retention_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Delete what ``[retention]`` says has expired; ``--dry-run`` only counts it."""
+    policy = settings.retention
+    if not policy.raw_days and not policy.quarantine_days:
+        out("retention is off: [retention] raw_days and quarantine_days are both 0")
+        return EXIT_OK
+    with sessions_scope(settings) as sessions:
+        report = run_retention(
+            sessions, BlobStore(settings.storage.blob_dir), policy, dry_run=args.dry_run
+        )
+    if args.json:
+        out(
+            json.dumps(
+                {
+                    "dry_run": report.dry_run,
+                    "raw_messages": report.raw_messages,
+                    "raw_blobs": report.raw_blobs,
+                    "quarantined": report.quarantined,
+                }
+            )
+        )
+    else:
+        out(str(report))
+    return EXIT_OK
+
+
+def register(commands: Any) -> None:
+    """Add the ``retention`` command group to the CLI."""
+    retention = group(commands, "retention", "delete raw and quarantined mail past [retention]")
+    sub = json_flag(command(retention, "run", cmd_retention_run, "run one retention pass now"))
+    sub.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
