@@ -42,7 +42,6 @@ from mailledger.routing.routes import capture_address
 from mailledger.store import directory, quarantine, queries
 from mailledger.store.blobs import BlobStore
 from mailledger.store.directory import DirectoryError
-from mailledger.store.migrate import upgrade
 from mailledger.store.models import MessageState
 
 # --- commands ---------------------------------------------------------------------------------
@@ -64,6 +63,13 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     else:
         out("\n".join(toml_lines(data)).rstrip())
     return EXIT_OK
+
+
+def upgrade(url: str) -> None:
+    """Apply the migrations; Alembic is imported only by the commands that need it."""
+    from mailledger.store.migrate import upgrade as apply_migrations  # noqa: PLC0415
+
+    apply_migrations(url)
 
 
 def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
