@@ -471,7 +471,8 @@ async def test_gmail_forwarding_confirmation_is_kept_for_the_staff_member(
         assert found.code == "612345789"
         assert found.link == "https://mail-settings.google.com/mail/vf-%5BANGjdJ8%5D-abc123"
         assert found.requested_by == "richard.smith@gmail.com"
-        assert found.handback_state == "pending"
+        # The running server hands it back through the relay at once (or soon after).
+        assert found.handback_state in ("pending", "sent")
         assert session.scalars(select(Activity)).all() == []
 
 
