@@ -80,6 +80,7 @@ class PostgresServer:
     root: Path
     port: int
     user: str = SERVER_USER
+    options: str = ""  # the postgres options it was started with, for resume()
     _counter: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
     @property
@@ -120,6 +121,27 @@ class PostgresServer:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+    def halt(self) -> None:
+        """Stop the server (fast shutdown) but keep its data, as an outage would."""
+        pg_ctl = str(self.bindir / "pg_ctl")
+        _run_as(self.user, pg_ctl, "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start a halted server again on the same port with the same data."""
+        pg_ctl = str(self.bindir / "pg_ctl")
+        _run_as(
+            self.user,
+            *(pg_ctl, "-D", str(self.data_dir), "-o", self.options),
+            *(
+                "-l",
+                str(self.root / "server.log"),
+                "-w",
+                "-t",
+                str(_START_TIMEOUT_SECONDS),
+                "start",
+            ),
+        )
 
     def stop(self) -> None:
         """Stop the server fast and remove its files; the data is throwaway."""
@@ -178,6 +200,7 @@ def start_server(bindir: Path | None = None) -> PostgresServer:
                 "-c max_connections=200",
             ]
         )
+        server.options = options
         _run_as(
             user,
             *(str(bindir / "pg_ctl"), "-D", str(server.data_dir), "-o", options),
