@@ -36,6 +36,7 @@ from mailledger.clikit import (
 )
 from mailledger.config import ConfigError, Settings, load_settings, split_listen
 from mailledger.dns import commands as dns_commands
+from mailledger.relay import commands as queue_commands
 from mailledger.relay.staff_commands import register as register_relay_staff_commands
 from mailledger.routing.addresses import AddressError
 from mailledger.routing.routes import capture_address
@@ -508,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mail_commands(commands)
     dns_commands.register(commands)
     retention_commands.register(commands)
+    queue_commands.register(commands)
     return parser
 
 

@@ -14,6 +14,7 @@ from mailledger.store.models import (
     Activity,
     Attachment,
     MessageState,
+    OutboundMessage,
     ReceivedMessage,
     TraceEntry,
 )
@@ -62,7 +63,11 @@ def release(session: Session, message_id: int, *, force: bool = False) -> Receiv
 
 
 def blob_in_use(session: Session, digest: str, *, except_message: int | None = None) -> bool:
-    """Whether any message, activity or attachment still references these bytes."""
+    """Whether any message, activity, attachment or outbound row still references these bytes.
+
+    Outbound rows count too: a forwarding confirmation is handed back with its received bytes
+    unmodified, so one digest can name a quarantined message and a queued one at once.
+    """
     others = select(ReceivedMessage.id).where(ReceivedMessage.blob == digest)
     if except_message is not None:
         others = others.where(ReceivedMessage.id != except_message)
@@ -70,6 +75,7 @@ def blob_in_use(session: Session, digest: str, *, except_message: int | None = N
         exists(others),
         exists(select(Activity.id).where(Activity.raw_blob == digest)),
         exists(select(Attachment.id).where(Attachment.blob == digest)),
+        exists(select(OutboundMessage.id).where(OutboundMessage.blob == digest)),
     ]
     return any(session.scalar(select(check)) for check in checks)
 

@@ -1,0 +1,161 @@
+"""``mailledger queue …``: the operator's view of the outbound queue, and its two actions.
+
+``ID`` is a row id (one recipient domain of a message) or a queue id (every row of the
+message), as ``queue list`` shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from typing import Any
+
+from mailledger.clikit import (
+    EXIT_OK,
+    CommandError,
+    command,
+    emit,
+    emit_record,
+    group,
+    json_flag,
+    limit_flag,
+    out,
+    session_scope,
+)
+from mailledger.config import Settings
+from mailledger.relay import outbox
+from mailledger.store.blobs import BlobStore
+from mailledger.store.models import OutboundMessage, OutboundState
+
+QUEUE_COLUMNS = [
+    "id",
+    "queue_id",
+    "kind",
+    "state",
+    "mail_from",
+    "domain",
+    "rcpt_to",
+    "attempts",
+    "next_try",
+    "last_error",
+]
+RESULT_COLUMNS = ["rcpt", "status", "reply", "at", "attempt"]
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def row_record(row: OutboundMessage) -> dict[str, Any]:
+    """One queue row as the plain data ``queue list/show --json`` prints."""
+    queued = row.state is OutboundState.QUEUED
+    return {
+        "id": row.id,
+        "queue_id": row.queue_id,
+        "kind": row.kind.value,
+        "state": row.state.value,
+        "mail_from": row.mail_from or "<>",
+        "domain": row.domain,
+        "rcpt_to": list(row.rcpt_to),
+        "attempts": row.attempts,
+        "next_try": _time(row.retry_after) if queued else None,
+        "last_error": row.last_error,
+        "size": row.size,
+        "claimed_by": row.claimed_by,
+        "claim_expires_at": _time(row.claim_expires_at),
+        "signing": row.signing,
+        "tenant_id": row.tenant_id,
+        "staff_id": row.staff_id,
+        "activity_id": row.activity_id,
+        "created_at": _time(row.created_at),
+        "finished_at": _time(row.finished_at),
+        "results": [
+            {
+                "rcpt": rcpt,
+                "status": (row.results or {}).get(rcpt, {}).get("status", "pending"),
+                "code": (row.results or {}).get(rcpt, {}).get("code"),
+                "reply": (row.results or {}).get(rcpt, {}).get("reply", ""),
+                "at": (row.results or {}).get(rcpt, {}).get("at"),
+                "attempt": (row.results or {}).get(rcpt, {}).get("attempt"),
+            }
+            for rcpt in row.rcpt_to
+        ],
+    }
+
+
+def cmd_queue_list(args: argparse.Namespace, settings: Settings) -> int:
+    """List outbound rows, newest first."""
+    state = OutboundState(args.state) if args.state else None
+    with session_scope(settings) as session:
+        rows = [row_record(r) for r in outbox.list_rows(session, state, limit=args.limit)]
+    if args.json:
+        emit(rows, QUEUE_COLUMNS, as_json=True, empty="")
+    else:
+        emit(
+            [{k: v for k, v in r.items() if k != "results"} for r in rows],
+            QUEUE_COLUMNS,
+            as_json=False,
+            empty="the outbound queue is empty",
+        )
+    return EXIT_OK
+
+
+def cmd_queue_show(args: argparse.Namespace, settings: Settings) -> int:
+    """Show the rows of one message: state, attempts, next try, last error, per-recipient."""
+    with session_scope(settings) as session:
+        records = [row_record(r) for r in _rows(session, args.id)]
+    if args.json:
+        out(json.dumps(records, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    for index, record in enumerate(records):
+        if index:
+            out()
+        emit_record(record, {"results": RESULT_COLUMNS})
+    return EXIT_OK
+
+
+def cmd_queue_retry(args: argparse.Namespace, settings: Settings) -> int:
+    """Make a queued message due now (the running worker picks it up at its next poll)."""
+    with session_scope(settings) as session:
+        try:
+            rows = outbox.retry_now(session, args.id)
+        except outbox.OutboxError as exc:
+            raise CommandError(str(exc)) from exc
+        done = ", ".join(f"{r.id} ({r.domain})" for r in rows)
+    out(f"due now: {done}")
+    return EXIT_OK
+
+
+def cmd_queue_delete(args: argparse.Namespace, settings: Settings) -> int:
+    """Remove a message from the queue for good; its bytes too unless something shares them."""
+    with session_scope(settings) as session:
+        try:
+            rows, removed = outbox.delete(session, BlobStore(settings.storage.blob_dir), args.id)
+        except outbox.OutboxError as exc:
+            raise CommandError(str(exc)) from exc
+        done = ", ".join(f"{r.id} ({r.domain}, {r.state.value})" for r in rows)
+    blob = "and its bytes" if removed else "(its bytes are still referenced elsewhere)"
+    out(f"deleted {done} {blob}")
+    return EXIT_OK
+
+
+def _rows(session: Any, ident: str) -> list[OutboundMessage]:
+    try:
+        return outbox.find_rows(session, ident)
+    except outbox.OutboxError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def register(commands: Any) -> None:
+    """Add ``queue list/show/retry/delete`` to the ``mailledger`` command line."""
+    queue = group(commands, "queue", "the outbound queue (relayed mail, DSNs)")
+    sub = command(queue, "list", cmd_queue_list, "list outbound rows, newest first")
+    sub.add_argument("--state", choices=[s.value for s in OutboundState])
+    limit_flag(json_flag(sub))
+    sub = json_flag(command(queue, "show", cmd_queue_show, "one message's rows and results"))
+    sub.add_argument("id", metavar="ID", help="a row id or a queue id")
+    sub = command(queue, "retry", cmd_queue_retry, "try a queued message again now")
+    sub.add_argument("id", metavar="ID", help="a row id or a queue id")
+    sub = command(queue, "delete", cmd_queue_delete, "remove a message from the queue")
+    sub.add_argument("id", metavar="ID", help="a row id or a queue id")

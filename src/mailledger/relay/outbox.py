@@ -1,0 +1,350 @@
+"""The durable outbound queue (DESIGN §9): one row per message and recipient domain.
+
+``enqueue`` stores the bytes once in the blob store and writes the rows in the caller's
+transaction, so a submission listener that commits before answering ``250`` never loses an
+accepted message. Delivery claims due rows with a lease (owner, expiry), as the processing
+worker does: a row claimed by a process that died is taken over once its lease lapses, and on
+PostgreSQL several nodes share the queue through ``SELECT … FOR UPDATE SKIP LOCKED`` (on
+SQLite, ``store.engine`` begins every transaction with ``BEGIN IMMEDIATE``, one writer at a
+time). Attempts are counted when a row is claimed, so an attempt cut short by a crash counts.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from mailledger.store.blobs import BlobStore
+from mailledger.store.engine import is_postgres
+from mailledger.store.models import (
+    OutboundKind,
+    OutboundMessage,
+    OutboundState,
+    utcnow,
+)
+from mailledger.store.quarantine import blob_in_use
+
+QUEUE_ID_BYTES: Final = 10  # 20 hex characters, like the capture side's queue ids
+# A CR not followed by LF, or an LF not preceded by CR (RFC 5321 §2.3.8: lines end in CRLF
+# only), or a NUL (RFC 5322 §3.5 / RFC 6532: never in a message).
+_BAD_BYTES: Final = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
+# How many due rows the claim query looks at per free delivery slot: rows of a domain that is
+# at its concurrency limit are skipped, so it reads a few more than it can take.
+_CANDIDATES_PER_SLOT: Final = 4
+FINAL_STATES: Final = frozenset(
+    {OutboundState.DELIVERED, OutboundState.BOUNCED, OutboundState.EXPIRED}
+)
+
+
+class OutboxError(LookupError):
+    """A queue command names no row, or asks for something its state does not allow."""
+
+
+def new_queue_id() -> str:
+    """A fresh queue id; random, so ids from several nodes never collide."""
+    return secrets.token_hex(QUEUE_ID_BYTES).upper()
+
+
+def check_outbound_bytes(raw: bytes) -> bytes:
+    """The bytes to store and send: refused with ``ValueError`` if they hold a bare CR, LF or NUL.
+
+    Nothing with a bare CR or LF leaves the relay (DESIGN §6): a receiver may read it as a line
+    end where we did not, which is how SMTP smuggling works. A message that does not end with
+    CRLF gets one, because SMTP cannot carry it otherwise (RFC 5321 §4.1.1.4) and DKIM body
+    canonicalization adds the same CRLF (RFC 6376 §3.4.3), so signatures still verify.
+    """
+    match = _BAD_BYTES.search(raw)
+    if match is not None:
+        what = {b"\r": "bare CR", b"\n": "bare LF", b"\x00": "NUL"}[match.group()]
+        raise ValueError(f"outbound message has a {what} at byte {match.start()}")
+    if not raw.endswith(b"\r\n"):
+        raw += b"\r\n"
+    return raw
+
+
+def recipient_domain(address: str) -> str:
+    """The domain an envelope recipient is delivered to: lowercase, as an A-label."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or any(c in address for c in "\r\n\x00<> "):
+        raise ValueError(f"not an envelope recipient address: {address!r}")
+    domain = domain.lower().rstrip(".")
+    if domain.startswith("[") and domain.endswith("]"):
+        return domain  # an address literal (RFC 5321 §4.1.3); delivered without MX lookup
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValueError(f"recipient domain is not a valid IDN: {address!r}") from exc
+    return domain
+
+
+def enqueue(
+    session: Session,
+    blobs: BlobStore,
+    *,
+    raw: bytes,
+    mail_from: str,
+    rcpt_to: list[str],
+    kind: OutboundKind,
+    tenant_id: int | None = None,
+    staff_id: int | None = None,
+    activity_id: int | None = None,
+    signing: str = "",
+    held: bool = False,
+) -> list[OutboundMessage]:
+    """Queue one message: its bytes once in the blob store, one row per recipient domain.
+
+    The rows share one queue id and are added to ``session`` (flushed, not committed): the
+    caller commits, then answers ``250``. The blob is fsynced before this returns, so the
+    commit never refers to bytes that a crash could lose. ``held`` rows wait for an operator
+    or a policy instead of being delivered. ``mail_from=""`` is the null reverse path (DSNs).
+    """
+    if not rcpt_to:
+        raise ValueError("an outbound message needs at least one recipient")
+    if any(c in mail_from for c in "\r\n\x00<> "):
+        raise ValueError(f"not an envelope sender address: {mail_from!r}")
+    data = check_outbound_bytes(raw)
+    by_domain: dict[str, list[str]] = {}
+    for address in rcpt_to:
+        recipients = by_domain.setdefault(recipient_domain(address), [])
+        if address not in recipients:
+            recipients.append(address)
+    digest = blobs.put(data)
+    queue_id = new_queue_id()
+    now = utcnow()
+    state = OutboundState.HELD if held else OutboundState.QUEUED
+    rows = [
+        OutboundMessage(
+            queue_id=queue_id,
+            tenant_id=tenant_id,
+            staff_id=staff_id,
+            kind=kind,
+            blob=digest,
+            size=len(data),
+            mail_from=mail_from,
+            domain=domain,
+            rcpt_to=recipients,
+            state=state,
+            attempts=0,
+            retry_after=now,
+            last_error="",
+            results={},
+            signing=signing,
+            activity_id=activity_id,
+            created_at=now,
+        )
+        for domain, recipients in by_domain.items()
+    ]
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+# --- claiming -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A row taken for one delivery attempt: what the worker needs, detached from any session."""
+
+    id: int
+    queue_id: str
+    kind: OutboundKind
+    blob: str
+    size: int
+    mail_from: str
+    domain: str
+    rcpt_to: tuple[str, ...]  # every recipient of the row
+    pending: tuple[str, ...]  # those without a final result yet
+    attempts: int  # including this one
+    created_at: datetime
+
+
+def pending_recipients(row: OutboundMessage) -> list[str]:
+    """Recipients of a row without a final (2xx or 5xx) result."""
+    results: Mapping[str, Any] = row.results or {}
+    return [r for r in row.rcpt_to if not is_final(results.get(r))]
+
+
+def is_final(result: Mapping[str, Any] | None) -> bool:
+    """Whether a recipient's recorded result ends its delivery (delivered or refused for good)."""
+    return result is not None and result.get("status") in ("delivered", "failed")
+
+
+def claim_due(
+    session: Session,
+    *,
+    owner: str,
+    lease_seconds: float,
+    slots: int,
+    busy: Mapping[str, int] | None = None,
+    max_per_domain: int | None = None,
+    now: datetime | None = None,
+) -> list[Claim]:
+    """Claim up to ``slots`` due rows: queued, ``retry_after`` passed, unclaimed or lease lapsed.
+
+    ``busy`` counts this node's deliveries in flight per domain; rows of a domain that would
+    go over ``max_per_domain`` are left for later. Each claimed row's ``attempts`` goes up by
+    one. Call inside ``sessions.begin()``: the claim is one transaction.
+    """
+    if slots <= 0:
+        return []
+    now = now or utcnow()
+    in_flight = dict(busy or {})
+    query = (
+        select(OutboundMessage)
+        .where(
+            OutboundMessage.state == OutboundState.QUEUED,
+            OutboundMessage.retry_after <= now,
+            or_(
+                OutboundMessage.claim_expires_at.is_(None),
+                OutboundMessage.claim_expires_at < now,
+            ),
+        )
+        .order_by(OutboundMessage.retry_after, OutboundMessage.id)
+        .limit(slots * _CANDIDATES_PER_SLOT)
+    )
+    if is_postgres(session.get_bind().engine):
+        # Rows another node is claiming right now are skipped, not waited for (DESIGN §9).
+        query = query.with_for_update(skip_locked=True)
+    expires = now + timedelta(seconds=lease_seconds)
+    claims: list[Claim] = []
+    for row in session.scalars(query):
+        if len(claims) >= slots:
+            break
+        if max_per_domain is not None and in_flight.get(row.domain, 0) >= max_per_domain:
+            continue
+        pending = pending_recipients(row)
+        row.claimed_by = owner
+        row.claim_expires_at = expires
+        row.attempts += 1
+        in_flight[row.domain] = in_flight.get(row.domain, 0) + 1
+        claims.append(
+            Claim(
+                id=row.id,
+                queue_id=row.queue_id,
+                kind=row.kind,
+                blob=row.blob,
+                size=row.size,
+                mail_from=row.mail_from,
+                domain=row.domain,
+                rcpt_to=tuple(row.rcpt_to),
+                pending=tuple(pending),
+                attempts=row.attempts,
+                created_at=row.created_at,
+            )
+        )
+    session.flush()
+    return claims
+
+
+def renew(session: Session, ids: Iterable[int], *, owner: str, lease_seconds: float) -> int:
+    """Extend this owner's leases on rows still being delivered; returns how many it kept."""
+    wanted = list(ids)
+    if not wanted:
+        return 0
+    result = session.execute(
+        update(OutboundMessage)
+        .where(
+            OutboundMessage.id.in_(wanted),
+            OutboundMessage.claimed_by == owner,
+            OutboundMessage.state == OutboundState.QUEUED,
+        )
+        .values(claim_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def release(session: Session, ids: Iterable[int], *, owner: str) -> int:
+    """Hand rows back unfinished (shutdown): due at once, for this node or another."""
+    wanted = list(ids)
+    if not wanted:
+        return 0
+    result = session.execute(
+        update(OutboundMessage)
+        .where(
+            OutboundMessage.id.in_(wanted),
+            OutboundMessage.claimed_by == owner,
+            OutboundMessage.state == OutboundState.QUEUED,
+        )
+        .values(claimed_by=None, claim_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- operator commands ----------------------------------------------------------------------
+
+
+def find_rows(session: Session, ident: str) -> list[OutboundMessage]:
+    """The rows an operator means by ``ident``: a row id (digits) or a queue id (all its rows)."""
+    text = ident.strip()
+    rows: list[OutboundMessage] = []
+    if text.isdigit() and len(text) < 2 * QUEUE_ID_BYTES:
+        row = session.get(OutboundMessage, int(text))
+        if row is not None:
+            rows = [row]
+    if not rows:
+        rows = list(
+            session.scalars(
+                select(OutboundMessage)
+                .where(OutboundMessage.queue_id == text.upper())
+                .order_by(OutboundMessage.id)
+            )
+        )
+    if not rows:
+        raise OutboxError(f"no queued message {ident}")
+    return rows
+
+
+def retry_now(session: Session, ident: str) -> list[OutboundMessage]:
+    """Make the queued rows of ``ident`` due now; rows in other states are refused."""
+    rows = find_rows(session, ident)
+    queued = [row for row in rows if row.state is OutboundState.QUEUED]
+    if not queued:
+        states = ", ".join(sorted({row.state.value for row in rows}))
+        raise OutboxError(f"{ident} is {states}, not queued: nothing to retry")
+    now = utcnow()
+    for row in queued:
+        row.retry_after = now
+    session.flush()
+    return queued
+
+
+def delete(session: Session, blobs: BlobStore, ident: str) -> tuple[list[OutboundMessage], bool]:
+    """Remove the rows of ``ident``, and their bytes when nothing else references them.
+
+    Returns the removed rows and whether the blob went too. A delivery in flight finishes its
+    SMTP transaction but finds no row to record it in. As in ``quarantine.delete``, the file
+    goes after the reference check inside the transaction.
+    """
+    rows = find_rows(session, ident)
+    digests = {row.blob for row in rows}
+    for row in rows:
+        session.delete(row)
+    session.flush()
+    removed = False
+    for digest in digests:
+        if blob_in_use(session, digest):
+            continue
+        blobs.delete(digest)
+        removed = True
+    return rows, removed
+
+
+def list_rows(
+    session: Session, state: OutboundState | None = None, *, limit: int = 100
+) -> Sequence[OutboundMessage]:
+    """Queue rows, newest first, optionally in one state."""
+    query = select(OutboundMessage).order_by(OutboundMessage.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(OutboundMessage.state == state)
+    return list(session.scalars(query))
