@@ -346,7 +346,7 @@ def test_two_nodes_share_the_work_and_survive_a_sigkill(tmp_path: Path, database
             .where(TraceEntry.step == "record")
             .group_by(TraceEntry.message_id)
         )
-        finished_at: dict[int, datetime] = dict(session.execute(last_record).tuples().all())
+        finished_at: dict[int, datetime] = dict(session.execute(last_record).all())
         activities = Counter(session.scalars(select(Activity.message_id)))
         outbound_states = Counter(session.scalars(select(OutboundMessage.state)))
     engine.dispose()
