@@ -378,6 +378,11 @@ def test_two_nodes_share_the_work_and_survive_a_sigkill(tmp_path: Path, database
         b_before, "mailledger_verdicts_total", state="processed"
     )
     assert len(held_in) <= processed_by_b < len(rows)
+    delivered_by_b = value(b_after, "mailledger_deliveries_total", state="delivered") - value(
+        b_before, "mailledger_deliveries_total", state="delivered"
+    )
+    assert len(held_out) <= delivered_by_b <= OUTBOUND
+    assert value(b_after, "mailledger_delivery_latency_seconds_count") == delivered_by_b
     print(  # shown with -s
         f"node-a held {len(held_in)} received and {len(held_out)} outbound at the kill; "
         f"node-b processed {processed_by_b:.0f}; repeats {len(repeated)}"

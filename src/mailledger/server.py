@@ -80,7 +80,7 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
     tls_context = build_tls_context(settings.tls)
     listener = CaptureListener(settings, handler, tls_context=tls_context)
     resolver = Resolver(settings.dns)
-    delivery = DeliveryWorker(sessions, blobs, settings, resolver)
+    delivery = DeliveryWorker(sessions, blobs, settings, resolver, metrics=metrics)
     handback = HandbackRunner(sessions, blobs, settings, on_queued=[delivery.wake])
     submission = _submission_listener(
         settings,

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.config import Settings, split_listen
 from mailledger.dns.resolver import Resolver
+from mailledger.metrics import Metrics
 from mailledger.relay import outbox
 from mailledger.relay.dsn import FailedRecipient, enhanced_status, queue_dsn, wants_dsn
 from mailledger.relay.outbox import Claim
@@ -51,6 +52,9 @@ MAX_ADDRESSES_PER_ATTEMPT: Final = 10
 # How long stop() lets deliveries in flight finish before cutting them off and handing their
 # rows back (systemd's stop timeout is 90 s; the listeners take up to 30 s of it).
 STOP_GRACE_SECONDS: Final = 20.0
+_FINAL_STATES: Final = frozenset(
+    s.value for s in (OutboundState.DELIVERED, OutboundState.BOUNCED, OutboundState.EXPIRED)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +170,11 @@ class DeliveryWorker:
         resolver: Resolver,
         *,
         smarthost_tls_context: ssl.SSLContext | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """``smarthost_tls_context`` replaces the system CAs for verifying the smarthost."""
         self._sessions = sessions
+        self._metrics = metrics or Metrics()
         self._blobs = blobs
         self._settings = settings
         self._relay = settings.relay
@@ -325,6 +331,10 @@ class DeliveryWorker:
             bound.warning("could not record delivery outcome", error=str(exc)[:200])
             return
         self._claims.pop(claim.id, None)
+        # The summary starts with the row's state, committed by now (see _record).
+        state = summary.split(" ", 1)[0]
+        if state in _FINAL_STATES:
+            self._metrics.delivery_finished(OutboundState(state), claim.created_at)
         if dsn_queued:
             self.wake()
         bound.info(
