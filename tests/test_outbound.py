@@ -307,6 +307,7 @@ async def test_failed_tls_handshake_is_retried_in_clear(
         started[0].close()
 
 
+@pytest.mark.postgres
 async def test_temporary_failure_then_success(
     relay: Relay, recorders: tuple[int, dict[str, Recorder]]
 ) -> None:
@@ -323,6 +324,7 @@ async def test_temporary_failure_then_success(
     assert hosts[SENDER_MX].transactions == []  # no DSN for a delivered message
 
 
+@pytest.mark.postgres
 async def test_permanent_failure_bounces_with_a_dsn(
     relay: Relay, recorders: tuple[int, dict[str, Recorder]]
 ) -> None:

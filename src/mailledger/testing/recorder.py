@@ -49,7 +49,7 @@ class Transaction:
     data: bytes
     tls: bool
     authenticated: str = ""
-    reply: str = ""  # what the recorder answered after the data (empty until it answered)
+    reply: str = ""  # the reply to the data, decided (and a 250 committed) before it is sent
     at: float = field(default_factory=time.monotonic)
 
     @property
@@ -98,14 +98,15 @@ class _Handler:
             tls=session.ssl is not None,
             authenticated=str(login or ""),
         )
+        # The reply is decided, and a 250 committed, before it is sent: ``data_delay`` holds
+        # back only the sending, so a client that dies meanwhile leaves a message the remote
+        # host has and the client never heard about (the duplicate window of RFC 5321 §6.1).
+        record.reply = self.owner.next_reply("DATA")
         self.owner.add(record)
         delay = self.owner.data_delay
         if delay:
             await asyncio.sleep(delay)
-        reply = self.owner.next_reply("DATA")
-        record.reply = reply
-        self.owner.changed()
-        return reply
+        return record.reply
 
 
 class _Protocol(SMTP):
@@ -158,7 +159,7 @@ class Recorder:
         self.max_live = 0  # the most connections it had open at once
         self.live: set[_Protocol] = set()
         self.rcpt_replies: dict[str, str] = {}  # lowercase address → reply, every time
-        self.data_delay = 0.0
+        self.data_delay = 0.0  # seconds between committing a message and sending the reply
         self._script: dict[str, deque[str]] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -186,10 +187,6 @@ class Recorder:
     def add(self, record: Transaction) -> None:
         with self._changed:
             self.transactions.append(record)
-            self._changed.notify_all()
-
-    def changed(self) -> None:
-        with self._changed:
             self._changed.notify_all()
 
     # --- waiting ----------------------------------------------------------------------------
