@@ -74,11 +74,7 @@ def _raw_expired(cutoff: datetime) -> ColumnElement[bool]:
             TraceEntry.decision == RAW_DELETED,
         )
     )
-    return (
-        ReceivedMessage.state.in_(_FINISHED)
-        & (ReceivedMessage.received_at < cutoff)
-        & ~already
-    )
+    return ReceivedMessage.state.in_(_FINISHED) & (ReceivedMessage.received_at < cutoff) & ~already
 
 
 def _quarantine_expired(cutoff: datetime) -> ColumnElement[bool]:
@@ -177,9 +173,7 @@ def count_expired(sessions: sessionmaker[Session], policy: RetentionSettings) ->
                 session.scalar(select(func.count()).select_from(ReceivedMessage).where(where)) or 0
             )
             report.raw_blobs = int(
-                session.scalar(
-                    select(func.count(func.distinct(ReceivedMessage.blob))).where(where)
-                )
+                session.scalar(select(func.count(func.distinct(ReceivedMessage.blob))).where(where))
                 or 0
             )
         if policy.quarantine_days:
