@@ -88,6 +88,7 @@ async def test_recipients_are_routed_at_rcpt(settings: Settings, demo: DemoAddre
         "someone@elsewhere.example",
         "a" * 65 + "@acme.capture.example",
         "Richard@ACME.capture.example",
+        "Postmaster@acme.capture.example",
     ]
     async with running_server(settings) as port:
         tx = await send_raw_async(port, CONTACT, rcpts, make_email())
@@ -98,6 +99,7 @@ async def test_recipients_are_routed_at_rcpt(settings: Settings, demo: DemoAddre
         "550 5.7.1",
         "553 5.1.3",
         "250 2.1.5",
+        "250 2.1.5",  # RFC 5321 §4.5.1: postmaster is always accepted
     ]
     assert status(tx.data) == "250 2.0.0"
 

@@ -489,3 +489,20 @@ async def test_worker_fails_a_message_that_keeps_crashing(
         row = session.get_one(ReceivedMessage, message_id)
         assert row.state is MessageState.FAILED
         assert "processing error: ValueError" in row.reason
+
+
+@pytest.mark.parametrize("local", ["postmaster", "abuse", "PostMaster"])
+def test_role_addresses_are_accepted_and_kept_for_the_operator(
+    process: Process, sessions: sessionmaker[Session], local: str
+) -> None:
+    """postmaster@ must be accepted (RFC 5321 §4.5.1); it is kept aside, never recorded."""
+    message = process(make_email(), [f"{local}@acme.capture.example"])
+    assert message.state is MessageState.QUARANTINED
+    assert message.reason.startswith("operator: mail for ")
+    assert _activities(sessions) == []
+
+
+def test_mail_from_a_capture_address_is_a_loop(process: Process) -> None:
+    """A From in our own capture domain is a loop or a forgery, not a client's mail."""
+    message = process(make_email(sender="richard@acme.capture.example"))
+    assert message.reason == "loop: From richard@acme.capture.example is a capture address"

@@ -238,17 +238,8 @@ class RouteStep:
         session, trace = self.session, self.trace
         force = self.message.force_record
         tenant = session.get_one(Tenant, route.tenant_id)
-        if route.kind is RouteKind.USER and self._forwarding_setup(route, tenant):
+        if self._screen(route, tenant, force):
             return None
-        if not force:
-            reason = automated_reason(
-                self.parsed.headers,
-                self.message.mail_from,
-                self.parsed.message_id,
-                self.settings.service.hostname,
-            )
-            if reason is not None:
-                raise Quarantine(reason)
         trace("automated", "person", "no auto-reply, bulk, bounce or loop markers")
 
         parties = _parties(self.parsed, self.sender, tenant)
@@ -301,6 +292,29 @@ class RouteStep:
         _add_participants(session, activity, parties, matches)
         _link_relayed(session, self.message, activity)
         return activity
+
+    def _screen(self, route: MessageRoute, tenant: Tenant, force: bool) -> bool:
+        """Set aside what is not client correspondence: role addresses, loops, robots.
+
+        Returns True when the copy was handled without an activity (forwarding set-up mail).
+        """
+        if route.kind is RouteKind.OPERATOR:
+            raise Quarantine(f"operator: mail for {route.rcpt}, kept for the operator to read")
+        if self.sender.domain == tenant.capture_domain:
+            # Nobody writes from a capture address: a loop, or a forgery.
+            raise Quarantine(f"loop: From {self.sender.address} is a capture address")
+        if route.kind is RouteKind.USER and self._forwarding_setup(route, tenant):
+            return True
+        if not force:
+            reason = automated_reason(
+                self.parsed.headers,
+                self.message.mail_from,
+                self.parsed.message_id,
+                self.settings.service.hostname,
+            )
+            if reason is not None:
+                raise Quarantine(reason)
+        return False
 
     def _trust(self, route: MessageRoute, tenant: Tenant, sender_key: str) -> TrustDecision:
         """Apply the trust rule for the route's kind to the verdicts that hold for its tenant."""

@@ -17,6 +17,8 @@ from mailledger.routing.addresses import AddressError, parse_address
 from mailledger.store.models import RouteKind, Staff, Tenant
 
 LOG_LOCAL_PART = "log"
+# Role addresses every mail domain must accept (RFC 5321 §4.5.1, RFC 2142 §4-5).
+OPERATOR_LOCAL_PARTS = frozenset({"postmaster", "abuse"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class RecipientRouter:
             address = capture_address(local, tenant.capture_domain)
             if local == LOG_LOCAL_PART:
                 return Route(tenant.id, RouteKind.LOG, None, address)
+            if local in OPERATOR_LOCAL_PARTS:
+                return Route(tenant.id, RouteKind.OPERATOR, None, address)
             # A +tag on a capture address (richard+crm@…) still reaches Richard.
             username = local.split("+", 1)[0] if "+" in local[1:] else local
             staff_id = session.scalars(

@@ -79,6 +79,9 @@ class MessageState(enum.StrEnum):
 class RouteKind(enum.StrEnum):
     USER = "user"  # richard@acme.capture.example: Richard's forwarded mail
     LOG = "log"  # log@acme.capture.example: BCC of mail staff send
+    # postmaster@ and abuse@ of a capture domain: must be accepted (RFC 5321 §4.5.1,
+    # RFC 2142) and are kept for the operator, never recorded as correspondence.
+    OPERATOR = "operator"
 
 
 class Direction(enum.StrEnum):
