@@ -10,7 +10,7 @@ DEMO_CONFIG := config/demo.toml
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,lint]'
+	$(PY) -m pip install --quiet -e '.[test,lint,bench]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -1,0 +1,129 @@
+"""Where the server's CPU goes: a py-spy run of the full server, samples grouped by part.
+
+py-spy samples every thread (the intake writer, the processing worker, the verification
+pool), which cProfile would not. Each sample is charged to the innermost frame that belongs
+to a known part, so SQLAlchemy called from the processor counts as storage, not matching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from bench import procstat
+from bench.load import prepare, run_load
+from bench.world import GMAIL_IP, RICHARD_CAPTURE, Mail
+
+SESSIONS = 10
+
+# Leaf to root, the first part whose marker is in a frame's file name takes the sample.
+PARTS = [
+    ("logging", ("structlog", "/logging/", "mailledger/logs")),
+    (
+        "verification",
+        (
+            "/dkim/",
+            "/spf.py",
+            "/dns/",
+            "mailledger/verify",
+            "nacl/",
+            "cryptography",
+            "authres",
+            "capture/verification",
+        ),
+    ),
+    (
+        "parsing",
+        ("/email/", "flanker", "capture/parsing", "capture/content", "capture/mimebounds", "nh3"),
+    ),
+    ("storage", ("sqlalchemy", "sqlite3", "mailledger/store", "capture/intake", "psycopg")),
+    (
+        "matching+recording",
+        (
+            "mailledger/routing",
+            "capture/processor",
+            "capture/worker",
+            "capture/screening",
+            "capture/automated",
+            "capture/confirmations",
+        ),
+    ),
+    (
+        "listener",
+        ("aiosmtpd", "capture/protocol", "capture/handler", "capture/listener", "asyncio/"),
+    ),
+]
+
+
+def _part(stack: str) -> str:
+    for frame in reversed(stack.split(";")):
+        for part, markers in PARTS:
+            if any(marker in frame for marker in markers):
+                return part
+    return "other"
+
+
+def breakdown(raw: str) -> dict[str, Any]:
+    """Sample counts per part, and the hottest functions, from py-spy's raw (collapsed) output."""
+    parts: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        parts[_part(stack)] = parts.get(_part(stack), 0) + int(count)
+        leaf = stack.split(";")[-1]
+        leaves[leaf] = leaves.get(leaf, 0) + int(count)
+    total = sum(parts.values()) or 1
+    return {
+        "samples": total,
+        "share_percent": {
+            k: round(v * 100 / total, 1) for k, v in sorted(parts.items(), key=lambda x: -x[1])
+        },
+        "top_functions": [
+            {"frame": k, "percent": round(v * 100 / total, 1)}
+            for k, v in sorted(leaves.items(), key=lambda x: -x[1])[:15]
+        ],
+    }
+
+
+def run(
+    server: list[str], port: int, work: Path, mails: list[Mail], db: sessionmaker[Session]
+) -> dict[str, Any]:
+    """Start the server under py-spy, send ``mails`` and wait for processing, then stop."""
+    from bench.run import _queue_id, _wait_port, _wait_processed  # noqa: PLC0415 - cycle
+
+    spy = shutil.which("py-spy") or str(Path(server[0]).with_name("py-spy"))
+    out = work / "profile.txt"
+    argv = [spy, "record", "--rate", "250", "--format", "raw", "--output", str(out), "--", *server]
+    with (work / "profile.log").open("ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_port(port, proc)
+        load = asyncio.run(run_load(port, RICHARD_CAPTURE, prepare(mails), SESSIONS, GMAIL_IP))
+        ids = [_queue_id(s.reply) for s in load.accepted]
+        _wait_processed(db, ids, seconds=120)
+    finally:
+        children = procstat.tree(proc.pid)[1:]
+        for pid in children[:1]:
+            subprocess.run(["kill", "-TERM", str(pid)], check=False)
+        if not children:
+            proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if proc.poll() is None:
+            proc.kill()
+    if not out.exists():
+        return {"error": "py-spy wrote no profile (ptrace not permitted?)"}
+    result = breakdown(out.read_text())
+    result["messages"] = len(mails)
+    result["sessions"] = SESSIONS
+    return result

@@ -1,0 +1,442 @@
+"""``make bench``: the capture path against a bare aiosmtpd listener, side by side in one run.
+
+Both servers run as their own processes on this machine, the bare one and ``python -m
+mailledger.server`` with the whole path on; the same client sends them the same messages at
+1, 10 and 50 sessions, then 1 KB to 10 MB messages, then relays submitted mail to a recording
+MX, and last a profiler run says where the server's CPU goes. Every figure printed and written
+to ``bench/results/latest.json`` is measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bench import procstat, profile, relayload
+from bench.load import LoadResult, prepare, run_load
+from bench.results import ms, ratio, table
+from bench.world import (
+    GMAIL_IP,
+    HOSTNAME,
+    MX_IP,
+    RICHARD_CAPTURE,
+    Keys,
+    Mail,
+    make_keys,
+    make_messages,
+    publish,
+    seed,
+)
+from mailledger.store.models import MessageState, ReceivedMessage
+from mailledger.testing.dnsserver import DNSServer
+from mailledger.testing.recorder import start_recorders
+from mailledger.testing.tls import write_self_signed
+
+RESULTS = Path(__file__).parent / "results"
+KB, MB = 1024, 1024 * 1024
+
+# (name, sessions, count) for the full run, and the smoke run of `make test`.
+FULL = {
+    "sessions": [(1, 150), (10, 600), (50, 1200)],
+    "sizes": [(1 * KB, 200), (100 * KB, 100), (1 * MB, 24), (10 * MB, 4)],
+    "relay": 300,
+    "profile": 500,
+}
+SMOKE = {
+    "sessions": [(1, 3), (10, 10), (50, 50)],
+    "sizes": [(1 * KB, 2), (100 * KB, 1), (1 * MB, 1), (10 * MB, 1)],
+    "relay": 2,
+    "profile": 0,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see its log")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                if sock.recv(512).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing answered on port {port}")
+
+
+def _config(work: Path, dns: DNSServer, ports: dict[str, int], cert: Path, key: Path) -> Path:
+    path = work / "mailledger.toml"
+    path.write_text(
+        f"""
+[database]
+url = "sqlite:///{work / "mailledger.db"}"
+[storage]
+blob_dir = "{work / "blobs"}"
+[capture]
+listen = ["127.0.0.1:{ports["capture"]}"]
+[submission]
+listen = ["127.0.0.1:{ports["submission"]}"]
+listen_tls = []
+[tls]
+cert_file = "{cert}"
+key_file = "{key}"
+[dns]
+nameservers = ["{dns.address}"]
+timeout_seconds = 2.0
+[relay]
+smtp_port = {ports["mx"]}
+dkim_key_dir = "{work / "dkim"}"
+[service]
+hostname = "{HOSTNAME}"
+node_id = "bench"
+[processing]
+# The bench sends thousands of forwards from one Gmail sender in a few minutes; the loop guard
+# (50 in ten minutes) would hold them as a mail loop, which is its job but not what we measure.
+loop_threshold = 1000000
+[metrics]
+listen = "127.0.0.1:{ports["metrics"]}"
+[logging]
+format = "json"
+level = "info"
+"""
+    )
+    return path
+
+
+@contextmanager
+def _process(argv: list[str], log: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_port(port, proc)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _queue_id(reply: str) -> str:
+    return reply.rsplit(maxsplit=1)[-1]
+
+
+def _wait_processed(
+    sessions: sessionmaker[Session], queue_ids: list[str], seconds: float
+) -> dict[str, Any]:
+    """Poll the database until every message left ``received``; their states and finish times."""
+    deadline = time.monotonic() + seconds
+    wanted = set(queue_ids)
+    while True:
+        with sessions() as session:
+            rows = session.execute(
+                select(
+                    ReceivedMessage.queue_id, ReceivedMessage.state, ReceivedMessage.finished_at
+                ).where(ReceivedMessage.queue_id.in_(wanted))
+            ).all()
+        done = [r for r in rows if r.state is not MessageState.RECEIVED]
+        if len(done) == len(wanted) or time.monotonic() > deadline:
+            return {r.queue_id: (r.state.value, r.finished_at) for r in done}
+        time.sleep(0.05)
+
+
+def _phase(
+    port: int, pid: int, mails: list[Mail], sessions: int, db: sessionmaker[Session] | None
+) -> dict[str, Any]:
+    """Send ``mails`` over ``sessions`` connections; for the full server, wait for processing."""
+    work = prepare(mails)
+    size = sum(len(m.data) for m in mails) / len(mails)
+    cpu0 = procstat.cpu_seconds(pid)
+    with procstat.RSSSampler(pid) as rss:
+        load: LoadResult = asyncio.run(run_load(port, RICHARD_CAPTURE, work, sessions, GMAIL_IP))
+        intake_cpu = procstat.cpu_seconds(pid) - cpu0
+        out: dict[str, Any] = {"sessions": sessions, "messages": len(mails), "bytes": round(size)}
+        accepted = load.accepted
+        out["accepted"] = len(accepted)
+        out["intake_msgs_per_s"] = round(len(accepted) / load.seconds, 1)
+        out["accept_ms"] = ms([s.data_to_reply for s in accepted])
+        out["intake_cpu_ms_per_msg"] = round(intake_cpu / max(len(mails), 1) * 1000, 3)
+        if db is None:
+            out["msgs_per_s"] = out["intake_msgs_per_s"]
+            out["cpu_ms_per_msg"] = out["intake_cpu_ms_per_msg"]
+        else:
+            by_id = {_queue_id(s.reply): s for s in accepted}
+            finished = _wait_processed(db, list(by_id), seconds=120 + len(mails) * 0.5)
+            cpu = procstat.cpu_seconds(pid) - cpu0
+            states: dict[str, int] = {}
+            for state, _ in finished.values():
+                states[state] = states.get(state, 0) + 1
+            states["unfinished"] = len(by_id) - len(finished)
+            ends = [at.timestamp() for _, at in finished.values() if at is not None]
+            last = max(ends, default=time.time())
+            out["states"] = states
+            out["msgs_per_s"] = round(len(finished) / (last - load.started_at), 1)
+            out["cpu_ms_per_msg"] = round(cpu / max(len(mails), 1) * 1000, 3)
+            out["activity_ms"] = ms(
+                [
+                    at.timestamp() - by_id[qid].replied_at
+                    for qid, (_, at) in finished.items()
+                    if at is not None
+                ]
+            )
+    out["rss_baseline_mb"] = round(rss.baseline / MB, 1)
+    out["rss_peak_mb"] = round(rss.peak / MB, 1)
+    out["rss_growth_mb"] = round((rss.peak - rss.baseline) / MB, 1)
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")),
+        platform.processor(),
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run")
+    parser.add_argument("--smoke", action="store_true", help="tiny counts: checks the harness")
+    parser.add_argument("--no-profile", action="store_true", help="skip the profiler run")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    return parser.parse_args()
+
+
+def main() -> int:
+    """Run every phase and print the table; returns the exit code."""
+    args = _args()
+    plan = SMOKE if args.smoke else FULL
+    started = time.monotonic()
+    report: dict[str, Any] = {"machine": _machine(), "smoke": args.smoke}
+    print(
+        f"mailledger bench on {report['machine']['cpus']} CPUs, "
+        f"{report['machine']['cpu_model']}, Python {report['machine']['python']}",
+        flush=True,
+    )
+    keys: Keys = make_keys()
+    with (
+        tempfile.TemporaryDirectory(prefix="mailledger-bench-") as tmp,
+        DNSServer() as dns,
+        ProcessPoolExecutor(2) as pool,
+    ):
+        work = Path(tmp)
+        publish(dns, keys)
+        mx_port, recorders = start_recorders([MX_IP])
+        ports = {
+            "capture": _free_port(),
+            "submission": _free_port(),
+            "mx": mx_port,
+            "metrics": _free_port(),
+            "bare": _free_port(),
+        }
+        cert, key = write_self_signed(HOSTNAME, work / "tls")
+        db = seed(f"sqlite:///{work / 'mailledger.db'}", work / "dkim", dns)
+        config = _config(work, dns, ports, cert, key)
+        python = sys.executable
+        full_cmd = [python, "-m", "mailledger.server", "--config", str(config)]
+        bare_cmd = [python, "-m", "bench.bare", str(ports["bare"])]
+        print("generating signed messages…", flush=True)
+        phases: dict[str, list[Mail]] = {}
+        for sessions, count in plan["sessions"]:
+            phases[f"s{sessions}"] = make_messages(keys, count, 10 * KB, pool)
+        for size, count in plan["sizes"]:
+            phases[f"b{size}"] = make_messages(keys, count, size, pool)
+        sessions_rows, size_rows = [], []
+        with (
+            _process(bare_cmd, work / "bare.log", ports["bare"]) as bare,
+            _process(full_cmd, work / "server.log", ports["capture"]) as full,
+        ):
+            for sessions, _ in plan["sessions"]:
+                mails = phases[f"s{sessions}"]
+                ref = _phase(ports["bare"], bare.pid, mails, sessions, None)
+                got = _phase(ports["capture"], full.pid, mails, sessions, db)
+                sessions_rows.append({"bare": ref, "full": got})
+                print(
+                    f"  {sessions:>2} sessions: bare {ref['msgs_per_s']}/s, "
+                    f"full {got['msgs_per_s']}/s (intake {got['intake_msgs_per_s']}/s) "
+                    f"{got['states']}",
+                    flush=True,
+                )
+            for size, _ in plan["sizes"]:
+                mails = phases[f"b{size}"]
+                ref = _phase(ports["bare"], bare.pid, mails, 1, None)
+                got = _phase(ports["capture"], full.pid, mails, 1, db)
+                size_rows.append({"size": size, "bare": ref, "full": got})
+                print(
+                    f"  {size // KB:>6} KB: bare {ref['msgs_per_s']}/s, full "
+                    f"{got['msgs_per_s']}/s, +{got['rss_growth_mb']} MB RSS {got['states']}",
+                    flush=True,
+                )
+            relay = relayload.measure(
+                ports["submission"], recorders[0], plan["relay"], full.pid, cert
+            )
+            print(
+                f"  relay: intake {relay['intake_msgs_per_s']}/s, delivered "
+                f"{relay['delivered_msgs_per_s']}/s ({relay['delivered']}/{relay['messages']})",
+                flush=True,
+            )
+        prof: dict[str, Any] = {}
+        if plan["profile"] and not args.no_profile:
+            prof = profile.run(
+                full_cmd,
+                ports["capture"],
+                work,
+                make_messages(keys, plan["profile"], 10 * KB, pool),
+                db,
+            )
+        for recorder in recorders:
+            recorder.close()
+    report.update(_summary(sessions_rows, size_rows, relay, prof))
+    report["seconds"] = round(time.monotonic() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str))
+    print(_render(report))
+    print(f"\nwritten to {args.out} in {report['seconds']} s")
+    return 0
+
+
+def _summary(
+    sessions_rows: list[dict[str, Any]],
+    size_rows: list[dict[str, Any]],
+    relay: dict[str, Any],
+    prof: dict[str, Any],
+) -> dict[str, Any]:
+    at = {row["full"]["sessions"]: row for row in sessions_rows}
+    top = at[max(at)]
+    ten = next((r for r in size_rows if r["size"] == 10 * MB), None)
+    out: dict[str, Any] = {
+        "intake_ratio_50": ratio(top["full"]["msgs_per_s"], top["bare"]["msgs_per_s"]),
+        "intake_only_ratio_50": ratio(
+            top["full"]["intake_msgs_per_s"], top["bare"]["intake_msgs_per_s"]
+        ),
+        "cpu_per_msg_ratio": ratio(top["full"]["cpu_ms_per_msg"], top["bare"]["cpu_ms_per_msg"]),
+        "p99_accept_ms_50": top["full"]["accept_ms"]["p99"],
+        "p99_activity_ms_50": top["full"]["activity_ms"]["p99"],
+        "relay_ratio": ratio(relay["delivered_msgs_per_s"], relay["intake_msgs_per_s"]),
+        "rss_growth_10mb_ratio": (
+            ratio(ten["full"]["rss_growth_mb"] * MB, ten["size"]) if ten else None
+        ),
+        "sessions": sessions_rows,
+        "sizes": size_rows,
+        "relay": relay,
+        "profile": prof,
+    }
+    out["targets"] = {
+        "intake_ratio_50 >= 0.60": out["intake_ratio_50"] >= 0.60,
+        "cpu_per_msg_ratio <= 2.5": out["cpu_per_msg_ratio"] <= 2.5,
+        "p99_accept_ms_50 <= 50": out["p99_accept_ms_50"] <= 50,
+        "rss_growth_10mb_ratio < 3": bool(ten) and out["rss_growth_10mb_ratio"] < 3,
+        "relay_ratio >= 0.80": out["relay_ratio"] >= 0.80,
+    }
+    return out
+
+
+def _render(report: dict[str, Any]) -> str:
+    rows = []
+    for row in report["sessions"]:
+        b, f = row["bare"], row["full"]
+        rows.append(
+            [
+                f"{f['sessions']} sessions, {f['bytes'] // KB} KB",
+                b["msgs_per_s"],
+                f["msgs_per_s"],
+                f["intake_msgs_per_s"],
+                ratio(f["msgs_per_s"], b["msgs_per_s"]),
+                b["cpu_ms_per_msg"],
+                f["cpu_ms_per_msg"],
+                f"{b['accept_ms']['p50']}/{b['accept_ms']['p99']}",
+                f"{f['accept_ms']['p50']}/{f['accept_ms']['p95']}/{f['accept_ms']['p99']}",
+                f"{f['activity_ms']['p50']}/{f['activity_ms']['p95']}/{f['activity_ms']['p99']}",
+                f["rss_growth_mb"],
+            ]
+        )
+    for row in report["sizes"]:
+        b, f = row["bare"], row["full"]
+        rows.append(
+            [
+                f"1 session, {row['size'] // KB} KB",
+                b["msgs_per_s"],
+                f["msgs_per_s"],
+                f["intake_msgs_per_s"],
+                ratio(f["msgs_per_s"], b["msgs_per_s"]),
+                b["cpu_ms_per_msg"],
+                f["cpu_ms_per_msg"],
+                f"{b['accept_ms']['p50']}/{b['accept_ms']['p99']}",
+                f"{f['accept_ms']['p50']}/{f['accept_ms']['p95']}/{f['accept_ms']['p99']}",
+                f"{f['activity_ms']['p50']}/{f['activity_ms']['p95']}/{f['activity_ms']['p99']}",
+                f["rss_growth_mb"],
+            ]
+        )
+    header = [
+        "phase",
+        "bare msg/s",
+        "full msg/s",
+        "full 250/s",
+        "ratio",
+        "bare CPU ms",
+        "full CPU ms",
+        "bare 250 ms p50/p99",
+        "full 250 ms p50/p95/p99",
+        "250→activity ms p50/p95/p99",
+        "full +RSS MB",
+    ]
+    parts = [table(rows, header), ""]
+    relay = report["relay"]
+    parts.append(
+        f"relay: submitted {relay['intake_msgs_per_s']} msg/s, delivered "
+        f"{relay['delivered_msgs_per_s']} msg/s to the recording MX "
+        f"({relay['delivered']}/{relay['messages']})"
+    )
+    if report["profile"]:
+        parts.append(
+            "server CPU by part (profiler run, 10 KB at 10 sessions): "
+            + ", ".join(f"{k} {v}%" for k, v in report["profile"]["share_percent"].items())
+        )
+    parts.append("")
+    for key in (
+        "intake_ratio_50",
+        "intake_only_ratio_50",
+        "cpu_per_msg_ratio",
+        "p99_accept_ms_50",
+        "p99_activity_ms_50",
+        "relay_ratio",
+        "rss_growth_10mb_ratio",
+    ):
+        parts.append(f"{key} = {report[key]}")
+    parts += [f"target {k}: {'met' if v else 'MISSED'}" for k, v in report["targets"].items()]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
