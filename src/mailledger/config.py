@@ -115,6 +115,8 @@ class RelaySettings(_Section):
     dkim_key_dir: str = "var/dkim"
     # Mail whose From domain has no verified DKIM key: "hold" it, or "send" it unsigned.
     unsigned_policy: Literal["hold", "send"] = "hold"
+    # How often held mail is tried again: it is signed and sent once its key is published.
+    held_retry_seconds: float = Field(default=300.0, gt=0)
     # Deliver everything through this host instead of MX lookups; empty: MX delivery.
     smarthost: str = ""
     smarthost_username: str = ""

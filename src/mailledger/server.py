@@ -30,6 +30,7 @@ from mailledger.logs import configure_logging, get_logger
 from mailledger.metrics import Metrics
 from mailledger.relay.delivery import DeliveryWorker
 from mailledger.relay.handback import HandbackRunner
+from mailledger.relay.held import HeldReleaser
 from mailledger.relay.submission import SubmissionHandler, SubmissionListener
 from mailledger.routing.routes import RecipientRouter
 from mailledger.runtime import ServiceRuntime
@@ -82,6 +83,14 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
     resolver = Resolver(settings.dns)
     delivery = DeliveryWorker(sessions, blobs, settings, resolver, metrics=metrics)
     handback = HandbackRunner(sessions, blobs, settings, on_queued=[delivery.wake])
+    held = HeldReleaser(
+        sessions,
+        blobs,
+        resolver,
+        settings,
+        interval_seconds=settings.relay.held_retry_seconds,
+        on_released=delivery.wake,
+    )
     submission = _submission_listener(
         settings,
         tls_context,
@@ -96,6 +105,7 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         asyncio.create_task(worker.run(), name="mailledger-worker"): "processing worker",
         asyncio.create_task(handback.run(), name="mailledger-handback"): "hand-back runner",
         asyncio.create_task(delivery.run(), name="mailledger-delivery"): "delivery worker",
+        asyncio.create_task(held.run(), name="mailledger-held"): "held-mail releaser",
     }
     try:
         await runtime.start()
@@ -125,6 +135,7 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         await intake.close()
         await worker.stop()
         await handback.stop()
+        await held.stop()
         await delivery.stop()
         for task in tasks:
             if not task.done():

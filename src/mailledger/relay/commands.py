@@ -13,6 +13,7 @@ from typing import Any
 
 from mailledger.clikit import (
     EXIT_OK,
+    EXIT_REFUSED,
     CommandError,
     command,
     emit,
@@ -22,6 +23,7 @@ from mailledger.clikit import (
     limit_flag,
     out,
     session_scope,
+    sessions_scope,
 )
 from mailledger.config import Settings
 from mailledger.relay import outbox
@@ -140,6 +142,35 @@ def cmd_queue_delete(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_queue_release(args: argparse.Namespace, settings: Settings) -> int:
+    """Sign and send held mail whose DKIM key is now published, or send it unsigned."""
+    import asyncio  # noqa: PLC0415
+
+    from mailledger.dns.resolver import Resolver  # noqa: PLC0415
+    from mailledger.relay.held import release_held  # noqa: PLC0415
+
+    with sessions_scope(settings) as sessions:
+        try:
+            results = asyncio.run(
+                release_held(
+                    sessions,
+                    BlobStore(settings.storage.blob_dir),
+                    Resolver(settings.dns),
+                    settings,
+                    ident=args.id,
+                    unsigned=args.unsigned,
+                )
+            )
+        except outbox.OutboxError as exc:
+            raise CommandError(str(exc)) from exc
+    if not results:
+        out("no held messages")
+    for result in results:
+        verb = "queued" if result.released else "still held"
+        out(f"{result.queue_id}: {verb} ({result.signing})")
+    return EXIT_OK if all(r.released for r in results) else EXIT_REFUSED
+
+
 def _rows(session: Any, ident: str) -> list[OutboundMessage]:
     try:
         return outbox.find_rows(session, ident)
@@ -157,5 +188,8 @@ def register(commands: Any) -> None:
     sub.add_argument("id", metavar="ID", help="a row id or a queue id")
     sub = command(queue, "retry", cmd_queue_retry, "try a queued message again now")
     sub.add_argument("id", metavar="ID", help="a row id or a queue id")
+    sub = command(queue, "release", cmd_queue_release, "sign and send held mail")
+    sub.add_argument("id", metavar="ID", nargs="?", help="a row id or queue id; default: all")
+    sub.add_argument("--unsigned", action="store_true", help="send it without a signature")
     sub = command(queue, "delete", cmd_queue_delete, "remove a message from the queue")
     sub.add_argument("id", metavar="ID", help="a row id or a queue id")
