@@ -62,6 +62,10 @@ PARTS = [
 ]
 
 
+# Leaf frames of threads that wait rather than run (py-spy's idle detection misses some).
+WAITING = ("threading.py", "selectors.py", "concurrent/futures/thread.py:81", "queue.py")
+
+
 def _part(stack: str) -> str:
     for frame in reversed(stack.split(";")):
         for part, markers in PARTS:
@@ -74,9 +78,13 @@ def breakdown(raw: str) -> dict[str, Any]:
     """Sample counts per part, and the hottest functions, from py-spy's raw (collapsed) output."""
     parts: dict[str, int] = {}
     leaves: dict[str, int] = {}
+    idle = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
+            continue
+        if any(marker in stack.split(";")[-1] for marker in WAITING):
+            idle += int(count)  # a thread waiting for work, a lock or the selector: no CPU
             continue
         parts[_part(stack)] = parts.get(_part(stack), 0) + int(count)
         leaf = stack.split(";")[-1]
@@ -84,6 +92,7 @@ def breakdown(raw: str) -> dict[str, Any]:
     total = sum(parts.values()) or 1
     return {
         "samples": total,
+        "waiting_samples": idle,
         "share_percent": {
             k: round(v * 100 / total, 1) for k, v in sorted(parts.items(), key=lambda x: -x[1])
         },

@@ -54,10 +54,10 @@ KB, MB = 1024, 1024 * 1024
 
 # (name, sessions, count) for the full run, and the smoke run of `make test`.
 FULL = {
-    "sessions": [(1, 150), (10, 600), (50, 1200)],
-    "sizes": [(1 * KB, 200), (100 * KB, 100), (1 * MB, 24), (10 * MB, 4)],
-    "relay": 300,
-    "profile": 500,
+    "sessions": [(1, 100), (10, 400), (50, 800)],
+    "sizes": [(1 * KB, 150), (100 * KB, 60), (1 * MB, 16), (10 * MB, 3)],
+    "relay": 200,
+    "profile": 300,
 }
 SMOKE = {
     "sessions": [(1, 3), (10, 10), (50, 50)],
