@@ -146,6 +146,9 @@ class ProcessingSettings(_Section):
     lease_seconds: float = Field(default=60.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=32, ge=1)
+    # 0: process in the server's own process. N: in N processes of their own, so parsing and
+    # sender checks run on other cores than the listeners (set it to the number of cores).
+    worker_processes: int = Field(default=0, ge=0, le=64)
     max_attempts: int = Field(default=5, ge=1)
     # Per-sender loop guard: more than this many messages from one sender in the window.
     loop_threshold: int = Field(default=50, ge=1)

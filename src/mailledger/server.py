@@ -24,6 +24,7 @@ from mailledger.capture.intake import Intake
 from mailledger.capture.listener import CaptureListener
 from mailledger.capture.protocol import build_tls_context
 from mailledger.capture.worker import Worker
+from mailledger.capture.workerpool import WorkerProcesses
 from mailledger.config import ConfigError, Settings, load_settings
 from mailledger.dns.resolver import Resolver
 from mailledger.logs import configure_logging, get_logger
@@ -65,7 +66,11 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         storage_paths(settings.storage.blob_dir, settings.database.url),
         settings.storage.min_free_bytes,
     )
-    worker = Worker(sessions, blobs, settings, metrics=metrics)
+    worker: Worker | WorkerProcesses
+    if settings.processing.worker_processes:
+        worker = WorkerProcesses(settings, settings.processing.worker_processes)
+    else:
+        worker = Worker(sessions, blobs, settings, metrics=metrics)
     intake = Intake(sessions, blobs, on_stored=worker.wake, space=guard)
     router = RecipientRouter(sessions, max_local_part_bytes=settings.capture.max_local_part_bytes)
     handler = CaptureHandler(router, intake, settings.capture, metrics)

@@ -1,0 +1,119 @@
+"""Processing in separate processes, so parsing and checks use every core.
+
+One Python process runs on one core at a time: with processing in the listener's process, a
+burst of mail makes the listener wait for the CPU and the 250 slows down. With
+``[processing] worker_processes = N`` the server starts N processes, each running the same
+``Worker`` against the same database; claims and leases already keep them from doing the same
+message twice (DESIGN §9), exactly as for several nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import threading
+from multiprocessing.context import SpawnProcess
+from multiprocessing.synchronize import Event as ProcessEvent
+from typing import Any
+
+import structlog
+
+from mailledger.config import Settings
+
+log = structlog.get_logger("mailledger.workerpool")
+
+# How long a stopping child gets to finish the message in hand before it is terminated.
+STOP_GRACE_SECONDS = 30.0
+WATCH_INTERVAL_SECONDS = 1.0
+
+
+def _child(settings_data: dict[str, Any], wake: ProcessEvent, stop: ProcessEvent) -> None:
+    """A processing process: its own engine and worker, woken and stopped through events."""
+    # Imported here: the child is a fresh interpreter (spawn), and the parent needs none of it.
+    from mailledger.capture.worker import Worker  # noqa: PLC0415
+    from mailledger.logs import configure_logging  # noqa: PLC0415
+    from mailledger.store.blobs import BlobStore  # noqa: PLC0415
+    from mailledger.store.engine import make_engine, make_sessionmaker  # noqa: PLC0415
+
+    settings = Settings.model_validate(settings_data)
+    configure_logging(settings.logging)
+    engine = make_engine(settings.database.url, echo=settings.database.echo)
+    worker = Worker(make_sessionmaker(engine), BlobStore(settings.storage.blob_dir), settings)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def relay_events() -> None:
+            while not stop.is_set():
+                if wake.wait(timeout=0.5):
+                    wake.clear()
+                    loop.call_soon_threadsafe(worker.wake)
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(worker.stop()))
+
+        threading.Thread(target=relay_events, name="mailledger-wake", daemon=True).start()
+        await worker.run()
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.dispose()
+
+
+class WorkerProcesses:
+    """N processing processes with the Worker's interface: ``run``, ``wake``, ``stop``."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self._settings = settings
+        self._count = count
+        self._context = multiprocessing.get_context("spawn")
+        self._wake = [self._context.Event() for _ in range(count)]
+        self._stop = self._context.Event()
+        self._processes: list[SpawnProcess | None] = [None] * count
+        self._stopping = asyncio.Event()
+
+    def _start(self, index: int) -> SpawnProcess:
+        # Each process claims under a name of its own, or two would think a claim is theirs.
+        service = self._settings.service
+        node = service.model_copy(update={"node_id": f"{service.node_id}-w{index}"})
+        data = self._settings.model_copy(update={"service": node}).model_dump()
+        process = self._context.Process(
+            target=_child,
+            args=(data, self._wake[index], self._stop),
+            name=f"mailledger-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        log.info("processing process started", index=index, pid=process.pid)
+        return process
+
+    def wake(self) -> None:
+        """New work was stored: every process looks now."""
+        for event in self._wake:
+            event.set()
+
+    async def run(self) -> None:
+        """Start the processes and restart any that dies, until ``stop``."""
+        for index in range(self._count):
+            self._processes[index] = self._start(index)
+        while not self._stopping.is_set():
+            for index, process in enumerate(self._processes):
+                if process is not None and not process.is_alive():
+                    log.error("processing process died; restarting", index=index,
+                              exitcode=process.exitcode)  # fmt: skip
+                    self._processes[index] = self._start(index)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), WATCH_INTERVAL_SECONDS)
+
+    async def stop(self) -> None:
+        """Let each process finish its message and hand back its claims, then reap it."""
+        self._stopping.set()
+        self._stop.set()
+        for process in self._processes:
+            if process is None:
+                continue
+            await asyncio.to_thread(process.join, STOP_GRACE_SECONDS)
+            if process.is_alive():
+                log.warning("processing process did not stop in time", pid=process.pid)
+                process.terminate()
+                await asyncio.to_thread(process.join, 5.0)

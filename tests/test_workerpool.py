@@ -1,0 +1,47 @@
+"""Processing in processes of its own: mail is captured, and the processes stop with the server."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailledger.config import Settings, VerifySettings
+from mailledger.demo import DemoAddresses
+from mailledger.store.models import Activity, MessageState, ReceivedMessage
+from mailledger.testing.mail import make_email
+from mailledger.testing.smtp import running_server, send_raw_async
+
+
+def _states(sessions: sessionmaker[Session]) -> list[MessageState]:
+    with sessions() as session:
+        return list(session.scalars(select(ReceivedMessage.state)))
+
+
+async def test_worker_processes_capture_mail_and_stop_with_the_server(
+    settings: Settings, sessions: sessionmaker[Session], demo: DemoAddresses
+) -> None:
+    """With two processing processes every message is recorded once, by another process."""
+    processing = settings.processing.model_copy(update={"worker_processes": 2})
+    settings = settings.model_copy(
+        update={"processing": processing, "verify": VerifySettings(demo_trust_loopback=True)}
+    )
+    async with running_server(settings) as port:
+        children = {p.name for p in multiprocessing.active_children()}
+        assert {"mailledger-worker-0", "mailledger-worker-1"} <= children
+        for index in range(12):
+            sent = await send_raw_async(
+                port, demo.contact_address, [demo.user_capture], make_email(subject=f"n{index}")
+            )
+            assert sent.accepted, sent
+        for _ in range(300):
+            states = _states(sessions)
+            if len(states) == 12 and all(s is MessageState.PROCESSED for s in states):
+                break
+            await asyncio.sleep(0.05)
+    assert _states(sessions) == [MessageState.PROCESSED] * 12
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Activity)) == 12
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("mailledger")]
