@@ -9,40 +9,16 @@ sealer already reported as failed, which dkimpy returns as ``None`` (no status t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dkim
 import pytest
-import yaml
 
 from mailledger.dns.resolver import Resolver
 from mailledger.testing.dnsserver import DNSServer
+from mailledger.testing.vectors import suite_cases
 
-# The suites sit in shared/vectors beside the repository; they are not copied into it.
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
 SUITE = "arc/arc-draft-validation-tests.yml"
-
-
-def load_suite(relative: str) -> list[dict[str, Any]] | None:
-    """Every YAML document of one suite file, or None when the vectors aren't there."""
-    path = VECTORS / relative
-    if not path.is_file():
-        return None
-    with path.open("rb") as handle:
-        return [doc for doc in yaml.safe_load_all(handle) if doc]
-
-
-def _cases() -> list[Any]:
-    documents = load_suite(SUITE)
-    if documents is None:
-        reason = f"test vectors not found: {VECTORS / SUITE}"
-        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="vectors-missing")]
-    params = []
-    for index, scenario in enumerate(documents):
-        for test_id, case in scenario["tests"].items():
-            params.append(pytest.param((index, scenario, case), id=test_id))
-    return params
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +33,7 @@ def _cv_text(cv: bytes | None) -> str:
     return "" if cv is None else cv.decode("ascii").lower()
 
 
-@pytest.mark.parametrize("case", _cases())
+@pytest.mark.parametrize("case", suite_cases(SUITE))
 def test_arc_validation(
     case: tuple[int, dict[str, Any], dict[str, Any]], servers: dict[int, DNSServer]
 ) -> None:

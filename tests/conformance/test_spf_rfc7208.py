@@ -15,42 +15,18 @@ allowed ones and, where an ``explanation`` is given, the explanation matches exa
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import spf
-import yaml
 
 from mailledger.dns.resolver import Resolver
 from mailledger.testing.dnsserver import DNSServer
+from mailledger.testing.vectors import suite_cases
 
-# The suites sit in shared/vectors beside the repository; they are not copied into it.
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
 SUITE = "spf/rfc7208-tests.yml"
 # Every type pyspf asks for; the ones a TIMEOUT name doesn't list must time out.
 QUERIED_TYPES = ("TXT", "SPF", "A", "AAAA", "MX", "PTR")
-
-
-def load_suite(relative: str) -> list[dict[str, Any]] | None:
-    """Every YAML document of one suite file, or None when the vectors aren't there."""
-    path = VECTORS / relative
-    if not path.is_file():
-        return None
-    with path.open("rb") as handle:
-        return [doc for doc in yaml.safe_load_all(handle) if doc]
-
-
-def _cases() -> list[Any]:
-    documents = load_suite(SUITE)
-    if documents is None:
-        reason = f"test vectors not found: {VECTORS / SUITE}"
-        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="vectors-missing")]
-    params = []
-    for index, scenario in enumerate(documents):
-        for test_id, case in scenario["tests"].items():
-            params.append(pytest.param((index, scenario, case), id=test_id))
-    return params
 
 
 def publish(server: DNSServer, zonedata: dict[str, list[Any]]) -> None:
@@ -91,7 +67,7 @@ def servers() -> Iterator[dict[int, DNSServer]]:
         server.stop()
 
 
-@pytest.mark.parametrize("case", _cases())
+@pytest.mark.parametrize("case", suite_cases(SUITE))
 def test_rfc7208(
     case: tuple[int, dict[str, Any], dict[str, Any]], servers: dict[int, DNSServer]
 ) -> None:
