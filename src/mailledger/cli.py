@@ -24,7 +24,6 @@ from mailledger.clikit import (
     Handler,
     command,
     emit,
-    emit_record,
     err,
     group,
     json_flag,
@@ -32,6 +31,7 @@ from mailledger.clikit import (
     out,
     session_scope,
     sessions_scope,
+    show,
     toml_lines,
 )
 from mailledger.config import ConfigError, Settings, load_settings, split_listen
@@ -321,17 +321,15 @@ def cmd_activities_show(args: argparse.Namespace, settings: Settings) -> int:
     """Show one activity in full."""
     with session_scope(settings) as session:
         record = queries.activity(session, args.id)
-    if args.json:
-        out(json.dumps([record], indent=2, ensure_ascii=False))
-        return EXIT_OK
-    emit_record(
-        record,
+    show(
+        [record],
         {
             "participants": ["role", "kind", "address", "name"],
             "sources": ["message", "queue_id", "kind", "rcpt", "staff", "mail_from"],
             "attachments": ["filename", "content_type", "size", "inline"],
             "trace": ["message", "time", "step", "decision", "detail"],
         },
+        as_json=args.json,
     )
     return EXIT_OK
 
@@ -352,15 +350,13 @@ def cmd_messages_show(args: argparse.Namespace, settings: Settings) -> int:
     """Show one received message: session facts, routes and trace."""
     with session_scope(settings) as session:
         record = queries.message(session, args.id)
-    if args.json:
-        out(json.dumps([record], indent=2, ensure_ascii=False))
-        return EXIT_OK
-    emit_record(
-        record,
+    show(
+        [record],
         {
             "routes": ["rcpt", "kind", "tenant", "staff", "outcome", "activity"],
             "trace": ["time", "step", "decision", "detail"],
         },
+        as_json=args.json,
     )
     return EXIT_OK
 

@@ -86,6 +86,19 @@ def emit_record(record: dict[str, Any], sections: dict[str, Sequence[str]]) -> N
         out(format_table(record.get(key) or [], columns) if record.get(key) else "  (none)")
 
 
+def show(
+    records: Sequence[dict[str, Any]], sections: dict[str, Sequence[str]], *, as_json: bool
+) -> None:
+    """Records shown in full: a JSON array (DESIGN §10), or each as ``emit_record`` prints it."""
+    if as_json:
+        out(json.dumps(list(records), indent=2, ensure_ascii=False))
+        return
+    for index, record in enumerate(records):
+        if index:
+            out()
+        emit_record(record, sections)
+
+
 def toml_lines(data: dict[str, Any]) -> Iterator[str]:
     for section, values in data.items():
         yield f"[{section}]"

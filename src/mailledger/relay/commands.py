@@ -7,7 +7,6 @@ message), as ``queue list`` shows them.
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import datetime
 from typing import Any
 
@@ -17,13 +16,13 @@ from mailledger.clikit import (
     CommandError,
     command,
     emit,
-    emit_record,
     group,
     json_flag,
     limit_flag,
     out,
     session_scope,
     sessions_scope,
+    show,
 )
 from mailledger.config import Settings
 from mailledger.relay import outbox
@@ -107,13 +106,7 @@ def cmd_queue_show(args: argparse.Namespace, settings: Settings) -> int:
     """Show the rows of one message: state, attempts, next try, last error, per-recipient."""
     with session_scope(settings) as session:
         records = [row_record(r) for r in _rows(session, args.id)]
-    if args.json:
-        out(json.dumps(records, indent=2, ensure_ascii=False))
-        return EXIT_OK
-    for index, record in enumerate(records):
-        if index:
-            out()
-        emit_record(record, {"results": RESULT_COLUMNS})
+    show(records, {"results": RESULT_COLUMNS}, as_json=args.json)
     return EXIT_OK
 
 
