@@ -68,6 +68,7 @@ class MessageAuth:
         message: ReceivedMessage,
         raw: bytes,
         parsed: ParsedMessage,
+        stamped: str | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._settings = settings
@@ -76,6 +77,7 @@ class MessageAuth:
         self._raw = raw
         self._parsed = parsed
         self._own: AuthOutcome | None = None
+        self._stamped = stamped
         sender = parsed.sender
         self.from_domain = sender.domain if sender else ""
 
@@ -110,4 +112,6 @@ class MessageAuth:
         """The blob users get: stamped with our Authentication-Results when we checked."""
         if self._own is None:
             return self._message.blob
+        if self._stamped is not None:
+            return self._stamped  # written ahead, from the same prepared verdicts
         return self._blobs.put(stamp(self._raw, self._authenticator.authserv_id, self._own))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 from datetime import timedelta
 
 import structlog
@@ -17,8 +18,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.capture.parsing import sender_domain
-from mailledger.capture.processor import RetryLater, process_message
+from mailledger.capture.processor import Prepared, RetryLater, prepare, process_message
 from mailledger.capture.verification import trusts_loopback
 from mailledger.config import Settings
 from mailledger.dns.resolver import Resolver
@@ -27,6 +27,7 @@ from mailledger.store.blobs import BlobStore, BlobStoreError
 from mailledger.store.engine import is_postgres, read_only
 from mailledger.store.models import MessageState, ReceivedMessage, Tenant, TraceEntry, utcnow
 from mailledger.verify.authenticate import Authenticator, in_networks
+from mailledger.verify.authresults import stamp
 
 log = structlog.get_logger("mailledger.worker")
 
@@ -119,7 +120,9 @@ class Worker:
         """Process one claimed message in one transaction; failures retry, then end ``failed``."""
         bound = log.bind(message=message_id)
         try:
-            self._prepare(message_id)
+            prepared = self._prepare(message_id)
+            if prepared is None:
+                return
             with self._sessions.begin() as session:
                 # The row lock keeps a node whose lease lapsed from racing the new owner.
                 message = session.get(ReceivedMessage, message_id, with_for_update=True)
@@ -139,6 +142,7 @@ class Worker:
                     self._settings,
                     self._authenticator,
                     final_attempt=message.attempts >= self._settings.processing.max_attempts,
+                    prepared=prepared,
                 )
                 bound.info("processed", state=message.state.value, reason=message.reason or None)
             self._metrics.message_finished(message.state, message.received_at)
@@ -157,17 +161,18 @@ class Worker:
             bound.exception("processing failed")
             self._record_error(message_id, f"{type(exc).__name__}: {exc}"[:500])
 
-    def _prepare(self, message_id: int) -> None:
-        """Run the sender checks before the write transaction opens.
+    def _prepare(self, message_id: int) -> Prepared | None:
+        """Parse, run the sender checks and stamp the copy before the write transaction opens.
 
-        They wait on DNS for up to the time budget; inside the transaction they would hold the
-        database's write lock (SQLite) and stall intake's commits meanwhile.
+        The checks wait on DNS for up to the time budget, and parsing and writing a blob take
+        CPU and a disk flush; inside the transaction they would hold the database's write lock
+        (SQLite) and stall intake's commits meanwhile. None: nothing to do any more.
         """
         with self._sessions() as session:
             read_only(session)
             message = session.get(ReceivedMessage, message_id)
             if message is None or message.state is not MessageState.RECEIVED:
-                return
+                return None
             # process_one runs in a copied context (asyncio.to_thread): these ids reach every
             # log line of this message's processing, the processor's included.
             structlog.contextvars.bind_contextvars(
@@ -185,20 +190,22 @@ class Worker:
             behind_gateway = bool(tenants) and all(
                 t.gateway_networks and in_networks(peer, list(t.gateway_networks)) for t in tenants
             )
+        prepared = prepare(self._blobs, message, self._settings)
         if behind_gateway or trusts_loopback(self._settings, peer):
-            return
-        raw = self._blobs.get(blob)
-        from_domain = sender_domain(raw)
-        if from_domain is None:
-            return  # ambiguous From: quarantined before any check
-        self._authenticator.prepare(
-            (blob, peer, helo, mail_from, from_domain),
-            raw,
+            return prepared
+        sender = prepared.parsed.sender if prepared.parsed is not None else None
+        if sender is None:
+            return prepared  # unparseable or ambiguous From: quarantined before any check
+        outcome = self._authenticator.prepare(
+            (blob, peer, helo, mail_from, sender.domain),
+            prepared.raw,
             peer=peer,
             helo=helo,
             mail_from=mail_from,
-            from_domain=from_domain,
+            from_domain=sender.domain,
         )
+        stamped = stamp(prepared.raw, self._authenticator.authserv_id, outcome)
+        return replace(prepared, stamped=self._blobs.put(stamped))
 
     def _fail(self, session: Session, message: ReceivedMessage, reason: str) -> None:
         message.state = MessageState.FAILED
