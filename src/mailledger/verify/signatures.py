@@ -14,12 +14,15 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 
 from mailledger.dns.resolver import DNSTempError
+from mailledger.verify import dkimfast
 from mailledger.verify.results import FAIL, NONE, PASS, PERMERROR, TEMPERROR, ARCResult, DKIMResult
 
 # dkimpy's DNS hook: TXT text for a name, or None when there is none.
 DNSFunc = Callable[..., bytes | str | None]
 MAX_SIGNATURES = 10  # more is abuse; each costs a DNS lookup and a public-key operation
 MIN_KEY_BITS = 1024  # RFC 8301 §3.2
+
+dkimfast.install()
 
 
 def _tag(sig: dict[bytes, bytes], name: bytes) -> str:

@@ -1,0 +1,55 @@
+"""The fast conversions give dkimpy exactly the bytes and integers its own loops gave."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import cast
+
+import dkim
+import pytest
+
+from mailledger.testing.forwarding import dkim_sign, make_key
+from mailledger.testing.mail import make_email
+from mailledger.verify import dkimfast
+
+ORIGINAL_INT2STR, ORIGINAL_STR2INT = cast(
+    "tuple[Callable[..., bytearray], Callable[..., int]]", dkimfast.originals()
+)
+
+
+@pytest.mark.parametrize("bits", [0, 1, 7, 8, 9, 255, 1024, 2048, 4096])
+def test_int2str_matches_dkimpy(bits: int) -> None:
+    for _ in range(20):
+        n = secrets.randbits(bits) if bits else 0
+        assert dkimfast.int2str(n) == ORIGINAL_INT2STR(n)
+        for length in (1, 2, (bits + 7) // 8, (bits + 7) // 8 + 3, 256):
+            if length <= 0:
+                continue
+            assert dkimfast.int2str(n, length) == ORIGINAL_INT2STR(n, length)
+
+
+def test_str2int_matches_dkimpy() -> None:
+    for size in (0, 1, 2, 31, 256, 512):
+        data = secrets.token_bytes(size)
+        assert dkimfast.str2int(data) == ORIGINAL_STR2INT(data)
+        assert dkimfast.str2int(bytearray(data)) == ORIGINAL_STR2INT(bytearray(data))
+
+
+def test_negative_is_refused() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        dkimfast.int2str(-1)
+
+
+def test_dkimpy_signs_and_verifies_with_them_installed() -> None:
+    dkimfast.install()
+    assert dkim.crypto.int2str is dkimfast.int2str
+    key = make_key("client.example", "s1")
+    signed = dkim_sign(make_email(), key)
+
+    def dnsfunc(name: bytes | str, timeout: int = 5) -> bytes | None:
+        wanted = name.decode() if isinstance(name, bytes) else name
+        return key.txt.encode() if wanted.rstrip(".") == key.record_name else None
+
+    assert dkim.verify(signed, dnsfunc=dnsfunc)
+    assert not dkim.verify(signed.replace(b"Subject:", b"Subject: x"), dnsfunc=dnsfunc)
