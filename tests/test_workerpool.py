@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,8 +30,19 @@ async def test_worker_processes_capture_mail_and_stop_with_the_server(
         update={"processing": processing, "verify": VerifySettings(demo_trust_loopback=True)}
     )
     async with running_server(settings) as port:
-        children = {p.name for p in multiprocessing.active_children()}
-        assert {"mailledger-worker-0", "mailledger-worker-1"} <= children
+        children = {p.name: p.pid for p in multiprocessing.active_children()}
+        assert {"mailledger-worker-0", "mailledger-worker-1"} <= set(children)
+        # They run nicer than the listener, so a CPU shortage delays processing, not the 250.
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        for name in ("mailledger-worker-0", "mailledger-worker-1"):
+            pid = children[name]
+            assert pid is not None
+            for _ in range(100):  # the child sets it first thing after starting
+                if os.getpriority(os.PRIO_PROCESS, pid) != own:
+                    break
+                await asyncio.sleep(0.05)
+            expected = min(own + settings.processing.worker_nice, 19)
+            assert os.getpriority(os.PRIO_PROCESS, pid) == expected
         for index in range(12):
             sent = await send_raw_async(
                 port, demo.contact_address, [demo.user_capture], make_email(subject=f"n{index}")

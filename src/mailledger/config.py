@@ -149,6 +149,9 @@ class ProcessingSettings(_Section):
     # 0: process in the server's own process. N: in N processes of their own, so parsing and
     # sender checks run on other cores than the listeners (set it to the number of cores).
     worker_processes: int = Field(default=0, ge=0, le=64)
+    # How much nicer than the listeners those processes run (added to the server's niceness):
+    # when the CPU is short, accepting mail goes first and processing catches up after.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     max_attempts: int = Field(default=5, ge=1)
     # Per-sender loop guard: more than this many messages from one sender in the window.
     loop_threshold: int = Field(default=50, ge=1)
