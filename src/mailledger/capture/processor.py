@@ -8,6 +8,7 @@ activity (new, or merged into the same email's activity) or a quarantine with it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
@@ -164,11 +165,11 @@ class Prepared:
     stamped: str | None = None  # blob of the copy with our Authentication-Results
 
 
-def prepare(blobs: BlobStore, message: ReceivedMessage, settings: Settings) -> Prepared:
+def prepare(blobs: BlobStore, blob: str, received_at: datetime, settings: Settings) -> Prepared:
     """Read and parse a stored message, outside any transaction."""
-    raw = blobs.get(message.blob)
+    raw = blobs.get(blob)
     try:
-        return Prepared(raw, _parse_raw(raw, message, settings))
+        return Prepared(raw, _parse_raw(raw, received_at, settings))
     except Quarantine as exc:
         return Prepared(raw, None, str(exc))
 
@@ -234,7 +235,7 @@ def process_message(
             authenticator,
             trace=trace,
             final_attempt=final_attempt,
-            prepared=prepared or prepare(blobs, message, settings),
+            prepared=prepared or prepare(blobs, message.blob, message.received_at, settings),
         )
     trace.write()
 
@@ -298,11 +299,11 @@ def _finish(message: ReceivedMessage, state: MessageState, reason: str) -> None:
     message.claim_expires_at = None
 
 
-def _parse_raw(raw: bytes, message: ReceivedMessage, settings: Settings) -> ParsedMessage:
+def _parse_raw(raw: bytes, received_at: datetime, settings: Settings) -> ParsedMessage:
     try:
         parsed = parse_message(
             raw,
-            received_at=message.received_at,
+            received_at=received_at,
             max_depth=settings.capture.max_mime_depth,
             max_parts=settings.capture.max_mime_parts,
         )

@@ -99,7 +99,7 @@ _I_TAG = re.compile(rb"(?:^|;)\s*i\s*=\s*(\d+)")
 _H_TAG = re.compile(rb"(?:^|;)\s*h\s*=\s*([^;]*)")
 
 
-def _newest_ams_headers(signer: dkim.DKIM) -> tuple[str, ...]:
+def _newest_ams_headers(signer: dkim.DomainSigner) -> tuple[str, ...]:
     newest = -1
     names: tuple[str, ...] = ()
     for name, value in signer.headers:
@@ -119,9 +119,13 @@ def _newest_ams_headers(signer: dkim.DKIM) -> tuple[str, ...]:
 def verify_arc(raw: bytes, dnsfunc: DNSFunc) -> ARCResult:
     """The ARC chain's validation (RFC 8617 §5.2) with each instance's sealer and results."""
     try:
-        cv, instances, reason = dkim.arc_verify(raw, dnsfunc=dnsfunc, minkey=MIN_KEY_BITS)
+        # dkimpy's arc_verify, keeping the parsed message for the AMS header list below.
+        arc = dkim.ARC(raw, minkey=MIN_KEY_BITS)
+        cv, instances, reason = arc.verify(dnsfunc=dnsfunc)
     except DNSTempError as exc:
         return ARCResult(TEMPERROR, reason=f"temperror: {exc}")
+    except dkim.DKIMException as exc:
+        cv, instances, reason = dkim.CV_Fail, [], str(exc)
     word = cv.decode("ascii").lower() if isinstance(cv, bytes) else (FAIL if cv is None else NONE)
     if word not in (PASS, FAIL, NONE):
         word = FAIL
@@ -130,8 +134,5 @@ def verify_arc(raw: bytes, dnsfunc: DNSFunc) -> ARCResult:
         (item.get("as-domain") or b"").decode("ascii", "replace").lower() for item in ordered
     )
     results = tuple((item.get("aar-value") or b"").decode("utf-8", "replace") for item in ordered)
-    try:
-        signed = _newest_ams_headers(dkim.DKIM(raw)) if word == PASS else ()
-    except dkim.DKIMException:
-        signed = ()
+    signed = _newest_ams_headers(arc) if word == PASS else ()
     return ARCResult(word, sealers, results, signed, str(reason)[:200])
