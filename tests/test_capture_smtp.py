@@ -7,6 +7,7 @@ import contextlib
 import re
 import ssl
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from mailledger.capture.protocol import rewrite_reply
 from mailledger.config import Settings
 from mailledger.demo import DemoAddresses
 from mailledger.routing.routes import RecipientRouter, Route
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobs import BlobStore, BlobStoreError
 from mailledger.store.models import MessageRoute, ReceivedMessage, RouteKind, TraceEntry
 from mailledger.testing.mail import make_email
 from mailledger.testing.smtp import Transaction, running_server, send_raw_async
@@ -269,12 +270,12 @@ async def test_blob_store_failure_is_temporary(
 ) -> None:
     """When the blob store fails the sender gets 451 4.3.0, never 250, and we keep serving."""
 
-    def broken(self: BlobStore, data: bytes) -> str:
+    def broken(self: BlobStore, blobs: Sequence[bytes]) -> list[str | BlobStoreError]:
         raise OSError(30, "Read-only file system")
 
     async with running_server(settings) as port:
         with monkeypatch.context() as patch:
-            patch.setattr(BlobStore, "put", broken)
+            patch.setattr(BlobStore, "put_many", broken)
             failed = await send_raw_async(port, CONTACT, [demo.user_capture], make_email())
         assert message_count(sessions) == 0
         later = await send_raw_async(port, CONTACT, [demo.user_capture], make_email())
@@ -506,19 +507,19 @@ async def test_group_commit_isolates_a_bad_row(
 ) -> None:
     """One row that cannot be inserted fails only its own caller; its batch-mates are stored."""
     gate = asyncio.Event()
-    real_put = BlobStore.put
+    real_put_many = BlobStore.put_many
     loop = asyncio.get_running_loop()
     calls = 0
 
-    def held_put(self: BlobStore, data: bytes) -> str:
+    def held_put(self: BlobStore, blobs: Sequence[bytes]) -> list[str | BlobStoreError]:
         # Hold the writer on the first message so the next five queue up into one batch.
         nonlocal calls
         calls += 1
         if calls == 1:
             asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(10)
-        return real_put(self, data)
+        return real_put_many(self, blobs)
 
-    monkeypatch.setattr(BlobStore, "put", held_put)
+    monkeypatch.setattr(BlobStore, "put_many", held_put)
     woken = 0
 
     def on_stored() -> None:

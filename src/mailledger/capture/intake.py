@@ -165,18 +165,22 @@ class Intake:
 
     def _write(self, batch: list[_Pending]) -> None:
         ready: list[_Pending] = []
-        for pending in batch:
-            try:
-                pending.digest = self._blobs.put(pending.raw)
-            except OSError as exc:
-                log.exception(
+        stored: list[str | OSError]
+        try:
+            stored = list(self._blobs.put_many([pending.raw for pending in batch]))
+        except OSError as exc:
+            stored = [exc] * len(batch)
+        for pending, result in zip(batch, stored, strict=True):
+            if isinstance(result, OSError):
+                log.error(
                     "blob store refused a message",
                     queue_id=pending.queue_id,
                     trace_id=pending.facts.trace_id,
-                    error=str(exc),
+                    error=str(result),
                 )
-                self._fail(pending, exc)
+                self._fail(pending, result)
             else:
+                pending.digest = result
                 ready.append(pending)
         if not ready:
             return

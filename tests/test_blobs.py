@@ -1,0 +1,76 @@
+"""The blob store: every blob fsynced and renamed into place, each directory fsynced once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from mailledger.store import blobs as blobs_module
+from mailledger.store.blobs import BlobStore, BlobStoreError
+
+
+def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record which directories get fsynced."""
+    synced: list[str] = []
+    real = blobs_module._fsync_dir
+
+    def spy(directory: str) -> None:
+        synced.append(directory)
+        real(directory)
+
+    monkeypatch.setattr(blobs_module, "_fsync_dir", spy)
+    return synced
+
+
+def test_put_many_stores_every_blob_and_syncs_each_directory_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blobs sharing a fan-out directory cost one directory fsync; new directories sync root."""
+    store = BlobStore(tmp_path / "blobs")
+    data = [b"message %d\r\n" % n for n in range(40)]
+    synced = _fsyncs(monkeypatch)
+    digests = store.put_many(data)
+    assert digests == [hashlib.sha256(d).hexdigest() for d in data]
+    for digest, raw in zip(digests, data, strict=True):
+        assert isinstance(digest, str)
+        assert store.get(digest) == raw
+    fanout = {str(store.root / d[:2]) for d in digests if isinstance(d, str)}
+    assert sorted(synced) == sorted([*fanout, str(store.root)])
+    assert not list(store.root.glob("*/.tmp-*"))
+
+
+def test_put_many_syncs_the_directory_of_a_blob_already_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob found in place may be another writer's, not yet synced: its directory is synced."""
+    store = BlobStore(tmp_path / "blobs")
+    digest = store.put(b"same bytes")
+    synced = _fsyncs(monkeypatch)
+    assert store.put_many([b"same bytes"]) == [digest]
+    assert synced == [str(store.root / digest[:2])]
+
+
+def test_put_many_reports_each_failure_on_its_own_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob that cannot be written fails alone; a failed directory fsync fails its blobs."""
+    store = BlobStore(tmp_path / "blobs")
+    good, bad = b"good\r\n", b"bad\r\n"
+    bad_dir = store.root / hashlib.sha256(bad).hexdigest()[:2]
+    bad_dir.parent.mkdir(parents=True)
+    bad_dir.write_text("a file where a directory should be")
+    results = store.put_many([good, bad])
+    assert results[0] == hashlib.sha256(good).hexdigest()
+    assert isinstance(results[1], BlobStoreError)
+
+    def failing(directory: str) -> None:
+        raise OSError(5, os.strerror(5))
+
+    monkeypatch.setattr(blobs_module, "_fsync_dir", failing)
+    again = store.put_many([b"other\r\n"])
+    assert isinstance(again[0], BlobStoreError)
+    with pytest.raises(BlobStoreError):
+        store.put(b"third\r\n")
