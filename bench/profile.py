@@ -1,8 +1,9 @@
 """Where the server's CPU goes: a py-spy run of the full server, samples grouped by part.
 
-py-spy samples every thread (the intake writer, the processing worker, the verification
-pool), which cProfile would not. Each sample is charged to the innermost frame that belongs
-to a known part, so SQLAlchemy called from the processor counts as storage, not matching.
+py-spy samples every thread (the intake writer, the verification pool) of every process (the
+listener, the processing processes), which cProfile would not. Each sample is charged to the
+innermost frame that belongs to a known part, so SQLAlchemy called from the processor counts
+as storage, not matching.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ def run(
 
     spy = shutil.which("py-spy") or str(Path(server[0]).with_name("py-spy"))
     out = work / "profile.txt"
-    argv = [spy, "record", "--rate", "250", "--format", "raw", "--output", str(out), "--", *server]
+    # --subprocesses: processing runs in worker processes of the server.
+    argv = [spy, "record", "--subprocesses", "--rate", "250", "--format", "raw"]
+    argv += ["--output", str(out), "--", *server]
     with (work / "profile.log").open("ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
