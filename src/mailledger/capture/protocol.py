@@ -21,6 +21,7 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope, syntax
 
 from mailledger.capture import replies
+from mailledger.capture.dataread import BlockDataSMTP
 from mailledger.capture.handler import CaptureEnvelope, format_peer
 from mailledger.capture.replies import Reply
 from mailledger.config import Settings, TLSSettings
@@ -160,8 +161,11 @@ class SessionGate:
         return sum(1 for session in self.sessions if session.in_data)
 
 
-class CaptureSMTP(SMTP):
-    """aiosmtpd's SMTP with our trace id, replies, limits and graceful shutdown."""
+class CaptureSMTP(BlockDataSMTP):
+    """aiosmtpd's SMTP with our trace id, replies, limits and graceful shutdown.
+
+    DATA is read in blocks (``dataread``), with aiosmtpd's semantics kept exactly.
+    """
 
     def __init__(
         self,
@@ -242,7 +246,7 @@ class CaptureSMTP(SMTP):
     async def smtp_DATA(  # noqa: N802 - aiosmtpd dispatches on this name
         self, arg: str
     ) -> None:
-        """aiosmtpd's DATA, marked as in progress so a shutdown lets it finish."""
+        """DATA (read in blocks), marked as in progress so a shutdown lets it finish."""
         self.in_data = True
         try:
             await super().smtp_DATA(arg)

@@ -1,0 +1,164 @@
+"""DATA read in blocks answers exactly as aiosmtpd's line reader, across any TCP chunking.
+
+Both protocols get the same bytes, cut into the same pieces, through a transport in memory,
+so each piece is one ``data_received``: what each replied and what each handed to the
+handler must be identical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP
+
+from mailledger.capture.dataread import BlockDataSMTP, DataScanner, DataState
+
+HEAD = b"EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@capture.test>\r\nDATA\r\n"
+TAIL = b"NOOP\r\nMAIL FROM:<c@client.test>\r\nQUIT\r\n"
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 2525) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.got: list[tuple[Any, Any]] = []
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any
+    ) -> str:
+        self.got.append((envelope.content, envelope.original_content))
+        return "250 stored"
+
+
+async def _settle() -> None:
+    for _ in range(30):
+        await asyncio.sleep(0)
+
+
+async def _converse(
+    cls: type[SMTP], pieces: list[bytes], size_limit: int | None
+) -> tuple[bytes, list[tuple[Any, Any]]]:
+    handler = _Recorder()
+    protocol = cls(handler, data_size_limit=size_limit, hostname="mx.test", ident="test")
+    transport = _Transport()
+    protocol.connection_made(transport)
+    await _settle()
+    for piece in pieces:
+        protocol.data_received(piece)
+        await _settle()
+    if not transport.closed:
+        protocol.connection_lost(None)
+    await _settle()
+    return bytes(transport.out), handler.got
+
+
+async def _same(stream: bytes, cuts: list[int], size_limit: int | None) -> bytes:
+    """Feed both protocols; assert they agree; return what they answered."""
+    whole = HEAD + stream + TAIL
+    edges = [0, *sorted(c % (len(whole) + 1) for c in cuts), len(whole)]
+    pieces = [whole[a:b] for a, b in itertools.pairwise(edges) if b > a]
+    expected = await _converse(SMTP, pieces, size_limit)
+    got = await _converse(BlockDataSMTP, pieces, size_limit)
+    assert got == expected, (stream[:200], cuts, size_limit)
+    return expected[0]
+
+
+CASES = {
+    "empty": b".\r\n",
+    "plain": b"Subject: x\r\n\r\nhello\r\n.\r\n",
+    "blank-line-first": b"\r\n\r\nbody\r\n.\r\n",
+    "dot-stuffed": b".leading\r\n..two\r\n...\r\nend\r\n..\r\n.\r\n",
+    "bare-lf-dot-is-content": b"a\n.\nb\r\n.\n\r\nc\r\n.\r\n",
+    "bare-cr-dot-is-content": b"a\r.\rb\r\n\r.\r\n.\r\n",
+    "lf-dot-crlf-is-content": b"a\n.\r\nb\r\n.\r\n",
+    "crlf-dot-lf-is-content": b"a\r\n.\nb\r\n.\r\n",
+    "line-1000": b"x" * 998 + b"\r\n" + b"y" * 999 + b"\r\n.\r\n",
+    "line-1001": b"x" * 1000 + b"\r\n.\r\n",
+    "line-1002": b"x" * 1001 + b"\r\n.\r\n",
+    "line-1003": b"x" * 1002 + b"\r\n.\r\n",
+    "line-huge": b"a\r\n" + b"x" * 5000 + b"\r\nmore\r\n.\r\n",
+    "line-huge-with-cr": b"x" * 1001 + b"\r" + b"y" * 3000 + b"\r\n.\r\n",
+    "dot-after-long-line": b"x" * 3000 + b"\r\n.\r\nNOOP\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("size_limit", [None, 0, 30, 1003, 1005, 100000])
+async def test_known_cases_agree_at_every_single_cut(name: str, size_limit: int | None) -> None:
+    """Each case, cut once at every position of the DATA (and in one piece), agrees."""
+    stream = CASES[name]
+    await _same(stream, [], size_limit)
+    step = 1 if len(stream) < 80 else 97
+    for cut in range(len(HEAD), len(HEAD) + len(stream) + 1, step):
+        await _same(stream, [cut], size_limit)
+
+
+async def test_smuggled_terminator_is_content_and_pipelined_commands_survive() -> None:
+    """LF.LF and CR.CR do not end DATA; the commands after the real end are answered."""
+    stream = b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@x>\r\n.\r\n"
+    out = await _same(stream, [], None)
+    assert out.count(b"250 stored") == 1
+    assert b"250 OK" in out.split(b"250 stored", 1)[1]  # the NOOP after it
+    _, got = await _converse(BlockDataSMTP, [HEAD + stream + TAIL], None)
+    assert got == [(b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@x>\r\n",) * 2]
+
+
+def _random_stream(rng: random.Random) -> bytes:
+    parts = []
+    for _ in range(rng.randrange(0, 12)):
+        kind = rng.random()
+        if kind < 0.45:
+            parts.append(bytes(rng.choice(b"ab.\r\n") for _ in range(rng.randrange(0, 12))))
+        elif kind < 0.7:
+            parts.append(rng.choice([b"\r\n", b".", b"\r\n.", b"\n.\n", b"\r.\r", b"..\r\n"]))
+        else:
+            parts.append(b"z" * rng.choice([990, 998, 999, 1000, 1001, 1002, 1500, 2100]))
+    return b"".join(parts) + rng.choice([b"\r\n.\r\n", b".\r\n", b"\r\n\r\n.\r\n"])
+
+
+async def test_random_streams_and_chunkings_agree() -> None:
+    """Streams built from the awkward bytes, cut at random places, agree every time."""
+    rng = random.Random(5321)
+    for _ in range(400):
+        stream = _random_stream(rng)
+        whole = len(HEAD) + len(stream) + len(TAIL)
+        cuts = [rng.randrange(whole + 1) for _ in range(rng.randrange(0, 6))]
+        limit = rng.choice([None, 0, 5, 40, 1000, 1003, 2500, 10**6])
+        await _same(stream, cuts, limit)
+
+
+def test_scanner_drops_the_bytes_once_the_size_is_exceeded() -> None:
+    """Past the limit nothing more is kept, however much follows (memory, not just reply)."""
+    scanner = DataScanner(100, 1001)
+    for _ in range(1000):
+        scanner.feed(b"y" * 70 + b"\r\n")
+    assert scanner.state is DataState.TOO_MUCH
+    assert scanner.content() is None
+    assert len(scanner._data) == 0
