@@ -162,3 +162,32 @@ def test_scanner_drops_the_bytes_once_the_size_is_exceeded() -> None:
     assert scanner.state is DataState.TOO_MUCH
     assert scanner.content() is None
     assert len(scanner._data) == 0
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "",
+        "<carol@client.example>",
+        "<carol@client.example> SIZE=10240 BODY=8BITMIME",
+        "carol@client.example SIZE=1",
+        "<>",
+        "< carol@client.example >",
+        '<"odd local"@client.example>',
+        "<@relay.example:carol@client.example>",
+        "<carol@[192.0.2.1]>",
+        "<foo>",
+        "<a b@client.example>",
+        "<carol@@client.example>",
+        "<jörg@bücher.example>",
+        "<carol@client.example",
+        "garbage",
+        "<" + "x" * 70 + "@client.example>",
+    ],
+)
+@pytest.mark.parametrize("local_part_limit", [0, 64])
+async def test_address_parse_is_aiosmtpds(arg: str, local_part_limit: int) -> None:
+    """MAIL/RCPT addresses parse exactly as aiosmtpd's own ``_getaddr`` does."""
+    ours, theirs = BlockDataSMTP(_Recorder()), SMTP(_Recorder())
+    ours.local_part_limit = theirs.local_part_limit = local_part_limit
+    assert ours._getaddr(arg) == theirs._getaddr(arg)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
@@ -151,6 +153,25 @@ async def read_data(reader: asyncio.StreamReader, scanner: DataScanner) -> None:
 
 class BlockDataSMTP(SMTP):
     """aiosmtpd's SMTP with DATA read in blocks: same replies, same envelope, same hooks."""
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's MAIL/RCPT address parse, without the class it defines on every call.
+
+        aiosmtpd 1.4 declares a ``typing.Protocol`` inside ``_getaddr`` for its type hints:
+        building that class is most of the 130 µs each MAIL and RCPT spend here.
+        """
+        if not arg:
+            return "", ""
+        try:
+            parsed = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        address, rest = parsed
+        addr = str(address.addr_spec)
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     @syntax("DATA")
     async def smtp_DATA(  # noqa: N802 - aiosmtpd dispatches on this name
