@@ -8,17 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.capture import replies
 from mailledger.capture.replies import Reply
 from mailledger.routing.addresses import AddressError, parse_address
+from mailledger.store.engine import read_only
 from mailledger.store.models import RouteKind, Staff, Tenant
 
 LOG_LOCAL_PART = "log"
 # Role addresses every mail domain must accept (RFC 5321 §4.5.1, RFC 2142 §4-5).
 OPERATOR_LOCAL_PARTS = frozenset({"postmaster", "abuse"})
+
+_TENANT = select(Tenant.id, Tenant.capture_domain).where(
+    Tenant.capture_domain == bindparam("domain")
+)
+_STAFF = select(Staff.id).where(
+    Staff.tenant_id == bindparam("tenant_id"), func.lower(Staff.username) == bindparam("username")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +68,10 @@ class RecipientRouter:
             return Refusal(replies.LOCAL_PART_TOO_LONG)
         local = mailbox.local.lower()
         with self._sessions() as session:
-            tenant = session.scalars(
-                select(Tenant).where(Tenant.capture_domain == mailbox.domain)
-            ).one_or_none()
+            # A reader: on SQLite a plain session would take the write lock for this lookup,
+            # and every RCPT of every session would queue behind intake and processing.
+            connection = read_only(session).connection()
+            tenant = connection.execute(_TENANT, {"domain": mailbox.domain}).one_or_none()
             if tenant is None:
                 return Refusal(replies.RELAY_DENIED)
             address = capture_address(local, tenant.capture_domain)
@@ -72,11 +81,9 @@ class RecipientRouter:
                 return Route(tenant.id, RouteKind.OPERATOR, None, address)
             # A +tag on a capture address (richard+crm@…) still reaches Richard.
             username = local.split("+", 1)[0] if "+" in local[1:] else local
-            staff_id = session.scalars(
-                select(Staff.id).where(
-                    Staff.tenant_id == tenant.id, func.lower(Staff.username) == username
-                )
-            ).one_or_none()
+            staff_id = connection.execute(
+                _STAFF, {"tenant_id": tenant.id, "username": username}
+            ).scalar_one_or_none()
             if staff_id is None:
                 return Refusal(replies.UNKNOWN_USER)
             return Route(tenant.id, RouteKind.USER, staff_id, address)
