@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.store.engine import read_only
 from mailledger.store.freespace import FreeSpaceGuard
 
 CHECK_TIMEOUT_SECONDS = 5.0
@@ -42,9 +43,13 @@ class Health:
 
 
 def check_database(sessions: sessionmaker[Session]) -> None:
-    """Raise unless the database answers a query."""
+    """Raise unless the database answers a query that reads a table.
+
+    A reader: the write lock could be held for a while under load, and health must not wait.
+    """
     with sessions() as session:
-        session.execute(text("SELECT 1")).scalar_one()
+        read_only(session)
+        session.execute(text("SELECT count(*) FROM tenants")).scalar_one()
 
 
 def check_blob_dir(blob_dir: str | Path, guard: FreeSpaceGuard | None = None) -> None:

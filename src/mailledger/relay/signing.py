@@ -29,6 +29,7 @@ from mailledger.dns.keys import (
 )
 from mailledger.dns.resolver import Resolver
 from mailledger.logs import get_logger
+from mailledger.store.engine import read_only
 from mailledger.store.models import DkimKey
 
 log = get_logger(__name__)
@@ -111,6 +112,7 @@ def _unsigned(raw: bytes, why: str, relay: RelaySettings) -> SigningOutcome:
 
 def _load(sessions: sessionmaker[Session], tenant_id: int, domain: str) -> DkimKey | None:
     with sessions() as session:
+        read_only(session)  # no write lock for a read (SQLite)
         key = active_key(session, tenant_id, domain)
         if key is not None:
             session.expunge(key)
