@@ -169,7 +169,14 @@ async def test_unsafe_bytes_are_refused(
 
 @pytest.mark.parametrize(
     "sender",
-    [b"<foo>", b"<a@>", b"<a b@client.example>", b"<carol@@client.example>", b"<@client.example>"],
+    [
+        b"<foo>",
+        b"<a@>",
+        b"a@",
+        b"<a b@client.example>",
+        b"<carol@@client.example>",
+        b"<@client.example>",
+    ],
 )
 async def test_malformed_sender(settings: Settings, demo: DemoAddresses, sender: bytes) -> None:
     """A reverse path that is not one address is 553 5.1.7, whichever parser notices."""

@@ -191,3 +191,25 @@ async def test_address_parse_is_aiosmtpds(arg: str, local_part_limit: int) -> No
     ours, theirs = BlockDataSMTP(_Recorder()), SMTP(_Recorder())
     ours.local_part_limit = theirs.local_part_limit = local_part_limit
     assert ours._getaddr(arg) == theirs._getaddr(arg)
+
+
+def test_address_parse_is_aiosmtpds_on_random_arguments() -> None:
+    """The fast path for plain <local@domain> agrees with aiosmtpd on whatever it takes."""
+    rng = random.Random(7)
+    locals_ = ["carol", "c.arol", "c..arol", ".carol", "carol.", "c+tag", "o'neil", "a_b-c", "x=y",
+               '"q"', "c!#$%&*/=?^`{|}~", "jörg", "a b", ""]  # fmt: skip
+    domains = ["client.example", "client-co.example", "-x.example", "x-.example", "a..b",
+               "b.example.", "[192.0.2.1]", "ex_ample.com", "bücher.example", ""]  # fmt: skip
+    params = ["", " SIZE=10240", " SIZE=1 BODY=8BITMIME", "  SIZE=1", " SIZE=1 ", "\tSIZE=1",
+              " BODY=8BITMIME SMTPUTF8", " X=é"]  # fmt: skip
+    ours, theirs = BlockDataSMTP(_Recorder()), SMTP(_Recorder())
+    ours.local_part_limit = theirs.local_part_limit = 64
+    for _ in range(3000):
+        address = f"{rng.choice(locals_)}@{rng.choice(domains)}"
+        arg = rng.choice([f"<{address}>", f" <{address}>", f"<{address}> ", address])
+        arg += rng.choice(params)
+        try:
+            expected = theirs._getaddr(arg)
+        except IndexError:  # aiosmtpd's parser fails on "carol@"; ours calls it bad syntax
+            expected = (None, None)
+        assert ours._getaddr(arg) == expected, arg

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
 
@@ -30,6 +31,12 @@ from aiosmtpd.smtp import MISSING, SMTP, syntax
 aiosmtpd_log = logging.getLogger("mail.log")
 
 TERMINATOR = b"\r\n.\r\n"
+# The everyday MAIL/RCPT argument: <dot-atom@dot-atom domain>, then parameters (RFC 5321 §4.1.2).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ANGLE_ADDR = re.compile(
+    rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
+    r"((?: [A-Za-z0-9][A-Za-z0-9-]*(?:=[\x21-\x3c\x3e-\x7e]+)?)*)"
+)
 CRLF = b"\r\n"
 
 # KMP over TERMINATOR: the longest prefix of it that ends the bytes read so far, after a byte.
@@ -162,12 +169,20 @@ class BlockDataSMTP(SMTP):
         """
         if not arg:
             return "", ""
-        try:
-            parsed = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
-        except HeaderParseError:
-            return None, None
-        address, rest = parsed
-        addr = str(address.addr_spec)
+        plain = _PLAIN_ANGLE_ADDR.fullmatch(arg)
+        if plain is not None:
+            # <dot-atom@domain> and esmtp-params: what the email parser returns (it takes the
+            # space after ">" as folding white space), at a tenth of the cost.
+            addr, rest = plain.group(1), plain.group(2)[1:]
+        else:
+            try:
+                parsed = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
+            except (HeaderParseError, IndexError):
+                # IndexError: the parser's own fault on "<carol@>"; aiosmtpd lets it escape
+                # and the session answers 451, where a bad address is a syntax error.
+                return None, None
+            address, rest = parsed
+            addr = str(address.addr_spec)
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:
             return None, None
