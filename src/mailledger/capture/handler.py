@@ -163,7 +163,8 @@ class CaptureHandler:
         # aiosmtpd's contract: a handle_RCPT that answers must record the recipient itself.
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        log.info("recipient accepted", rcpt=address, kind=str(decision.kind))
+        # Debug: the accepted recipients are in the one "message accepted" line.
+        log.debug("recipient accepted", rcpt=address, kind=str(decision.kind))
         return str(replies.RECIPIENT_OK)
 
     async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
@@ -200,7 +201,13 @@ class CaptureHandler:
             mlog.warning("message not stored", error=str(exc), size=len(raw))
             self._metrics.message_refused("data", str(replies.STORAGE_FAILED))
             return str(replies.STORAGE_FAILED)
-        mlog.info("message accepted", queue_id=queue_id, size=len(raw), routes=len(routes))
+        mlog.info(
+            "message accepted",
+            queue_id=queue_id,
+            size=len(raw),
+            routes=len(routes),
+            rcpt=facts.rcpt_to,
+        )
         self._metrics.message_accepted("capture")
         return f"{replies.QUEUED} {queue_id}"
 

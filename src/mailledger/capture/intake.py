@@ -217,7 +217,8 @@ class Intake:
         with self._sessions() as session, session.begin():
             _insert(session.connection(), batch)
         for pending in batch:
-            log.info(
+            # Debug: the session logs "message accepted" with the same queue id at info.
+            log.debug(
                 "message stored",
                 queue_id=pending.queue_id,
                 trace_id=pending.facts.trace_id,
