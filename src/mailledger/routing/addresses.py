@@ -7,6 +7,7 @@ flanker's RFC 5322 parser reads header values (display names, encoded words, gro
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -61,7 +62,26 @@ def _ascii_domain(domain: str) -> str:
 
 
 def parse_mailbox_list(value: str) -> MailboxList:
-    """Parse an address header value (From, To, Cc, Reply-To) with the one parser."""
+    """Parse an address header value (From, To, Cc, Reply-To) with the one parser.
+
+    flanker's parser costs about 0.3 ms a value, and the same senders, recipients and
+    envelope paths come back all day: short values are remembered (the result is immutable).
+    """
+    if len(value) <= CACHED_VALUE_CHARS:
+        return _parse_mailbox_list_cached(value)
+    return _parse_mailbox_list(value)
+
+
+CACHED_VALUE_CHARS = 512  # longer values are rare and would make the cache large
+CACHE_ENTRIES = 8192  # at most about 4 MB of remembered values
+
+
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
+def _parse_mailbox_list_cached(value: str) -> MailboxList:
+    return _parse_mailbox_list(value)
+
+
+def _parse_mailbox_list(value: str) -> MailboxList:
     if len(value) > MAX_HEADER_VALUE_CHARS:
         return MailboxList((), (value[:80] + "…",))
     if not value.strip():
