@@ -193,7 +193,7 @@ async def test_address_parse_is_aiosmtpds(arg: str, local_part_limit: int) -> No
     assert ours._getaddr(arg) == theirs._getaddr(arg)
 
 
-def test_address_parse_is_aiosmtpds_on_random_arguments() -> None:
+async def test_address_parse_is_aiosmtpds_on_random_arguments() -> None:
     """The fast path for plain <local@domain> agrees with aiosmtpd on whatever it takes."""
     rng = random.Random(7)
     locals_ = ["carol", "c.arol", "c..arol", ".carol", "carol.", "c+tag", "o'neil", "a_b-c", "x=y",
