@@ -64,7 +64,16 @@ PARTS = [
 
 
 # Leaf frames of threads that wait rather than run (py-spy's idle detection misses some).
-WAITING = ("threading.py", "selectors.py", "concurrent/futures/thread.py:81", "queue.py")
+WAITING = (
+    "threading.py",
+    "selectors.py",
+    "concurrent/futures/thread.py:81",
+    "queue.py",
+    "multiprocessing/synchronize.py",  # a processing process waiting to be woken
+    "spawn_main(",
+)
+# With --subprocesses a stack starts with the process's own frame; alone, it ran no Python.
+PROCESS_FRAME = "process "
 
 
 def _part(stack: str) -> str:
@@ -84,11 +93,11 @@ def breakdown(raw: str) -> dict[str, Any]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        if any(marker in stack.split(";")[-1] for marker in WAITING):
+        leaf = stack.split(";")[-1]
+        if any(marker in leaf for marker in WAITING) or leaf.startswith(PROCESS_FRAME):
             idle += int(count)  # a thread waiting for work, a lock or the selector: no CPU
             continue
         parts[_part(stack)] = parts.get(_part(stack), 0) + int(count)
-        leaf = stack.split(";")[-1]
         leaves[leaf] = leaves.get(leaf, 0) + int(count)
     total = sum(parts.values()) or 1
     return {
