@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable
 from typing import cast
 
 import dkim
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailledger.testing.forwarding import dkim_sign, make_key
 from mailledger.testing.mail import make_email
 from mailledger.verify import dkimfast
 
-ORIGINAL_INT2STR, ORIGINAL_STR2INT = cast(
-    "tuple[Callable[..., bytearray], Callable[..., int]]", dkimfast.originals()
+ORIGINAL_INT2STR, ORIGINAL_STR2INT, ORIGINAL_SIGN = cast(
+    "tuple[Callable[..., bytearray], Callable[..., int], Callable[..., bytearray]]",
+    dkimfast.originals(),
 )
 
 
@@ -53,3 +57,23 @@ def test_dkimpy_signs_and_verifies_with_them_installed() -> None:
 
     assert dkim.verify(signed, dnsfunc=dnsfunc)
     assert not dkim.verify(signed.replace(b"Subject:", b"Subject: x"), dnsfunc=dnsfunc)
+
+
+def _private(bits: int) -> dict[str, int]:
+    """A fresh RSA key as dkimpy parses it."""
+    der = rsa.generate_private_key(public_exponent=65537, key_size=bits).private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    return cast("dict[str, int]", dkim.crypto.parse_private_key(der))
+
+
+@pytest.mark.parametrize("bits", [1024, 2048])
+@pytest.mark.parametrize("name", ["sha256", "sha1"])
+def test_openssl_signature_is_dkimpys(bits: int, name: str) -> None:
+    """PKCS#1 v1.5 is deterministic: OpenSSL's signature is byte for byte dkimpy's own."""
+    private = _private(bits)
+    for text in (b"", b"one", secrets.token_bytes(300)):
+        ours = dkimfast.rsa_sign(hashlib.new(name, text), private)
+        assert ours == bytes(ORIGINAL_SIGN(hashlib.new(name, text), private))
