@@ -107,7 +107,8 @@ class RelaySettings(_Section):
     )
     connect_timeout_seconds: float = Field(default=30.0, gt=0)
     command_timeout_seconds: float = Field(default=300.0, gt=0)
-    max_per_domain: int = Field(default=5, ge=1)
+    # Postfix's default_destination_concurrency_limit; 5 held a burst to one domain back.
+    max_per_domain: int = Field(default=20, ge=1)
     max_concurrent: int = Field(default=50, ge=1)
     lease_seconds: float = Field(default=600.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
