@@ -41,6 +41,7 @@ from mailledger.store.freespace import FreeSpaceGuard, storage_paths
 
 log = get_logger("mailledger.server")  # not "__main__" under python -m
 INTAKE_LOCK_POLL = 0.001  # seconds between tries for the write lock at most
+SERVER_LOCK_POLL = 0.002
 
 Ready = Callable[[list[tuple[str, int]]], None]
 
@@ -59,7 +60,12 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
     """
     stop_event = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
-    engine = make_engine(settings.database.url, echo=settings.database.echo)
+    # The server's own writers answer clients too (submission's 250) or keep mail moving
+    # (delivery): they also take SQLite's write lock by trying often, while the processing
+    # processes keep SQLite's backoff and so give way to them.
+    engine = make_engine(
+        settings.database.url, echo=settings.database.echo, lock_poll_seconds=SERVER_LOCK_POLL
+    )
     sessions = make_sessionmaker(engine)
     blobs = BlobStore(settings.storage.blob_dir)
     metrics = Metrics()
