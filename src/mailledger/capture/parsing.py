@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.errors import HeaderParseError
+from email.feedparser import BytesFeedParser
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
@@ -111,6 +112,23 @@ def _date(message: Message, received_at: datetime) -> datetime | None:
     return when.astimezone(UTC)
 
 
+FEED_BYTES = 64 * 1024
+
+
+def _parse_bytes(raw: bytes) -> Message:
+    """``BytesParser.parsebytes``, fed in slices: the same message, far less memory.
+
+    ``parsebytes`` decodes the whole message into one string and wraps it in a ``StringIO``
+    before feeding the same parser 8 KB at a time: a 10 MB message peaked at about 78 MB.
+    ASCII with surrogateescape decodes byte by byte, so slices decode to the same text.
+    """
+    parser = BytesFeedParser(policy=policy.compat32)
+    view = memoryview(raw)
+    for start in range(0, len(raw), FEED_BYTES):
+        parser.feed(bytes(view[start : start + FEED_BYTES]))
+    return parser.close()
+
+
 def parse_message(
     raw: bytes, *, received_at: datetime, max_depth: int, max_parts: int
 ) -> ParsedMessage:
@@ -118,7 +136,7 @@ def parse_message(
     reason = mimebounds.check(raw, max_depth=max_depth, max_parts=max_parts)
     if reason is not None:
         raise ParseFailure(reason)
-    message = BytesParser(policy=policy.compat32).parsebytes(raw)
+    message = _parse_bytes(raw)
     from_values = _raw_values(message, "From")
     from_list = MailboxList((), ())
     if from_values:
