@@ -26,6 +26,7 @@ from mailledger.demo import DemoAddresses
 from mailledger.routing.routes import RecipientRouter, Route
 from mailledger.store.blobs import BlobStore, BlobStoreError
 from mailledger.store.models import MessageRoute, ReceivedMessage, RouteKind, TraceEntry
+from mailledger.testing.intake import hold_first_write
 from mailledger.testing.mail import make_email
 from mailledger.testing.smtp import Transaction, running_server, send_raw_async
 
@@ -513,20 +514,8 @@ async def test_group_commit_isolates_a_bad_row(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One row that cannot be inserted fails only its own caller; its batch-mates are stored."""
-    gate = asyncio.Event()
-    real_put_many = BlobStore.put_many
-    loop = asyncio.get_running_loop()
-    calls = 0
-
-    def held_put(self: BlobStore, blobs: Sequence[bytes]) -> list[str | BlobStoreError]:
-        # Hold the writer on the first message so the next five queue up into one batch.
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(10)
-        return real_put_many(self, blobs)
-
-    monkeypatch.setattr(BlobStore, "put_many", held_put)
+    # Hold the writer on the first message so the next five queue up into one batch.
+    gate = hold_first_write(monkeypatch)
     woken = 0
 
     def on_stored() -> None:

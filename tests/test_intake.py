@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,8 +12,9 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from mailledger.capture.intake import Intake, IntakeError, SessionFacts
 from mailledger.demo import DemoAddresses
 from mailledger.routing.routes import RecipientRouter, Route
-from mailledger.store.blobs import BlobStore, BlobStoreError
+from mailledger.store.blobs import BlobStore
 from mailledger.store.models import MessageState, ReceivedMessage, RouteKind
+from mailledger.testing.intake import hold_first_write
 
 pytestmark = [pytest.mark.usefixtures("engine"), pytest.mark.postgres]
 
@@ -33,19 +33,7 @@ async def _held_batch(
     jobs: list[tuple[SessionFacts, list[Route], bytes]],
 ) -> list[str | BaseException]:
     """Store ``jobs`` while the writer is held on a first message, so they form one batch."""
-    gate = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    real = BlobStore.put_many
-    calls = 0
-
-    def held(self: BlobStore, blobs: Sequence[bytes]) -> list[str | BlobStoreError]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(10)
-        return real(self, blobs)
-
-    monkeypatch.setattr(BlobStore, "put_many", held)
+    gate = hold_first_write(monkeypatch)
     first_facts, first_routes, _ = jobs[0]
     first = asyncio.create_task(intake.store(first_facts, first_routes, b"Subject: first\r\n\r\n"))
     await asyncio.sleep(0.1)
