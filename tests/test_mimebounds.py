@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from mailledger.capture import mimebounds
 
 
-def test_lines_are_split_lines() -> None:
+def test_lines_are_split_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(5)
+    monkeypatch.setattr(mimebounds, "SPLIT_BYTES", 10)  # both ways of reading are used
     pieces = [b"a", b"\r", b"\n", b"\r\n", b"--b", b" ", b""]
     for _ in range(2000):
         raw = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 30)))

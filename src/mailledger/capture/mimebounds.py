@@ -8,7 +8,7 @@ stack of open multipart boundaries: linear time, constant recursion.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 _CONTENT_TYPE = re.compile(rb"^content-type[ \t]*:", re.IGNORECASE)
@@ -46,11 +46,21 @@ def _header_block_boundary(lines: list[bytes]) -> bytes | None:
     return found.group(1) or found.group(2)
 
 
-def _lines(raw: bytes) -> Iterator[bytes]:
-    """The lines of ``raw`` without their CR LF, one at a time.
+SPLIT_BYTES = 256 * 1024  # above this, lines are read one at a time
 
-    ``raw.split`` would hold every line of a 10 MB message at once, about 15 MB more.
+
+def _lines(raw: bytes) -> Iterable[bytes]:
+    """The lines of ``raw`` without their CR LF.
+
+    Split at once for everyday sizes (twice as fast), one at a time for big messages: the
+    split would hold every line of a 10 MB message at once, about 15 MB more.
     """
+    if len(raw) <= SPLIT_BYTES:
+        return [line.rstrip(b"\r") for line in raw.split(b"\n")]
+    return _each_line(raw)
+
+
+def _each_line(raw: bytes) -> Iterator[bytes]:
     start = 0
     while True:
         end = raw.find(b"\n", start)
