@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Select, bindparam, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,6 +54,14 @@ _ROUTE_GATEWAYS = (
     .join(Tenant, Tenant.id == MessageRoute.tenant_id)
     .where(MessageRoute.message_id == bindparam("id"))
 )
+
+
+def _claimable(now: datetime) -> Select[int]:
+    """Messages waiting for processing whose claim, if any, has lapsed."""
+    return select(ReceivedMessage.id).where(
+        ReceivedMessage.state == MessageState.RECEIVED,
+        or_(ReceivedMessage.claim_expires_at.is_(None), ReceivedMessage.claim_expires_at < now),
+    )
 
 
 class Worker:
@@ -112,19 +120,14 @@ class Worker:
         settings = self._settings.processing
         now = utcnow()
         expires = now + timedelta(seconds=settings.lease_seconds)
+        with self._sessions() as session:
+            # A reader looks first: each idle poll of each process would take SQLite's
+            # write lock for nothing.
+            read_only(session)
+            if session.scalar(_claimable(now).limit(1)) is None:
+                return []
         with self._sessions.begin() as session:
-            query = (
-                select(ReceivedMessage.id)
-                .where(
-                    ReceivedMessage.state == MessageState.RECEIVED,
-                    or_(
-                        ReceivedMessage.claim_expires_at.is_(None),
-                        ReceivedMessage.claim_expires_at < now,
-                    ),
-                )
-                .order_by(ReceivedMessage.id)
-                .limit(settings.batch_size)
-            )
+            query = _claimable(now).order_by(ReceivedMessage.id).limit(settings.batch_size)
             if is_postgres(session.get_bind().engine):
                 query = query.with_for_update(skip_locked=True)
             ids = list(session.scalars(query))
