@@ -292,6 +292,25 @@ class Resolver:
         text = _name_text(qname)
         return _Question(qname, kind, (text, int(kind)), text, type_text)
 
+    def _to_ask(self, name: str, rdtype: str | int) -> _Question | DNSResult:
+        """The question to send, or the result already known without sending one.
+
+        Known: a malformed name or type, a cached answer, or no usable resolver configuration.
+        """
+        q = self._question(name, rdtype)
+        if isinstance(q, DNSResult):
+            return q
+        cached = self._cache.get(q.key)
+        if cached is not None:
+            return cached
+        if self._config_error:
+            return DNSResult(q.name, q.type_text, "temperror", detail=self._config_error)
+        return q
+
+    def _keep(self, q: _Question, result: DNSResult) -> DNSResult:
+        self._cache.put(q.key, result)
+        return result
+
     def _lifetime(self, lifetime: float | None) -> float:
         if lifetime is None:
             return self.timeout_seconds
@@ -301,14 +320,9 @@ class Resolver:
         self, name: str, rdtype: str | int, *, lifetime: float | None = None
     ) -> DNSResult:
         """Blocking lookup, for pyspf, dkimpy and other code already in a worker thread."""
-        q = self._question(name, rdtype)
+        q = self._to_ask(name, rdtype)
         if isinstance(q, DNSResult):
             return q
-        cached = self._cache.get(q.key)
-        if cached is not None:
-            return cached
-        if self._config_error:
-            return DNSResult(q.name, q.type_text, "temperror", detail=self._config_error)
         try:
             answer = self._sync.resolve(
                 q.qname,
@@ -318,24 +332,16 @@ class Resolver:
                 search=False,
             )
         except (dns.exception.DNSException, OSError) as exc:
-            result = self._from_exception(q, exc)
-        else:
-            result = self._from_answer(q, answer)
-        self._cache.put(q.key, result)
-        return result
+            return self._keep(q, self._from_exception(q, exc))
+        return self._keep(q, self._from_answer(q, answer))
 
     async def query(
         self, name: str, rdtype: str | int, *, lifetime: float | None = None
     ) -> DNSResult:
         """Lookup on the running event loop; shares the cache with :meth:`query_sync`."""
-        q = self._question(name, rdtype)
+        q = self._to_ask(name, rdtype)
         if isinstance(q, DNSResult):
             return q
-        cached = self._cache.get(q.key)
-        if cached is not None:
-            return cached
-        if self._config_error:
-            return DNSResult(q.name, q.type_text, "temperror", detail=self._config_error)
         try:
             answer = await self._async.resolve(
                 q.qname,
@@ -345,11 +351,8 @@ class Resolver:
                 search=False,
             )
         except (dns.exception.DNSException, OSError) as exc:
-            result = self._from_exception(q, exc)
-        else:
-            result = self._from_answer(q, answer)
-        self._cache.put(q.key, result)
-        return result
+            return self._keep(q, self._from_exception(q, exc))
+        return self._keep(q, self._from_answer(q, answer))
 
     async def txt(self, name: str) -> DNSResult:
         """TXT records of ``name``, each one joined into a single string."""
