@@ -367,42 +367,34 @@ def _summary(
     return out
 
 
+def _table_row(label: str, b: dict[str, Any], f: dict[str, Any]) -> list[Any]:
+    """One phase of the table: the bare server's figures beside the full path's."""
+    return [
+        label,
+        b["msgs_per_s"],
+        f["msgs_per_s"],
+        f["intake_msgs_per_s"],
+        ratio(f["msgs_per_s"], b["msgs_per_s"]),
+        b["cpu_ms_per_msg"],
+        f["cpu_ms_per_msg"],
+        f"{b['accept_ms']['p50']}/{b['accept_ms']['p99']}",
+        f"{f['accept_ms']['p50']}/{f['accept_ms']['p95']}/{f['accept_ms']['p99']}",
+        f"{f['activity_ms']['p50']}/{f['activity_ms']['p95']}/{f['activity_ms']['p99']}",
+        f["rss_growth_mb"],
+    ]
+
+
 def _render(report: dict[str, Any]) -> str:
-    rows = []
-    for row in report["sessions"]:
-        b, f = row["bare"], row["full"]
-        rows.append(
-            [
-                f"{f['sessions']} sessions, {f['bytes'] // KB} KB",
-                b["msgs_per_s"],
-                f["msgs_per_s"],
-                f["intake_msgs_per_s"],
-                ratio(f["msgs_per_s"], b["msgs_per_s"]),
-                b["cpu_ms_per_msg"],
-                f["cpu_ms_per_msg"],
-                f"{b['accept_ms']['p50']}/{b['accept_ms']['p99']}",
-                f"{f['accept_ms']['p50']}/{f['accept_ms']['p95']}/{f['accept_ms']['p99']}",
-                f"{f['activity_ms']['p50']}/{f['activity_ms']['p95']}/{f['activity_ms']['p99']}",
-                f["rss_growth_mb"],
-            ]
+    rows = [
+        _table_row(
+            f"{r['full']['sessions']} sessions, {r['full']['bytes'] // KB} KB", r["bare"], r["full"]
         )
-    for row in report["sizes"]:
-        b, f = row["bare"], row["full"]
-        rows.append(
-            [
-                f"1 session, {row['size'] // KB} KB",
-                b["msgs_per_s"],
-                f["msgs_per_s"],
-                f["intake_msgs_per_s"],
-                ratio(f["msgs_per_s"], b["msgs_per_s"]),
-                b["cpu_ms_per_msg"],
-                f["cpu_ms_per_msg"],
-                f"{b['accept_ms']['p50']}/{b['accept_ms']['p99']}",
-                f"{f['accept_ms']['p50']}/{f['accept_ms']['p95']}/{f['accept_ms']['p99']}",
-                f"{f['activity_ms']['p50']}/{f['activity_ms']['p95']}/{f['activity_ms']['p99']}",
-                f["rss_growth_mb"],
-            ]
-        )
+        for r in report["sessions"]
+    ]
+    rows += [
+        _table_row(f"1 session, {r['size'] // KB} KB", r["bare"], r["full"])
+        for r in report["sizes"]
+    ]
     header = [
         "phase",
         "bare msg/s",
