@@ -247,24 +247,17 @@ def claim_due(
 
 def renew(session: Session, ids: Iterable[int], *, owner: str, lease_seconds: float) -> int:
     """Extend this owner's leases on rows still being delivered; returns how many it kept."""
-    wanted = list(ids)
-    if not wanted:
-        return 0
-    result = session.execute(
-        update(OutboundMessage)
-        .where(
-            OutboundMessage.id.in_(wanted),
-            OutboundMessage.claimed_by == owner,
-            OutboundMessage.state == OutboundState.QUEUED,
-        )
-        .values(claim_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
+    expires = utcnow() + timedelta(seconds=lease_seconds)
+    return _update_own_queued(session, ids, owner, claim_expires_at=expires)
 
 
 def release(session: Session, ids: Iterable[int], *, owner: str) -> int:
     """Hand rows back unfinished (shutdown): due at once, for this node or another."""
+    return _update_own_queued(session, ids, owner, claimed_by=None, claim_expires_at=None)
+
+
+def _update_own_queued(session: Session, ids: Iterable[int], owner: str, **values: object) -> int:
+    """Set ``values`` on those of ``ids`` this owner still holds queued; how many there were."""
     wanted = list(ids)
     if not wanted:
         return 0
@@ -275,7 +268,7 @@ def release(session: Session, ids: Iterable[int], *, owner: str) -> int:
             OutboundMessage.claimed_by == owner,
             OutboundMessage.state == OutboundState.QUEUED,
         )
-        .values(claimed_by=None, claim_expires_at=None)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
