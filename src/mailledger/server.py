@@ -40,8 +40,7 @@ from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.freespace import FreeSpaceGuard, storage_paths
 
 log = get_logger("mailledger.server")  # not "__main__" under python -m
-INTAKE_LOCK_POLL = 0.001  # seconds between tries for the write lock at most
-SERVER_LOCK_POLL = 0.002
+LOCK_POLL = 0.001  # seconds between tries for the write lock at most
 
 Ready = Callable[[list[tuple[str, int]]], None]
 
@@ -60,11 +59,12 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
     """
     stop_event = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
-    # The server's own writers answer clients too (submission's 250) or keep mail moving
-    # (delivery): they also take SQLite's write lock by trying often, while the processing
-    # processes keep SQLite's backoff and so give way to them.
+    # The server's writers answer waiting clients (intake's and submission's 250) or keep mail
+    # moving (delivery): they take SQLite's write lock as soon as it is free instead of backing
+    # off (store.engine._begin_immediate); processing processes keep SQLite's backoff and so
+    # give way to them.
     engine = make_engine(
-        settings.database.url, echo=settings.database.echo, lock_poll_seconds=SERVER_LOCK_POLL
+        settings.database.url, echo=settings.database.echo, lock_poll_seconds=LOCK_POLL
     )
     sessions = make_sessionmaker(engine)
     blobs = BlobStore(settings.storage.blob_dir)
@@ -78,12 +78,7 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         worker = WorkerProcesses(settings, settings.processing.worker_processes)
     else:
         worker = Worker(sessions, blobs, settings, metrics=metrics)
-    # Intake's commits answer waiting clients: they take SQLite's write lock as soon as it is
-    # free instead of backing off behind processing (see store.engine._begin_immediate).
-    intake_engine = make_engine(
-        settings.database.url, echo=settings.database.echo, lock_poll_seconds=INTAKE_LOCK_POLL
-    )
-    intake = Intake(make_sessionmaker(intake_engine), blobs, on_stored=worker.wake, space=guard)
+    intake = Intake(sessions, blobs, on_stored=worker.wake, space=guard)
     router = RecipientRouter(sessions, max_local_part_bytes=settings.capture.max_local_part_bytes)
     handler = CaptureHandler(router, intake, settings.capture, metrics)
     runtime = ServiceRuntime(
@@ -159,7 +154,6 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
                 await task
         await runtime.stop()
         engine.dispose()
-        intake_engine.dispose()
         log.info("stopped")
 
 
