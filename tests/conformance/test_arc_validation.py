@@ -1,9 +1,11 @@
 """The ValiMail ARC validation suite through dkimpy, with keys served by our DNS server.
 
-Each scenario's ``txt-records`` are published on a real DNS server on 127.0.0.1 and
-``dkim.arc_verify`` fetches them only through ``Resolver.dkim_dnsfunc``. The expected chain
-validation status ``cv`` is Pass, Fail or None; an empty ``cv`` is a chain that an earlier
-sealer already reported as failed, which dkimpy returns as ``None`` (no status to seal).
+Each scenario's ``txt-records`` are published on a real DNS server on 127.0.0.1 and fetched
+only through ``Resolver.dkim_dnsfunc``. Both dkimpy's own ``arc_verify`` and our
+``verify_arc`` (dkimpy with the body hashed by ``bodyhash``) must reach the suite's status.
+The expected chain validation status ``cv`` is Pass, Fail or None; an empty ``cv`` is a chain
+that an earlier sealer already reported as failed, which dkimpy returns as ``None`` (no status
+to seal) and ``verify_arc`` as fail.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 from mailledger.dns.resolver import Resolver
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.vectors import suite_cases
+from mailledger.verify.signatures import verify_arc
 
 SUITE = "arc/arc-draft-validation-tests.yml"
 
@@ -37,7 +40,7 @@ def _cv_text(cv: bytes | None) -> str:
 def test_arc_validation(
     case: tuple[int, dict[str, Any], dict[str, Any]], servers: dict[int, DNSServer]
 ) -> None:
-    """dkimpy, fetching keys through our resolver, reaches the suite's chain status."""
+    """dkimpy and verify_arc, fetching keys through our resolver, reach the suite's status."""
     index, scenario, test = case
     server = servers.get(index)
     if server is None:
@@ -49,3 +52,5 @@ def test_arc_validation(
     cv, _results, reason = dkim.arc_verify(message, dnsfunc=resolver.dkim_dnsfunc)
     expected = str(test["cv"]).strip().lower()
     assert _cv_text(cv) == expected, reason
+    ours = verify_arc(message, resolver.dkim_dnsfunc)
+    assert ours.result == (expected or "fail"), ours.reason

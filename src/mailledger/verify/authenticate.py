@@ -26,7 +26,7 @@ from mailledger.verify.results import (
     DMARCResult,
     SPFResult,
 )
-from mailledger.verify.signatures import verify_arc, verify_dkim
+from mailledger.verify.signatures import signed_message, verify_arc, verify_dkim
 
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mailledger-auth")
 _PREPARED_LIMIT = 1024  # outcomes computed ahead of processing, waiting to be used
@@ -109,8 +109,9 @@ class Authenticator:
     ) -> AuthOutcome:
         """Every check, blocking; call from a worker thread (see ``authenticate``)."""
         spf_result, helo_result = self._spf(peer_address(peer), mail_from, helo)
-        dkim_results = verify_dkim(raw, self.resolver.dkim_dnsfunc)
-        arc_result = verify_arc(raw, self.resolver.dkim_dnsfunc)
+        signed = signed_message(raw)
+        dkim_results = verify_dkim(signed, self.resolver.dkim_dnsfunc)
+        arc_result = verify_arc(signed, self.resolver.dkim_dnsfunc)
         dmarc_result = dmarc.evaluate(from_domain, spf_result, dkim_results, self._txt)
         return AuthOutcome(spf_result, helo_result, dkim_results, arc_result, dmarc_result)
 

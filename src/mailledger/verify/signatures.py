@@ -3,18 +3,25 @@
 dkimpy blocks on DNS, so these run in a worker thread. Every signature is checked, not just
 the first: a forwarded message carries the author's signature and the forwarder's, and the
 trust rules look at each (DESIGN §4).
+
+dkimpy is given the header section only; body hashes come from ``bodyhash``, which reads the
+body in pieces and hashes each canonicalization once for all of a message's signatures.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 
 from mailledger.dns.resolver import DNSTempError
 from mailledger.verify import dkimfast
+from mailledger.verify.bodyhash import BodyHashes, body_start
 from mailledger.verify.results import FAIL, NONE, PASS, PERMERROR, TEMPERROR, ARCResult, DKIMResult
 
 # dkimpy's DNS hook: TXT text for a name, or None when there is none.
@@ -25,19 +32,83 @@ MIN_KEY_BITS = 1024  # RFC 8301 §3.2
 dkimfast.install()
 
 
+@dataclass(frozen=True)
+class SignedMessage:
+    """A message split once for every signature check: dkimpy's header section, our body hashes."""
+
+    headers: bytes
+    body: BodyHashes
+
+
+def signed_message(raw: bytes) -> SignedMessage:
+    """Split ``raw`` for ``verify_dkim`` and ``verify_arc``; their body hashes are shared."""
+    start = body_start(raw)
+    return SignedMessage(raw[:start], BodyHashes(raw, start))
+
+
+class _HashedBody:
+    """dkimpy's signature check with the body hash taken from ``BodyHashes``.
+
+    dkimpy holds only the header section (its body is empty). A signature's ``bh=`` is compared
+    here, with dkimpy's own error; dkimpy then checks the header hash and the signature with
+    ``bh=`` left out of the fields it would compare against its empty body. Fields dkimpy
+    rejects (an unknown ``c=`` or ``a=``) go to dkimpy unchanged, for its own error.
+    """
+
+    body_hashes: BodyHashes
+    tlsrpt: Any
+
+    def verify_sig_process(
+        self, sig: dict[bytes, bytes], include_headers: Any, sig_header: Any, dnsfunc: Any
+    ) -> Any:
+        if b"bh" in sig and self._body_matches(sig):
+            sig = {name: value for name, value in sig.items() if name != b"bh"}
+        return super().verify_sig_process(  # type: ignore[misc]
+            sig, include_headers, sig_header, dnsfunc
+        )
+
+    def _body_matches(self, sig: dict[bytes, bytes]) -> bool:
+        """True when ``bh=`` is right; raises dkimpy's error when it is not."""
+        try:
+            policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
+        except InvalidCanonicalizationPolicyError:
+            return False
+        hasher = dkim.HASH_ALGORITHMS.get(sig.get(b"a", b""))
+        if hasher is None:
+            return False
+        limit = int(sig[b"l"]) if b"l" in sig and not self.tlsrpt else None
+        digest = self.body_hashes.digest(policy.body_algorithm.name, hasher().name, limit)
+        try:
+            expected = base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]))
+        except TypeError as exc:
+            raise dkim.MessageFormatError(str(exc)) from exc
+        if digest != expected:
+            raise dkim.ValidationError(
+                f"body hash mismatch (got {base64.b64encode(digest)!r}, expected {sig[b'bh']!r})"
+            )
+        return True
+
+
+class _DKIM(_HashedBody, dkim.DKIM):  # type: ignore[misc]
+    pass
+
+
+class _ARC(_HashedBody, dkim.ARC):  # type: ignore[misc]
+    pass
+
+
 def _tag(sig: dict[bytes, bytes], name: bytes) -> str:
     return sig.get(name, b"").decode("ascii", "replace").strip()
 
 
-def _covers_body(signer: dkim.DKIM, sig: dict[bytes, bytes]) -> bool:
+def _covers_body(body: BodyHashes, sig: dict[bytes, bytes]) -> bool:
     """Whether the signature's l= (if any) reaches the end of the canonicalized body."""
     length = sig.get(b"l")
     if length is None:
         return True
     try:
         policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
-        body = policy.canonicalize_body(signer.body)
-        return int(length) >= len(body)
+        return int(length) >= body.length(policy.body_algorithm.name)
     except (InvalidCanonicalizationPolicyError, ValueError):
         return False
 
@@ -46,11 +117,17 @@ def _signature_count(signer: dkim.DKIM) -> int:
     return sum(1 for name, _ in signer.headers if name.lower() == b"dkim-signature")
 
 
-def verify_dkim(raw: bytes, dnsfunc: DNSFunc) -> tuple[DKIMResult, ...]:
+def _split(message: bytes | SignedMessage) -> SignedMessage:
+    return message if isinstance(message, SignedMessage) else signed_message(message)
+
+
+def verify_dkim(message: bytes | SignedMessage, dnsfunc: DNSFunc) -> tuple[DKIMResult, ...]:
     """The verdict of every DKIM signature, in header order (topmost first)."""
+    split = _split(message)
     try:
-        signer = dkim.DKIM(raw, minkey=MIN_KEY_BITS)
-    except dkim.DKIMException as exc:
+        signer = _DKIM(split.headers, minkey=MIN_KEY_BITS)
+        signer.body_hashes = split.body
+    except (dkim.DKIMException, IndexError) as exc:  # IndexError: a folded first line
         return (DKIMResult(PERMERROR, "", reason=f"unparseable message: {exc}"),)
     results = []
     for index in range(min(_signature_count(signer), MAX_SIGNATURES)):
@@ -76,7 +153,7 @@ def verify_dkim(raw: bytes, dnsfunc: DNSFunc) -> tuple[DKIMResult, ...]:
             result, reason = PERMERROR, error
         else:
             result, reason = FAIL, error or "signature did not verify"
-        covers = _covers_body(signer, sig) if sig else True
+        covers = _covers_body(split.body, sig) if sig else True
         if result == PASS and not covers:
             reason = "l= does not cover the whole body"
         results.append(DKIMResult(result, domain, selector, algorithm, covers, reason[:200]))
@@ -116,14 +193,18 @@ def _newest_ams_headers(signer: dkim.DomainSigner) -> tuple[str, ...]:
     return names
 
 
-def verify_arc(raw: bytes, dnsfunc: DNSFunc) -> ARCResult:
+def verify_arc(message: bytes | SignedMessage, dnsfunc: DNSFunc) -> ARCResult:
     """The ARC chain's validation (RFC 8617 §5.2) with each instance's sealer and results."""
+    split = _split(message)
     try:
         # dkimpy's arc_verify, keeping the parsed message for the AMS header list below.
-        arc = dkim.ARC(raw, minkey=MIN_KEY_BITS)
+        arc = _ARC(split.headers, minkey=MIN_KEY_BITS)
+        arc.body_hashes = split.body
         cv, instances, reason = arc.verify(dnsfunc=dnsfunc)
     except DNSTempError as exc:
         return ARCResult(TEMPERROR, reason=f"temperror: {exc}")
+    except IndexError:  # dkimpy's parser on a folded first line
+        cv, instances, reason = dkim.CV_Fail, [], "unparseable message"
     except dkim.DKIMException as exc:
         cv, instances, reason = dkim.CV_Fail, [], str(exc)
     word = cv.decode("ascii").lower() if isinstance(cv, bytes) else (FAIL if cv is None else NONE)
