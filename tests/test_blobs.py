@@ -74,3 +74,13 @@ def test_put_many_reports_each_failure_on_its_own_blob(
     assert isinstance(again[0], BlobStoreError)
     with pytest.raises(BlobStoreError):
         store.put(b"third\r\n")
+
+
+def test_put_pieces_stores_the_pieces_as_one_blob(tmp_path: Path) -> None:
+    """A stamped copy is a new header and a view of the body: the same blob as the joined bytes."""
+    blobs = BlobStore(tmp_path)
+    body = bytes(range(256)) * 1000
+    digest = blobs.put_pieces((b"X-Stamp: 1\r\n", memoryview(body)[10:]))
+    assert digest == blobs.put(b"X-Stamp: 1\r\n" + body[10:])
+    assert blobs.get(digest) == b"X-Stamp: 1\r\n" + body[10:]
+    assert [p.name for p in tmp_path.rglob(".tmp-*")] == []

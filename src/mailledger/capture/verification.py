@@ -114,4 +114,4 @@ class MessageAuth:
             return self._message.blob
         if self._stamped is not None:
             return self._stamped  # written ahead, from the same prepared verdicts
-        return self._blobs.put(stamp(self._raw, self._authenticator.authserv_id, self._own))
+        return self._blobs.put_pieces(stamp(self._raw, self._authenticator.authserv_id, self._own))

@@ -227,7 +227,7 @@ class Worker:
             from_domain=sender.domain,
         )
         stamped = stamp(prepared.raw, self._authenticator.authserv_id, outcome)
-        return replace(prepared, stamped=self._blobs.put(stamped))
+        return replace(prepared, stamped=self._blobs.put_pieces(stamped))
 
     def _fail(self, session: Session, message: ReceivedMessage, reason: str) -> None:
         message.state = MessageState.FAILED

@@ -46,10 +46,18 @@ class BlobStore:
 
     def put(self, data: bytes) -> str:
         """Store ``data`` durably and return its digest; storing the same bytes twice is free."""
-        result = self.put_many([data])[0]
-        if isinstance(result, BlobStoreError):
-            raise result
-        return result
+        return self.put_pieces((data,))
+
+    def put_pieces(self, pieces: Sequence[bytes | memoryview]) -> str:
+        """Store the pieces, one after another, as one blob: no joined copy of a large message."""
+        try:
+            digest, directory, created = self._place(pieces)
+            _fsync_dir(directory)
+            if created:
+                _fsync_dir(self._root)
+        except OSError as exc:
+            raise self._error(exc) from exc
+        return digest
 
     def put_many(self, blobs: Sequence[bytes]) -> list[str | BlobStoreError]:
         """Store every blob durably; per blob, its digest or why it could not be stored.
@@ -91,16 +99,19 @@ class BlobStore:
 
     def _try_place(self, data: bytes) -> tuple[str, str, bool] | OSError:
         try:
-            return self._place(data)
+            return self._place((data,))
         except OSError as exc:
             return exc
 
-    def _place(self, data: bytes) -> tuple[str, str, bool]:
+    def _place(self, pieces: Sequence[bytes | memoryview]) -> tuple[str, str, bool]:
         """Write one blob under its final name (fsynced, not yet its directory).
 
         Returns the digest, the directory to fsync, and whether that directory was created.
         """
-        digest = hashlib.sha256(data).hexdigest()
+        hasher = hashlib.sha256()
+        for piece in pieces:
+            hasher.update(piece)
+        digest = hasher.hexdigest()
         directory = self.root / digest[:2]
         target = directory / digest
         if target.exists():
@@ -113,9 +124,10 @@ class BlobStore:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                for piece in pieces:
+                    view = memoryview(piece)
+                    while view:
+                        view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -67,34 +67,38 @@ def _field_authserv_id(value: bytes) -> str:
     return head[0].lower() if head else ""
 
 
-def strip_our_headers(raw: bytes, authserv_id: str) -> tuple[bytes, int]:
-    """Remove Authentication-Results fields that claim our authserv-id."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        return raw, 0
+def _without_our_fields(raw: bytes, authserv_id: str) -> tuple[bytes, int]:
+    """The header section through its empty line, less the fields claiming our authserv-id,
+    and where the body starts. A message without an empty line is kept whole, as body."""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return b"", 0
     fields: list[list[bytes]] = []
-    for line in head.split(b"\r\n"):
+    for line in raw[:end].split(b"\r\n"):
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1].append(line)
         else:
             fields.append([line])
     kept: list[bytes] = []
-    removed = 0
     ours = authserv_id.lower()
     for lines in fields:
         if _AR_FIELD.match(lines[0]):
             value = b" ".join(lines).split(b":", 1)[1]
             if _field_authserv_id(value) == ours:
-                removed += 1
                 continue
         kept.extend(lines)
-    return b"\r\n".join(kept) + sep + body, removed
+    return b"\r\n".join(kept) + b"\r\n\r\n", end + 4
 
 
-def stamp(raw: bytes, authserv_id: str, auth: AuthOutcome) -> bytes:
-    """The copy we keep for users: forged headers of ours removed, our verdict on top."""
-    cleaned, _ = strip_our_headers(raw, authserv_id)
-    return build_header(authserv_id, auth).encode("utf-8") + b"\r\n" + cleaned
+def stamp(raw: bytes, authserv_id: str, auth: AuthOutcome) -> tuple[bytes, memoryview]:
+    """The copy we keep for users: forged headers of ours removed, our verdict on top.
+
+    In two pieces to store one after the other (``BlobStore.put_pieces``): the new header
+    section, and the body as a view of ``raw``, so a large message is not copied whole.
+    """
+    head, start = _without_our_fields(raw, authserv_id)
+    ours = build_header(authserv_id, auth).encode("utf-8") + b"\r\n"
+    return ours + head, memoryview(raw)[start:]
 
 
 def from_gateway(value: str, from_domain: str) -> AuthOutcome | None:
