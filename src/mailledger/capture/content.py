@@ -7,6 +7,7 @@ tricks are removed before anything is stored for a browser to show.
 
 from __future__ import annotations
 
+import binascii
 import html as html_entities
 import re
 from dataclasses import dataclass, field
@@ -17,17 +18,24 @@ import nh3
 MAX_FILENAME_CHARS = 255
 _CID = re.compile(r"""cid:([^"'\s>)]+)""", re.IGNORECASE)
 _SAFE_SCHEMES = {"http", "https", "mailto", "tel", "cid", "data"}
+# Base64 payloads longer than this are decoded a slice at a time (``_base64_pieces``).
+SLICE_CHARS = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """One file of the email."""
+    """One file of the email; its decoded bytes in pieces, to store one after another."""
 
     filename: str
     content_type: str
-    payload: bytes = field(repr=False)
+    pieces: tuple[bytes, ...] = field(repr=False)
     content_id: str
     inline: bool
+
+    @property
+    def size(self) -> int:
+        """The decoded size in bytes."""
+        return sum(map(len, self.pieces))
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,51 @@ def _decode_text(part: Message) -> str:
         return payload.decode(charset, "replace")
     except LookupError:  # an unknown charset name
         return payload.decode("utf-8", "replace")
+
+
+def _base64_pieces(payload: str) -> tuple[bytes, ...] | None:
+    """``get_payload(decode=True)`` of a base64 part, a slice at a time; None: decode it whole.
+
+    The email package joins the payload's lines into one more copy and decodes that: for a
+    10 MB attachment about 35 MB at once. Base64 decodes four characters at a time, so slices
+    cut at a multiple of four decode to the same bytes. This takes only the package's strict
+    path (alphabet only, padding at the very end, with the padding it would add); anything
+    its lenient paths would have to repair gets None, and the caller decodes it as before.
+    """
+    pieces: list[bytes] = []
+    carry = b""
+    for start in range(0, len(payload), SLICE_CHARS):
+        try:
+            encoded = payload[start : start + SLICE_CHARS].encode("ascii", "surrogateescape")
+        except UnicodeEncodeError:
+            return None
+        chunk = carry + encoded.translate(None, b"\r\n")
+        if start + SLICE_CHARS < len(payload):
+            cut = len(chunk) - len(chunk) % 4
+            chunk, carry = chunk[:cut], chunk[cut:]
+            if b"=" in chunk:
+                return None  # padding before the end: the strict path refuses it
+        else:
+            chunk += b"==="[: 4 - len(chunk) % 4] if len(chunk) % 4 else b""
+        try:
+            pieces.append(binascii.a2b_base64(chunk, strict_mode=True))
+        except binascii.Error:
+            return None
+    return tuple(pieces)
+
+
+def _decoded(part: Message) -> tuple[bytes, ...]:
+    """A leaf's decoded bytes, in pieces."""
+    payload = part.get_payload()
+    cte = str(part.get("content-transfer-encoding", "")).lower()
+    if cte == "base64" and isinstance(payload, str) and len(payload) > SLICE_CHARS:
+        pieces = _base64_pieces(payload)
+        if pieces is not None:
+            return pieces
+    decoded = part.get_payload(decode=True)
+    if not isinstance(decoded, bytes):
+        decoded = str(payload).encode("utf-8", "surrogateescape")
+    return (decoded,)
 
 
 def _filename(part: Message) -> str:
@@ -106,15 +159,12 @@ def extract_body(message: Message) -> Body:
     referenced = {cid.strip("<>").lower() for cid in _CID.findall(html)}
     parts = []
     for leaf in leaves:
-        payload = leaf.get_payload(decode=True)
-        if not isinstance(payload, bytes):
-            payload = str(leaf.get_payload()).encode("utf-8", "surrogateescape")
         content_id = str(leaf.get("Content-ID", "")).strip().strip("<>")
         parts.append(
             Part(
                 filename=_filename(leaf),
                 content_type=leaf.get_content_type(),
-                payload=payload,
+                pieces=_decoded(leaf),
                 content_id=content_id,
                 inline=bool(content_id) and content_id.lower() in referenced,
             )

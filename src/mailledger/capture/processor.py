@@ -697,8 +697,8 @@ class RouteStep:
                 "activity_id": activity,
                 "filename": part.filename,
                 "content_type": part.content_type[:255],
-                "size": len(part.payload),
-                "blob": self.blobs.put(part.payload),
+                "size": part.size,
+                "blob": self.blobs.put_pieces(part.pieces),
                 "content_id": part.content_id[:255],
                 "inline": part.inline,
             }
