@@ -67,13 +67,19 @@ def hwm_bytes(pid: int) -> int:
 
 
 class RSSSampler:
-    """Samples a process tree's RSS every few milliseconds and keeps the peak."""
+    """Samples a process tree's RSS every few milliseconds and keeps the peak.
+
+    ``peak`` is the most the whole tree held at one moment: the server's memory. ``hwm_sum``
+    adds up each process's own peak (VmHWM) even when they came at different moments, so it
+    is an upper bound, exact for spikes too short to sample.
+    """
 
     def __init__(self, pid: int, interval: float = 0.005) -> None:
         self.pid = pid
         self.interval = interval
         self.baseline = rss_bytes(pid)
         self.peak = self.baseline
+        self.hwm_sum = self.baseline
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -94,4 +100,5 @@ class RSSSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss_bytes(self.pid), hwm_bytes(self.pid))
+        self.peak = max(self.peak, rss_bytes(self.pid))
+        self.hwm_sum = max(self.peak, hwm_bytes(self.pid))

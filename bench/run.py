@@ -212,6 +212,7 @@ def _phase(
     out["rss_baseline_mb"] = round(rss.baseline / MB, 1)
     out["rss_peak_mb"] = round(rss.peak / MB, 1)
     out["rss_growth_mb"] = round((rss.peak - rss.baseline) / MB, 1)
+    out["rss_hwm_sum_growth_mb"] = round((rss.hwm_sum - rss.baseline) / MB, 1)
     return out
 
 
@@ -352,6 +353,10 @@ def _summary(
         "rss_growth_10mb_ratio": (
             ratio(ten["full"]["rss_growth_mb"] * MB, ten["size"]) if ten else None
         ),
+        # Each process's own peak added up: an upper bound on the figure above.
+        "rss_hwm_sum_10mb_ratio": (
+            ratio(ten["full"]["rss_hwm_sum_growth_mb"] * MB, ten["size"]) if ten else None
+        ),
         "sessions": sessions_rows,
         "sizes": size_rows,
         "relay": relay,
@@ -429,6 +434,7 @@ def _render(report: dict[str, Any]) -> str:
         "p99_activity_ms_50",
         "relay_ratio",
         "rss_growth_10mb_ratio",
+        "rss_hwm_sum_10mb_ratio",
     ):
         parts.append(f"{key} = {report[key]}")
     parts += [f"target {k}: {'met' if v else 'MISSED'}" for k, v in report["targets"].items()]

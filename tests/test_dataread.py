@@ -161,7 +161,7 @@ def test_scanner_drops_the_bytes_once_the_size_is_exceeded() -> None:
         scanner.feed(b"y" * 70 + b"\r\n")
     assert scanner.state is DataState.TOO_MUCH
     assert scanner.content() is None
-    assert len(scanner._data) == 0
+    assert scanner._runs == [] and len(scanner._tail) == 0
 
 
 @pytest.mark.parametrize(

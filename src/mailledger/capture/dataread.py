@@ -64,46 +64,49 @@ class DataScanner:
         self.size_limit = size_limit or 0  # 0 or None: no limit, as in aiosmtpd
         self.line_limit = line_limit
         self.state = DataState.NOMINAL
-        self._data = bytearray()  # every byte so far, while the state is nominal
-        self._checked = 0  # bytes of complete lines already checked
+        # Checked complete lines, as the runs of bytes they arrived in, and the bytes after
+        # them. A list, not one growing buffer: growing a 10 MB buffer copies it on the way,
+        # and joining once at the end is the only whole copy.
+        self._runs: list[bytes] = []
+        self._checked = 0  # bytes in _runs
+        self._tail = bytearray()  # bytes of a line not yet complete
 
     def feed(self, piece: bytes) -> None:
         """Take the next bytes of the data; bytes are dropped once the outcome is decided."""
         if self.state is not DataState.NOMINAL:
             return
-        self._data += piece
-        end = self._data.rfind(CRLF, self._checked)
+        self._tail += piece
+        end = self._tail.rfind(CRLF)
         if end >= 0:
             self._check_lines(end + 2)
         # An unfinished line longer than the stream limit is an overrun in aiosmtpd: the
         # line is too long before any of it is counted (a final CR may still pair with LF).
-        if (
-            self.state is DataState.NOMINAL
-            and len(self._data) - self._checked - 1 > self.line_limit
-        ):
+        if self.state is DataState.NOMINAL and len(self._tail) - 1 > self.line_limit:
             self._decide(DataState.TOO_LONG)
 
     def content(self) -> bytes | None:
         """The message with dot-stuffing removed, or None when it is refused (see ``state``)."""
         if self.state is not DataState.NOMINAL:
             return None
-        if self._checked != len(self._data):
+        if self._tail:
             raise ValueError("the data must end with CRLF before the terminator")
-        data = bytes(self._data)
-        self._data = bytearray()
+        data = self._runs[0] if len(self._runs) == 1 else b"".join(self._runs)
+        self._runs = []
         start = 1 if data.startswith(b".") else 0
         return data[start:].replace(b"\r\n.", CRLF) if start else data.replace(b"\r\n.", CRLF)
 
     def _check_lines(self, end: int) -> None:
-        """Check the complete lines up to ``end`` for length, then the total for size."""
-        start = self._checked
-        lines = bytes(self._data[start:end]).split(CRLF)
-        lines.pop()  # the region ends with CRLF: the last piece is empty
+        """Check the complete lines in the first ``end`` bytes of the tail, then the total."""
+        run = bytes(self._tail[:end])
+        lines = run.split(CRLF)
+        lines.pop()  # the run ends with CRLF: the last piece is empty
         if max(map(len, lines)) + 2 > self.line_limit:
-            self._first_long_line(start, lines)
+            self._first_long_line(self._checked, lines)
             return
-        self._checked = end
-        if self.size_limit and end > self.size_limit:
+        del self._tail[:end]
+        self._runs.append(run)
+        self._checked += end
+        if self.size_limit and self._checked > self.size_limit:
             self._decide(DataState.TOO_MUCH)
 
     def _first_long_line(self, offset: int, lines: list[bytes]) -> None:
@@ -126,7 +129,7 @@ class DataScanner:
 
     def _decide(self, state: DataState) -> None:
         self.state = state
-        self._data = bytearray()  # dropped at once, as aiosmtpd does
+        self._runs, self._tail = [], bytearray()  # dropped at once, as aiosmtpd does
 
 
 async def read_data(reader: asyncio.StreamReader, scanner: DataScanner) -> None:
