@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 
 import pytest
@@ -17,6 +18,7 @@ def test_lines_are_split_lines(monkeypatch: pytest.MonkeyPatch) -> None:
         raw = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 30)))
         expected = [line.rstrip(b"\r") for line in raw.split(b"\n")]
         assert list(mimebounds._lines(raw)) == expected, raw
+        assert list(mimebounds._lines(io.BytesIO(raw))) == expected, raw
 
 
 def test_nested_multiparts_are_measured() -> None:

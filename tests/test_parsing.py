@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import random
+from datetime import UTC, datetime
 from email import policy
 from email.message import Message
 from email.parser import BytesParser
+from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -46,3 +50,21 @@ def test_random_crlf_soup(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(parsing, "FEED_BYTES", rng.choice([1, 2, 5, 64]))
         expected = BytesParser(policy=policy.compat32).parsebytes(raw)
         assert parsing._parse_bytes(raw).as_bytes() == expected.as_bytes(), raw
+        assert parsing._parse_bytes(io.BytesIO(raw)).as_bytes() == expected.as_bytes(), raw
+
+
+def _facts_or_reason(source: bytes | BinaryIO) -> object:
+    when = datetime(2026, 11, 22, tzinfo=UTC)
+    try:
+        return parsing.parse_message(source, received_at=when, max_depth=1, max_parts=3)
+    except parsing.ParseFailure as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize("raw", [m for m in MESSAGES if m])
+def test_a_file_parses_as_its_bytes(raw: bytes, tmp_path: Path) -> None:
+    """Large messages are parsed from their file: the same facts, the same quarantine reasons."""
+    path = tmp_path / "message"
+    path.write_bytes(raw)
+    with path.open("rb") as stream:
+        assert _facts_or_reason(stream) == _facts_or_reason(raw)

@@ -7,6 +7,7 @@ trusted (the demo setting) so each test looks at one processing rule.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.capture import processor
 from mailledger.capture.processor import process_message
 from mailledger.capture.worker import Worker
 from mailledger.config import DNSSettings, Settings, VerifySettings
@@ -506,3 +508,22 @@ def test_mail_from_a_capture_address_is_a_loop(process: Process) -> None:
     """A From in our own capture domain is a loop or a forgery, not a client's mail."""
     message = process(make_email(sender="richard@acme.capture.example"))
     assert message.reason == "loop: From richard@acme.capture.example is a capture address"
+
+
+def test_large_messages_are_parsed_from_their_file(
+    process: Process,
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above the size where the file is parsed: the same activity, files and quarantines."""
+    monkeypatch.setattr(processor, "PARSE_FROM_FILE_BYTES", 0)
+    data = os.urandom(300_000)
+    message = process(make_email(attachments=[("quote.pdf", "application/pdf", data)]))
+    assert message.state is MessageState.PROCESSED, message.reason
+    [activity] = _activities(sessions)
+    [pdf] = activity.attachments
+    assert (pdf.size, blobs.get(pdf.blob)) == (len(data), data)
+    garbage = process(b"\xff\xfe garbage without headers\r\n\r\n--\r\n")
+    assert garbage.state is MessageState.QUARANTINED
+    assert garbage.reason.startswith("ambiguous-from")

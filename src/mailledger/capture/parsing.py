@@ -8,6 +8,7 @@ addresses go through ``routing.addresses`` only, so DMARC, matching and display 
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
+from typing import BinaryIO
 
 from mailledger.capture import mimebounds
 from mailledger.capture.content import Body, extract_body
@@ -115,7 +117,7 @@ def _date(message: Message, received_at: datetime) -> datetime | None:
 FEED_BYTES = 64 * 1024
 
 
-def _parse_bytes(raw: bytes) -> Message:
+def _parse_bytes(raw: bytes | BinaryIO) -> Message:
     """``BytesParser.parsebytes``, fed in slices: the same message, far less memory.
 
     ``parsebytes`` decodes the whole message into one string and wraps it in a ``StringIO``
@@ -123,19 +125,25 @@ def _parse_bytes(raw: bytes) -> Message:
     ASCII with surrogateescape decodes byte by byte, so slices decode to the same text.
     """
     parser = BytesFeedParser(policy=policy.compat32)
-    view = memoryview(raw)
-    for start in range(0, len(raw), FEED_BYTES):
-        parser.feed(bytes(view[start : start + FEED_BYTES]))
+    stream = io.BytesIO(raw) if isinstance(raw, bytes) else raw  # BytesIO shares the bytes
+    while piece := stream.read(FEED_BYTES):
+        parser.feed(piece)
     return parser.close()
 
 
 def parse_message(
-    raw: bytes, *, received_at: datetime, max_depth: int, max_parts: int
+    raw: bytes | BinaryIO, *, received_at: datetime, max_depth: int, max_parts: int
 ) -> ParsedMessage:
-    """Parse within the limits, or raise ParseFailure with the quarantine reason."""
+    """Parse within the limits, or raise ParseFailure with the quarantine reason.
+
+    ``raw`` may be a seekable file, read from its start: a large message is then never whole
+    in memory beside the parser's own copy of its text.
+    """
     reason = mimebounds.check(raw, max_depth=max_depth, max_parts=max_parts)
     if reason is not None:
         raise ParseFailure(reason)
+    if not isinstance(raw, bytes):
+        raw.seek(0)
     message = _parse_bytes(raw)
     from_values = _raw_values(message, "From")
     from_list = MailboxList((), ())

@@ -7,9 +7,10 @@ activity (new, or merged into the same email's activity) or a quarantine with it
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -170,13 +171,28 @@ class Prepared:
     stamped: str | None = None  # blob of the copy with our Authentication-Results
 
 
+# Messages larger than this are parsed from their file, then read whole.
+PARSE_FROM_FILE_BYTES = 1024 * 1024
+
+
 def prepare(blobs: BlobStore, blob: str, received_at: datetime, settings: Settings) -> Prepared:
-    """Read and parse a stored message, outside any transaction."""
-    raw = blobs.get(blob)
-    try:
-        return Prepared(raw, _parse_raw(raw, received_at, settings))
-    except Quarantine as exc:
-        return Prepared(raw, None, str(exc))
+    """Read and parse a stored message, outside any transaction.
+
+    A large message is parsed from its file and only then read into memory: at its peak the
+    parser holds the text and its lines, and the bytes need not be there beside them (about
+    10 MB less at the peak for a 10 MB message).
+    """
+    with blobs.open(blob) as stream:
+        large = os.fstat(stream.fileno()).st_size > PARSE_FROM_FILE_BYTES
+        raw = b"" if large else stream.read()
+        try:
+            parsed, failure = _parse_raw(stream if large else raw, received_at, settings), ""
+        except Quarantine as exc:
+            parsed, failure = None, str(exc)
+        if large:
+            stream.seek(0)
+            raw = stream.read()
+    return Prepared(raw, parsed, failure)
 
 
 class RetryLater(Exception):  # noqa: N818 - a decision to wait, not a fault
@@ -304,7 +320,7 @@ def _finish(message: ReceivedMessage, state: MessageState, reason: str) -> None:
     message.claim_expires_at = None
 
 
-def _parse_raw(raw: bytes, received_at: datetime, settings: Settings) -> ParsedMessage:
+def _parse_raw(raw: bytes | BinaryIO, received_at: datetime, settings: Settings) -> ParsedMessage:
     try:
         parsed = parse_message(
             raw,

@@ -9,14 +9,15 @@ journal commit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -146,6 +147,17 @@ class BlobStore:
         """The bytes of a stored blob."""
         try:
             return self.path(digest).read_bytes()
+        except OSError as exc:
+            raise BlobStoreError(exc.errno, f"blob {digest}: {exc.strerror}") from exc
+
+    @contextlib.contextmanager
+    def open(self, digest: str) -> Iterator[BinaryIO]:
+        """A stored blob as a file to read; failing to open or read it is a BlobStoreError."""
+        try:
+            with self.path(digest).open("rb") as stream:
+                yield stream
+        except BlobStoreError:
+            raise
         except OSError as exc:
             raise BlobStoreError(exc.errno, f"blob {digest}: {exc.strerror}") from exc
 
