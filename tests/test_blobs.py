@@ -84,3 +84,28 @@ def test_put_pieces_stores_the_pieces_as_one_blob(tmp_path: Path) -> None:
     assert digest == blobs.put(b"X-Stamp: 1\r\n" + body[10:])
     assert blobs.get(digest) == b"X-Stamp: 1\r\n" + body[10:]
     assert [p.name for p in tmp_path.rglob(".tmp-*")] == []
+
+
+def test_a_blob_file_is_stored_by_renaming_it(tmp_path: Path) -> None:
+    """A spooled DATA: written as it came, then fsynced and renamed to its digest."""
+    blobs = BlobStore(tmp_path)
+    file = blobs.new_file()
+    file.write(b"first part\r\n")
+    file.write(b"second part\r\n")
+    [digest] = blobs.put_many([file])
+    assert digest == hashlib.sha256(b"first part\r\nsecond part\r\n").hexdigest()
+    assert blobs.get(str(digest)) == b"first part\r\nsecond part\r\n"
+    again = blobs.new_file()
+    again.write(b"first part\r\nsecond part\r\n")
+    assert blobs.put_many([again]) == [digest]  # already there: the copy is removed
+    assert list(tmp_path.glob(".spool-*")) == []
+
+
+def test_sweep_removes_spool_files_a_crash_left(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    old, fresh = blobs.new_file(), blobs.new_file()
+    old.close()
+    fresh.close()
+    os.utime(old.path, (0, 0))
+    assert blobs.sweep_spool() == 1
+    assert list(tmp_path.glob(".spool-*")) == [fresh.path]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import re
 import ssl
 import subprocess
@@ -24,7 +25,7 @@ from mailledger.capture.protocol import rewrite_reply
 from mailledger.config import Settings
 from mailledger.demo import DemoAddresses
 from mailledger.routing.routes import RecipientRouter, Route
-from mailledger.store.blobs import BlobStore, BlobStoreError
+from mailledger.store.blobs import BlobFile, BlobStore, BlobStoreError
 from mailledger.store.models import MessageRoute, ReceivedMessage, RouteKind, TraceEntry
 from mailledger.testing.intake import hold_first_write
 from mailledger.testing.mail import make_email
@@ -624,3 +625,90 @@ async def test_starttls_only_with_a_certificate(
     assert row.helo == "client.test"
     # The capture listener takes no logins, with TLS or without.
     assert "auth" not in tx.esmtp_features
+
+
+FILLER = (b"f" * 998 + b"\r\n") * 1100  # past the spool threshold: the rest goes to disk
+
+
+def spool_files(settings: Settings) -> list[Path]:
+    return list(Path(settings.storage.blob_dir).glob(".spool-*"))
+
+
+async def test_large_message_is_spooled_and_stored_exactly(
+    settings: Settings,
+    demo: DemoAddresses,
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dot-stuffed lines before and after the spool starts come back exactly as sent."""
+    data = make_email(body="Hi\r\n.one dot\r\n" + FILLER.decode() + "..two dots\r\n.\r\nend\r\n")
+    started: list[BlobFile] = []
+    original = BlobStore.new_file
+
+    def counted(self: BlobStore) -> BlobFile:
+        started.append(original(self))
+        return started[-1]
+
+    monkeypatch.setattr(BlobStore, "new_file", counted)
+    async with running_server(settings) as port:
+        tx = await send_raw_async(port, CONTACT, [demo.user_capture], data)
+        row = stored(sessions, queue_id_of(tx))
+    assert len(started) == 1  # it went through the spool
+    assert blobs.get(row.blob) == data
+    assert row.size == len(data)
+    assert spool_files(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"Subject: x\r\n\r\n" + FILLER + b"line\nsmuggled\r\n", "550 5.5.2"),
+        (b"Subject: x\r\n\r\n" + FILLER + b"line\rsmuggled\r\n", "550 5.5.2"),
+        (b"Subject: x\r\n\r\n" + FILLER + b"nul \0 here\r\n", "550 5.6.0"),
+        (b"Received: from a by b\r\n" * 51 + b"Subject: loop\r\n\r\n" + FILLER, "554 5.4.6"),
+        (b"X-Fill: b\r\n" * 30000 + b"\r\n" + FILLER, "552 5.3.4"),
+    ],
+    ids=["bare-lf", "bare-cr", "nul", "too-many-received", "headers-too-big"],
+)
+async def test_spooled_message_gets_the_same_checks(
+    settings: Settings,
+    demo: DemoAddresses,
+    sessions: sessionmaker[Session],
+    data: bytes,
+    expected: str,
+) -> None:
+    """A message on disk is refused as it would be in memory, and its file is removed."""
+    async with running_server(settings) as port:
+        tx = await send_raw_async(port, CONTACT, [demo.user_capture], data)
+    assert status(tx.data) == expected
+    assert message_count(sessions) == 0
+    assert spool_files(settings) == []
+
+
+async def test_spool_on_a_full_disk_is_452_and_the_session_goes_on(
+    settings: Settings,
+    demo: DemoAddresses,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The disk fills mid-DATA: 452 4.3.1 after the whole DATA, nothing kept, then 250."""
+    written: list[int] = []
+    original = BlobFile.write
+
+    def fills_up(self: BlobFile, data: bytes) -> None:
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(len(data))
+        original(self, data)
+
+    big = make_email(body=FILLER.decode() * 2)
+    async with running_server(settings) as port:
+        with monkeypatch.context() as patch:
+            patch.setattr(BlobFile, "write", fills_up)
+            full = await send_raw_async(port, CONTACT, [demo.user_capture], big)
+        later = await send_raw_async(port, CONTACT, [demo.user_capture], big)
+    assert status(full.data) == "452 4.3.1"
+    assert status(later.data) == "250 2.0.0"
+    assert message_count(sessions) == 1
+    assert spool_files(settings) == []

@@ -8,14 +8,19 @@ handler must be identical.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import random
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
 
 from mailledger.capture.dataread import BlockDataSMTP, DataScanner, DataState
+from mailledger.capture.spool import SpooledMessage
+from mailledger.store.blobs import BlobFile, BlobStore
 
 HEAD = b"EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@capture.test>\r\nDATA\r\n"
 TAIL = b"NOOP\r\nMAIL FROM:<c@client.test>\r\nQUIT\r\n"
@@ -53,8 +58,29 @@ class _Recorder:
     async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
         self, server: Any, session: Any, envelope: Any
     ) -> str:
+        content = envelope.original_content
+        if isinstance(content, SpooledMessage):
+            # What the spool wrote, and what it counted on the way, are the message's.
+            data = content.file.path.read_bytes()
+            assert len(content) == len(data)
+            assert data.startswith(content.head) and len(content.head) > 0
+            assert (content.crlf, content.lf, content.cr, content.nul) == (
+                data.count(b"\r\n"),
+                data.count(b"\n"),
+                data.count(b"\r"),
+                b"\0" in data,
+            )
+            self.got.append((data, data))
+            return "250 stored"
         self.got.append((envelope.content, envelope.original_content))
         return "250 stored"
+
+
+class _SpoolingSMTP(BlockDataSMTP):
+    """Spools from the first few bytes on, into a blob store in a temporary directory."""
+
+    spool_bytes = 7
+    store: BlobStore
 
 
 async def _settle() -> None:
@@ -79,14 +105,27 @@ async def _converse(
     return bytes(transport.out), handler.got
 
 
+def _nothing_in(directory: str) -> bool:
+    return not any(Path(directory).iterdir())
+
+
 async def _same(stream: bytes, cuts: list[int], size_limit: int | None) -> bytes:
-    """Feed both protocols; assert they agree; return what they answered."""
+    """Feed the protocols; assert they agree; return what they answered.
+
+    The spooling one too: whatever went to disk is gone again after DATA, since the
+    recorder stores nothing.
+    """
     whole = HEAD + stream + TAIL
     edges = [0, *sorted(c % (len(whole) + 1) for c in cuts), len(whole)]
     pieces = [whole[a:b] for a, b in itertools.pairwise(edges) if b > a]
     expected = await _converse(SMTP, pieces, size_limit)
     got = await _converse(BlockDataSMTP, pieces, size_limit)
     assert got == expected, (stream[:200], cuts, size_limit)
+    with tempfile.TemporaryDirectory() as spool_dir:
+        _SpoolingSMTP.spool = BlobStore(spool_dir).new_file
+        spooled = await _converse(_SpoolingSMTP, pieces, size_limit)
+        assert spooled == expected, (stream[:200], cuts, size_limit)
+        assert _nothing_in(spool_dir)
     return expected[0]
 
 
@@ -213,3 +252,32 @@ async def test_address_parse_is_aiosmtpds_on_random_arguments() -> None:
         except IndexError:  # aiosmtpd's parser fails on "carol@"; ours calls it bad syntax
             expected = (None, None)
         assert ours._getaddr(arg) == expected, arg
+
+
+def test_spool_that_cannot_be_written_drops_the_data_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk mid-DATA: the rest is read and dropped, nothing is left on disk."""
+    scanner = DataScanner(None, 1001, spool=BlobStore(tmp_path).new_file, spool_bytes=10)
+    scanner.feed(b"Subject: x\r\n\r\n" + b"a" * 50 + b"\r\n")
+
+    def full(self: BlobFile, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(BlobFile, "write", full)
+    scanner.feed(b"more\r\n" * 10)
+    assert scanner.state is DataState.NOT_STORED
+    assert scanner.error is not None and scanner.error.errno == errno.ENOSPC
+    assert scanner.content() is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_spool_that_cannot_be_started_keeps_the_message_in_memory(tmp_path: Path) -> None:
+    """No spool file (a read-only directory, say): as before, intake will answer for it."""
+
+    def refused() -> BlobFile:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    scanner = DataScanner(None, 1001, spool=refused, spool_bytes=10)
+    scanner.feed(b"Subject: x\r\n\r\n" + b"a" * 50 + b"\r\n..dot\r\n")
+    assert scanner.content() == b"Subject: x\r\n\r\n" + b"a" * 50 + b"\r\n.dot\r\n"

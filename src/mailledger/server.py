@@ -91,7 +91,8 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         appliers=[lambda new: handler.update_limits(new.capture)],
     )
     tls_context = build_tls_context(settings.tls)
-    listener = CaptureListener(settings, handler, tls_context=tls_context)
+    blobs.sweep_spool()
+    listener = CaptureListener(settings, handler, tls_context=tls_context, spool=blobs.new_file)
     resolver = Resolver(settings.dns)
     delivery = DeliveryWorker(sessions, blobs, settings, resolver, metrics=metrics)
     handback = HandbackRunner(sessions, blobs, settings, on_queued=[delivery.wake])

@@ -14,21 +14,33 @@ stays aiosmtpd's, byte for byte:
   whichever of the two happens first wins, and either way the rest is read to the terminator
   and dropped;
 * a leading dot is removed from every line (RFC 5321 §4.5.2).
+
+Under ``CaptureSMTP`` a message past ``spool.SPOOL_BYTES`` goes to disk as it arrives
+(``spool``); if the disk refuses it, the rest is read and dropped and the reply is 451 4.3.0
+(452 4.3.1 when the disk is full), as intake would answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
 import re
+from collections.abc import Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
+from mailledger.capture import replies
+from mailledger.capture.spool import SPOOL_BYTES, SpooledMessage, start_spool, unstuff
+from mailledger.logs import get_logger
+from mailledger.store.blobs import BlobFile
+
 # aiosmtpd's logger, for the one line its DATA logs and ours keeps.
 aiosmtpd_log = logging.getLogger("mail.log")
+log = get_logger(__name__)
 
 TERMINATOR = b"\r\n.\r\n"
 # The everyday MAIL/RCPT argument: <dot-atom@dot-atom domain>, then parameters (RFC 5321 §4.1.2).
@@ -55,15 +67,27 @@ class DataState(enum.Enum):
     NOMINAL = "nominal"
     TOO_LONG = "too long"
     TOO_MUCH = "too much"
+    NOT_STORED = "not stored"  # ours: the spool file could not be written
 
 
 class DataScanner:
     """aiosmtpd's DATA checks over the bytes before the terminator, fed in any pieces."""
 
-    def __init__(self, size_limit: int | None, line_limit: int) -> None:
+    def __init__(
+        self,
+        size_limit: int | None,
+        line_limit: int,
+        *,
+        spool: Callable[[], BlobFile] | None = None,
+        spool_bytes: int = SPOOL_BYTES,
+    ) -> None:
         self.size_limit = size_limit or 0  # 0 or None: no limit, as in aiosmtpd
         self.line_limit = line_limit
         self.state = DataState.NOMINAL
+        self._new_file = spool  # None: the message stays in memory however large
+        self._spool_bytes = spool_bytes
+        self._spooled: SpooledMessage | None = None
+        self.error: OSError | None = None  # why the spool file could not be written
         # Checked complete lines, as the runs of bytes they arrived in, and the bytes after
         # them. A list, not one growing buffer: growing a 10 MB buffer copies it on the way,
         # and joining once at the end is the only whole copy.
@@ -84,16 +108,33 @@ class DataScanner:
         if self.state is DataState.NOMINAL and len(self._tail) - 1 > self.line_limit:
             self._decide(DataState.TOO_LONG)
 
-    def content(self) -> bytes | None:
-        """The message with dot-stuffing removed, or None when it is refused (see ``state``)."""
+    def content(self) -> bytes | SpooledMessage | None:
+        """The message with dot-stuffing removed, or None when it is refused (see ``state``).
+
+        A spooled message is handed over with its file closed for writing; whoever takes it
+        discards it unless intake stored it.
+        """
         if self.state is not DataState.NOMINAL:
             return None
         if self._tail:
             raise ValueError("the data must end with CRLF before the terminator")
+        if self._spooled is not None:
+            spooled, self._spooled = self._spooled, None
+            spooled.file.close()
+            return spooled
+        return self._joined()
+
+    def discard(self) -> None:
+        """Drop everything, the spool file too (the DATA was cut off)."""
+        self._runs, self._tail = [], bytearray()
+        if self._spooled is not None:
+            self._spooled.discard()
+            self._spooled = None
+
+    def _joined(self) -> bytes:
         data = self._runs[0] if len(self._runs) == 1 else b"".join(self._runs)
         self._runs = []
-        start = 1 if data.startswith(b".") else 0
-        return data[start:].replace(b"\r\n.", CRLF) if start else data.replace(b"\r\n.", CRLF)
+        return unstuff(data)
 
     def _check_lines(self, end: int) -> None:
         """Check the complete lines in the first ``end`` bytes of the tail, then the total."""
@@ -104,10 +145,34 @@ class DataScanner:
             self._first_long_line(self._checked, lines)
             return
         del self._tail[:end]
-        self._runs.append(run)
         self._checked += end
         if self.size_limit and self._checked > self.size_limit:
             self._decide(DataState.TOO_MUCH)
+            return
+        self._keep(run)
+
+    def _keep(self, run: bytes) -> None:
+        """Keep a checked run: in memory, or on disk once the message is large."""
+        try:
+            if self._spooled is not None:
+                self._spooled.add(unstuff(run))
+                return
+            self._runs.append(run)
+            if self._new_file is None or self._checked <= self._spool_bytes:
+                return
+            try:
+                file = self._new_file()
+            except OSError:
+                self._new_file = None  # cannot spool: keep it in memory; intake will tell
+                return
+            try:
+                self._spooled = start_spool(file, self._joined())
+            except OSError:
+                file.discard()
+                raise
+        except OSError as exc:
+            self.error = exc
+            self._decide(DataState.NOT_STORED)
 
     def _first_long_line(self, offset: int, lines: list[bytes]) -> None:
         """Which comes first, in aiosmtpd's order: the total over the limit or a long line."""
@@ -129,7 +194,7 @@ class DataScanner:
 
     def _decide(self, state: DataState) -> None:
         self.state = state
-        self._runs, self._tail = [], bytearray()  # dropped at once, as aiosmtpd does
+        self.discard()  # dropped at once, as aiosmtpd does
 
 
 async def read_data(reader: asyncio.StreamReader, scanner: DataScanner) -> None:
@@ -161,8 +226,21 @@ async def read_data(reader: asyncio.StreamReader, scanner: DataScanner) -> None:
         return
 
 
+def _not_stored_reply(error: OSError | None) -> str:
+    full = error is not None and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return str(replies.INSUFFICIENT_STORAGE if full else replies.STORAGE_FAILED)
+
+
 class BlockDataSMTP(SMTP):
-    """aiosmtpd's SMTP with DATA read in blocks: same replies, same envelope, same hooks."""
+    """aiosmtpd's SMTP with DATA read in blocks: same replies, same envelope, same hooks.
+
+    With ``spool`` set (a way to start a blob file), a large message reaches the DATA hook as
+    a ``SpooledMessage`` instead of bytes, and its file is removed after the hook unless the
+    hook stored it.
+    """
+
+    spool: Callable[[], BlobFile] | None = None
+    spool_bytes = SPOOL_BYTES
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's MAIL/RCPT address parse, without the class it defines on every call.
@@ -212,25 +290,39 @@ class BlockDataSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        scanner = DataScanner(self.data_size_limit, self.line_length_limit)
+        scanner = DataScanner(
+            self.data_size_limit,
+            self.line_length_limit,
+            spool=self.spool,
+            spool_bytes=self.spool_bytes,
+        )
         try:
             await read_data(self._reader, scanner)
-        except asyncio.CancelledError:
-            aiosmtpd_log.info("Connection lost during DATA")
-            self._writer.close()
+        except BaseException as exc:
+            scanner.discard()
+            if isinstance(exc, asyncio.CancelledError):
+                aiosmtpd_log.info("Connection lost during DATA")
+                self._writer.close()
             raise
         content = scanner.content()
         if content is None:
-            too_long = scanner.state is DataState.TOO_LONG
-            await self.push(
-                "500 Line too long (see RFC5321 4.5.3.1.6)"
-                if too_long
-                else "552 Error: Too much mail data"
-            )
+            if scanner.state is DataState.NOT_STORED:
+                log.warning("message not stored: the spool file failed", error=str(scanner.error))
+                reply = _not_stored_reply(scanner.error)
+            elif scanner.state is DataState.TOO_LONG:
+                reply = "500 Line too long (see RFC5321 4.5.3.1.6)"
+            else:
+                reply = "552 Error: Too much mail data"
+            await self.push(reply)
             self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd untyped
             return
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+        # A SpooledMessage where aiosmtpd types bytes: only a hook that spools reads it.
+        self.envelope.content = content  # type: ignore[assignment]
+        self.envelope.original_content = content  # type: ignore[assignment]
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            if isinstance(content, SpooledMessage):
+                content.discard()  # stored: renamed away already, and this does nothing
         self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd untyped
         await self.push("250 OK" if status is MISSING else status)

@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailledger.capture import replies, screening
 from mailledger.capture.intake import InsufficientStorageError, Intake, IntakeError, SessionFacts
+from mailledger.capture.spool import SpooledMessage
 from mailledger.config import CaptureSettings
 from mailledger.logs import get_logger
 from mailledger.metrics import Metrics
@@ -171,7 +172,7 @@ class CaptureHandler:
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
         """Screen the exact bytes, store them durably, and only then answer 250."""
-        raw: bytes = envelope.original_content or b""
+        raw: bytes | SpooledMessage = envelope.original_content or b""
         refusal = screening.screen(raw, self._capture)
         if refusal is not None:
             log.info("message refused", size=len(raw), reply=str(refusal))
@@ -192,7 +193,8 @@ class CaptureHandler:
             trace_id=trace_id_of(server),
         )
         try:
-            queue_id = await self._intake.store(facts, list(routes), raw)
+            content = raw.file if isinstance(raw, SpooledMessage) else raw
+            queue_id = await self._intake.store(facts, list(routes), content)
         except InsufficientStorageError as exc:
             mlog.warning("message not stored", error=str(exc), size=len(raw))
             self._metrics.message_refused("data", str(replies.INSUFFICIENT_STORAGE))

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.logs import get_logger
 from mailledger.routing.routes import Route
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobs import BlobFile, BlobStore
 from mailledger.store.freespace import FreeSpaceGuard, SpaceShortage
 from mailledger.store.models import MessageRoute, MessageState, ReceivedMessage, TraceEntry
 
@@ -64,7 +64,7 @@ def new_queue_id() -> str:
 class _Pending:
     facts: SessionFacts
     routes: list[Route]
-    raw: bytes
+    raw: bytes | BlobFile  # a BlobFile: a large message already on disk (``capture.spool``)
     queue_id: str
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[str]
@@ -117,7 +117,7 @@ class Intake:
         """Why a message of this size must be refused for lack of space, or None."""
         return None if self.space is None else self.space.shortage(incoming_bytes)
 
-    async def store(self, facts: SessionFacts, routes: list[Route], raw: bytes) -> str:
+    async def store(self, facts: SessionFacts, routes: list[Route], raw: bytes | BlobFile) -> str:
         """Store one message for its routes; returns the queue id once it is committed.
 
         Raises ``IntakeError`` if it could not be stored; then nothing of it was committed.

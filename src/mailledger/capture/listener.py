@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Callable
 
 from mailledger.capture.handler import CaptureHandler
 from mailledger.capture.protocol import CaptureSMTP, SessionGate
 from mailledger.config import Settings, split_listen
 from mailledger.logs import get_logger
+from mailledger.store.blobs import BlobFile
 
 log = get_logger(__name__)
 
@@ -30,10 +32,13 @@ class CaptureListener:
         handler: CaptureHandler,
         *,
         tls_context: ssl.SSLContext | None = None,
+        spool: Callable[[], BlobFile] | None = None,
     ) -> None:
+        """``spool`` starts a blob file: large messages then go to disk as they arrive."""
         self._settings = settings
         self._handler = handler
         self._tls_context = tls_context
+        self._spool = spool
         self.gate = SessionGate(settings.capture.max_sessions)
         self._servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
@@ -45,6 +50,7 @@ class CaptureListener:
             gate=self.gate,
             tls_context=self._tls_context,
             loop=asyncio.get_running_loop(),
+            spool=self._spool,
         )
 
     async def start(self) -> list[tuple[str, int]]:

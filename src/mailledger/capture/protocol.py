@@ -15,6 +15,7 @@ import contextlib
 import re
 import secrets
 import ssl
+from collections.abc import Callable
 from typing import Any, AnyStr
 
 import structlog
@@ -26,6 +27,7 @@ from mailledger.capture.handler import CaptureEnvelope, format_peer
 from mailledger.capture.replies import Reply
 from mailledger.config import Settings, TLSSettings
 from mailledger.logs import get_logger
+from mailledger.store.blobs import BlobFile
 
 log = get_logger(__name__)
 
@@ -175,8 +177,10 @@ class CaptureSMTP(BlockDataSMTP):
         gate: SessionGate,
         tls_context: ssl.SSLContext | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        spool: Callable[[], BlobFile] | None = None,
     ) -> None:
         self.trace_id = new_trace_id()
+        self.spool = spool
         self.in_data = False
         self._gate = gate
         self._in_mail = False

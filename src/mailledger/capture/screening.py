@@ -12,6 +12,7 @@ import re
 
 from mailledger.capture import replies
 from mailledger.capture.replies import Reply
+from mailledger.capture.spool import SpooledMessage
 from mailledger.config import CaptureSettings
 
 CRLF = b"\r\n"
@@ -76,14 +77,33 @@ def too_many_hops(raw: bytes, max_received_headers: int) -> Reply | None:
     return None
 
 
-def screen(raw: bytes, capture: CaptureSettings) -> Reply | None:
+def screen(raw: bytes | SpooledMessage, capture: CaptureSettings) -> Reply | None:
     """Run every check in order; the first refusal wins, ``None`` means go on to store it.
 
     The newline check comes first: the later checks rely on lines ending in CRLF.
     """
+    if isinstance(raw, SpooledMessage):
+        return _screen_spooled(raw, capture)
     return (
         bare_newline(raw)
         or nul_byte(raw)
         or header_size(raw, capture.max_header_bytes)
         or too_many_hops(raw, capture.max_received_headers)
+    )
+
+
+def _screen_spooled(spooled: SpooledMessage, capture: CaptureSettings) -> Reply | None:
+    """The same checks on a message on disk: counts kept while spooling, and its first bytes.
+
+    The header checks read no further than the largest header section allowed (and its empty
+    line), so in the first bytes they see what they would see in the whole message.
+    """
+    pairs = spooled.crlf
+    if spooled.lf != pairs or spooled.cr != pairs:
+        return replies.BARE_NEWLINE
+    head = spooled.first_bytes(capture.max_header_bytes + 4)
+    return (
+        (replies.NUL_BYTE if spooled.nul else None)
+        or header_size(head, capture.max_header_bytes)
+        or too_many_hops(head, capture.max_received_headers)
     )

@@ -14,6 +14,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,54 @@ FSYNC_THREADS = 16
 
 class BlobStoreError(OSError):
     """The blob store cannot take or give bytes (full, read-only, missing)."""
+
+
+class BlobFile:
+    """A blob written as it arrives, hashed on the way: a large DATA, not held in memory.
+
+    It lives under a temporary name (``.spool-*``) in the store's root until ``put_many``
+    fsyncs it and renames it to its digest, like a blob given as bytes; ``discard`` removes it
+    if it is not stored. Spool files older than a day are leftovers of a crash
+    (``BlobStore.sweep_spool``).
+    """
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self._fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, dir=root)
+        self.path = Path(name)
+        self._hasher = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``; an OSError (disk full, read-only) leaves the file to ``discard``."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._hasher.update(data)
+        self.size += len(data)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        """No more writes (the file stays until it is stored or discarded)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    @property
+    def digest(self) -> str:
+        """The SHA-256 of everything written."""
+        return self._hasher.hexdigest()
+
+    def discard(self) -> None:
+        """Remove the file unless it was stored (then it is gone already)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+SPOOL_PREFIX = ".spool-"
+SPOOL_MAX_AGE_SECONDS = 24 * 3600
 
 
 class BlobStore:
@@ -60,7 +109,22 @@ class BlobStore:
             raise self._error(exc) from exc
         return digest
 
-    def put_many(self, blobs: Sequence[bytes]) -> list[str | BlobStoreError]:
+    def new_file(self) -> BlobFile:
+        """A blob to write as it arrives; store it with ``put_many`` like bytes."""
+        return BlobFile(self.root)
+
+    def sweep_spool(self, max_age_seconds: float = SPOOL_MAX_AGE_SECONDS) -> int:
+        """Remove spool files a crash left behind (older than any DATA takes); how many."""
+        removed = 0
+        cutoff = time.time() - max_age_seconds
+        for path in self.root.glob(SPOOL_PREFIX + "*"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
+
+    def put_many(self, blobs: Sequence[bytes | BlobFile]) -> list[str | BlobStoreError]:
         """Store every blob durably; per blob, its digest or why it could not be stored.
 
         Each blob's bytes are fsynced and renamed into place, then every directory a blob was
@@ -98,11 +162,32 @@ class BlobStore:
                 self._pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="blob-fsync")
         return list(self._pool.map(func, items))
 
-    def _try_place(self, data: bytes) -> tuple[str, str, bool] | OSError:
+    def _try_place(self, data: bytes | BlobFile) -> tuple[str, str, bool] | OSError:
         try:
-            return self._place((data,))
+            return self._adopt(data) if isinstance(data, BlobFile) else self._place((data,))
         except OSError as exc:
             return exc
+
+    def _adopt(self, file: BlobFile) -> tuple[str, str, bool]:
+        """``_place`` for a blob already written: fsync it and rename it to its digest."""
+        file.close()
+        digest = file.digest
+        directory = self.root / digest[:2]
+        target = directory / digest
+        if target.exists():
+            file.discard()
+            return digest, str(directory), False
+        created = False
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            created = True
+        fd = os.open(file.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        file.path.replace(target)
+        return digest, str(directory), created
 
     def _place(self, pieces: Sequence[bytes | memoryview]) -> tuple[str, str, bool]:
         """Write one blob under its final name (fsynced, not yet its directory).
