@@ -2,13 +2,17 @@
 
 A plain asyncio client, so the client's own cost stays small and the same for both servers.
 Each message is timed from the last byte of DATA (the CRLF.CRLF) to the server's reply.
+With a ``rate``, message i starts no sooner than i/rate seconds in: the sessions offer that
+rate instead of as much as the server takes (latency at a given load, not at overload).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from bench.world import HELO, Mail
@@ -59,7 +63,9 @@ async def _session(
     rcpt: str,
     work: list[tuple[str, bytes]],
     result: LoadResult,
+    *,
     source: str,
+    pace: tuple[Iterator[int], float, float] | None,
 ) -> None:
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", port, local_addr=(source, 0), limit=1 << 20
@@ -69,6 +75,9 @@ async def _session(
         await _command(reader, writer, f"EHLO {HELO}")
         while work:
             mail_from, stuffed = work.pop()
+            if pace is not None:
+                slots, begun, rate = pace
+                await asyncio.sleep(max(0.0, begun + next(slots) / rate - time.perf_counter()))
             for line in (f"MAIL FROM:<{mail_from}> SIZE={len(stuffed)}", f"RCPT TO:<{rcpt}>"):
                 reply = await _command(reader, writer, line)
                 if not reply.startswith("250"):
@@ -94,14 +103,24 @@ def prepare(mails: list[Mail]) -> list[tuple[str, bytes]]:
 
 
 async def run_load(
-    port: int, rcpt: str, work: list[tuple[str, bytes]], sessions: int, source: str
+    port: int,
+    rcpt: str,
+    work: list[tuple[str, bytes]],
+    sessions: int,
+    source: str,
+    *,
+    rate: float | None = None,
 ) -> LoadResult:
     """Send every message over ``sessions`` concurrent connections from ``source``."""
     queue = list(reversed(work))
     result = LoadResult(started_at=time.time())
     begun = time.perf_counter()
+    pace = None if rate is None else (itertools.count(), begun, rate)
     await asyncio.gather(
-        *(_session(port, rcpt, queue, result, source) for _ in range(min(sessions, len(work))))
+        *(
+            _session(port, rcpt, queue, result, source=source, pace=pace)
+            for _ in range(min(sessions, len(work)))
+        )
     )
     result.seconds = time.perf_counter() - begun
     return result
