@@ -1,4 +1,4 @@
-"""dkimpy's slowest arithmetic done in C: integer/byte conversions, and RSA signing.
+"""dkimpy's slowest steps done faster: integer/byte conversions, RSA signing, header fields.
 
 dkimpy's RSA is pure Python. Verifying, it turns the RSA result into bytes one byte per loop
 turn: about a fifth of a forwarded message's DKIM and ARC verification time (`make bench`
@@ -8,15 +8,21 @@ computes the same RSASSA-PKCS1-v1_5 signature, which is deterministic, in a frac
 ``install`` swaps these into dkimpy once; the published ARC suite, the DKIM tests and the
 relay's signing tests run through them. Verification keeps dkimpy's own RSA arithmetic, so
 what it accepts does not change.
+
+Relaxed header canonicalization ran two regular expressions over every header field for each
+signature and each ARC seal checked, about 1.2 ms of a forwarded message's 4 ms of checks;
+each field's result is the same every time, so it is computed once and remembered.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import dkim
+import dkim.canonicalization
 import dkim.crypto
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -25,6 +31,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 _ORIGINAL_INT2STR = dkim.crypto.int2str
 _ORIGINAL_STR2INT = dkim.crypto.str2int
 _ORIGINAL_SIGN = dkim.crypto.RSASSA_PKCS1_v1_5_sign
+_ORIGINAL_RELAXED = dkim.canonicalization.Relaxed.canonicalize_headers
+_UNFOLD = re.compile(b"\r?\n")  # dkimpy's unfold_header_value
+_BLANKS = re.compile(b"[\t ]+")  # dkimpy's compress_whitespace
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
 
 
@@ -75,14 +84,25 @@ def rsa_sign(digest: Any, private_key: dict[str, int]) -> bytes:
         raise dkim.crypto.DigestTooLargeError() from exc
 
 
+@functools.lru_cache(maxsize=8192)
+def _relaxed_field(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    return name.lower().rstrip(), _BLANKS.sub(b" ", _UNFOLD.sub(b"", value)).strip() + b"\r\n"
+
+
+def relaxed_headers(headers: Sequence[Sequence[bytes]]) -> list[tuple[bytes, bytes]]:
+    """dkimpy's relaxed ``canonicalize_headers`` (RFC 6376 §3.4.2), each field done once."""
+    return [_relaxed_field(bytes(field[0]), bytes(field[1])) for field in headers]
+
+
 def install() -> None:
     """Use the fast versions in dkimpy (idempotent)."""
     dkim.crypto.int2str = int2str
     dkim.crypto.str2int = str2int
     # dkimpy's signer calls the name it imported into its own module.
     dkim.RSASSA_PKCS1_v1_5_sign = rsa_sign
+    dkim.canonicalization.Relaxed.canonicalize_headers = staticmethod(relaxed_headers)
 
 
-def originals() -> tuple[object, object, object]:
+def originals() -> tuple[object, object, object, object]:
     """dkimpy's own functions, for tests that compare them with these."""
-    return _ORIGINAL_INT2STR, _ORIGINAL_STR2INT, _ORIGINAL_SIGN
+    return _ORIGINAL_INT2STR, _ORIGINAL_STR2INT, _ORIGINAL_SIGN, _ORIGINAL_RELAXED
