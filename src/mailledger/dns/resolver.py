@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import ipaddress
 import threading
 import time
@@ -209,6 +210,27 @@ class _Question:
     type_text: str
 
 
+@functools.lru_cache(maxsize=4096)
+def _question(name: str, rdtype: str | int) -> _Question | DNSResult:
+    """The parsed question, or why it cannot be asked; remembered, as the same names recur.
+
+    A forwarded message asks about ten cached names, and parsing each with dnspython cost
+    more than the cache lookup itself.
+    """
+    try:
+        kind = dns.rdatatype.RdataType.make(rdtype)
+    except (dns.exception.DNSException, ValueError) as exc:
+        return DNSResult(str(name), str(rdtype), "permerror", detail=f"bad type: {exc}")
+    type_text = dns.rdatatype.to_text(kind)
+    try:
+        qname = dns.name.from_text(name.strip().rstrip(".") + ".")
+    except (dns.exception.DNSException, ValueError) as exc:
+        # RFC 7208 §4.3: a malformed domain is not a DNS failure; retrying won't help.
+        return DNSResult(name, type_text, "permerror", detail=f"bad name: {exc}")
+    text = _name_text(qname)
+    return _Question(qname, kind, (text, int(kind)), text, type_text)
+
+
 # The resolver pyspf's lookups go to in the current context (thread or task). pyspf has no
 # per-query hook, only the module global ``spf.DNSLookup``; a context variable lets several
 # resolvers (tests, tenants) share that one global safely. ``asyncio.to_thread`` copies the
@@ -278,26 +300,12 @@ class Resolver:
 
     # -- the lookups ---------------------------------------------------------------------
 
-    def _question(self, name: str, rdtype: str | int) -> _Question | DNSResult:
-        try:
-            kind = dns.rdatatype.RdataType.make(rdtype)
-        except (dns.exception.DNSException, ValueError) as exc:
-            return DNSResult(str(name), str(rdtype), "permerror", detail=f"bad type: {exc}")
-        type_text = dns.rdatatype.to_text(kind)
-        try:
-            qname = dns.name.from_text(name.strip().rstrip(".") + ".")
-        except (dns.exception.DNSException, ValueError) as exc:
-            # RFC 7208 §4.3: a malformed domain is not a DNS failure; retrying won't help.
-            return DNSResult(name, type_text, "permerror", detail=f"bad name: {exc}")
-        text = _name_text(qname)
-        return _Question(qname, kind, (text, int(kind)), text, type_text)
-
     def _to_ask(self, name: str, rdtype: str | int) -> _Question | DNSResult:
         """The question to send, or the result already known without sending one.
 
         Known: a malformed name or type, a cached answer, or no usable resolver configuration.
         """
-        q = self._question(name, rdtype)
+        q = _question(name, rdtype)
         if isinstance(q, DNSResult):
             return q
         cached = self._cache.get(q.key)
