@@ -69,15 +69,30 @@ def make_key(domain: str, selector: str = "s1", algorithm: str = "rsa") -> Signi
 SIGNED_HEADERS = [b"from", b"to", b"cc", b"subject", b"date", b"message-id"]
 
 
-def dkim_sign(raw: bytes, key: SigningKey, *, body_length: bool = False) -> bytes:
-    """Prepend a DKIM-Signature by ``key``; ``body_length`` adds an l= tag (a weak signature)."""
-    algorithm = b"ed25519-sha256" if key.algorithm == "ed25519" else b"rsa-sha256"
+def dkim_sign(
+    raw: bytes,
+    key: SigningKey,
+    *,
+    body_length: bool = False,
+    canonicalize: tuple[bytes, bytes] = (b"relaxed", b"simple"),
+    sha1: bool = False,
+) -> bytes:
+    """Prepend a DKIM-Signature by ``key``; ``body_length`` adds an l= tag (a weak signature).
+
+    ``canonicalize`` is c= (header, body); ``sha1`` signs RSA with rsa-sha1 (RFC 8301 forbids
+    it for new signatures, but verifiers still meet it).
+    """
+    if key.algorithm == "ed25519":
+        algorithm = b"ed25519-sha256"
+    else:
+        algorithm = b"rsa-sha1" if sha1 else b"rsa-sha256"
     signature = dkim.sign(
         raw,
         key.selector.encode(),
         key.domain.encode(),
         key.private,
         signature_algorithm=algorithm,
+        canonicalize=canonicalize,
         include_headers=[*SIGNED_HEADERS, b"from"],
         length=body_length,
     )
