@@ -3,10 +3,10 @@
 Up to ``SPOOL_BYTES`` a message stays in memory, as before. Past that, what has arrived is
 written to a ``BlobFile`` and every later run of lines follows it, dot-unstuffed on the way:
 the listener holds a run at a time, where a 10 MB message used to take about 20 MB (the runs
-and their joined copy). What the DATA-time checks need is kept on the way: the first bytes (at
-least the largest header section allowed, for the header checks) and the counts of CR, LF and
-CRLF, and whether a NUL came (``screening``). Intake then fsyncs and renames the file instead
-of writing the bytes.
+and their joined copy). What the DATA-time checks need is kept on the way: the first bytes
+(about the threshold; the header checks read further from the file when the allowed header
+section is larger), the counts of CR, LF and CRLF, and whether a NUL came (``screening``).
+Intake then fsyncs and renames the file instead of writing the bytes.
 """
 
 from __future__ import annotations
