@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mailledger.capture.spool import start_spool
 from mailledger.store import blobs as blobs_module
 from mailledger.store.blobs import BlobStore, BlobStoreError
 
@@ -109,3 +110,14 @@ def test_sweep_removes_spool_files_a_crash_left(tmp_path: Path) -> None:
     os.utime(old.path, (0, 0))
     assert blobs.sweep_spool() == 1
     assert list(tmp_path.glob(".spool-*")) == [fresh.path]
+
+
+def test_spooled_first_bytes_come_from_the_file_past_the_head(tmp_path: Path) -> None:
+    """The header checks may read further than the head kept in memory: the file has it."""
+    spooled = start_spool(BlobStore(tmp_path).new_file(), b"Subject: x\r\n")
+    spooled.add(b"X-More: y\r\n\r\nbody\r\n")
+    spooled.file.close()
+    assert spooled.first_bytes(5) == b"Subje"
+    assert spooled.first_bytes(24) == b"Subject: x\r\nX-More: y\r\n\r"
+    assert spooled.first_bytes(1000) == b"Subject: x\r\nX-More: y\r\n\r\nbody\r\n"
+    assert (spooled.crlf, spooled.lf, spooled.cr, spooled.nul) == (4, 4, 4, False)
