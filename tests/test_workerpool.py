@@ -13,6 +13,7 @@ from mailledger.config import Settings, VerifySettings
 from mailledger.demo import DemoAddresses
 from mailledger.store.models import Activity, MessageState, ReceivedMessage
 from mailledger.testing.mail import make_email
+from mailledger.testing.scrape import free_port, scrape, value
 from mailledger.testing.smtp import running_server, send_raw_async
 
 
@@ -24,10 +25,16 @@ def _states(sessions: sessionmaker[Session]) -> list[MessageState]:
 async def test_worker_processes_capture_mail_and_stop_with_the_server(
     settings: Settings, sessions: sessionmaker[Session], demo: DemoAddresses
 ) -> None:
-    """With two processing processes every message is recorded once, by another process."""
+    """With two processing processes every message is recorded once, by another process,
+    and counted in the server's metrics."""
     processing = settings.processing.model_copy(update={"worker_processes": 2})
+    mport = free_port()
     settings = settings.model_copy(
-        update={"processing": processing, "verify": VerifySettings(demo_trust_loopback=True)}
+        update={
+            "processing": processing,
+            "verify": VerifySettings(demo_trust_loopback=True),
+            "metrics": settings.metrics.model_copy(update={"listen": f"127.0.0.1:{mport}"}),
+        }
     )
     async with running_server(settings) as port:
         children = {p.name: p.pid for p in multiprocessing.active_children()}
@@ -53,6 +60,14 @@ async def test_worker_processes_capture_mail_and_stop_with_the_server(
             if len(states) == 12 and all(s is MessageState.PROCESSED for s in states):
                 break
             await asyncio.sleep(0.05)
+        # The processes' verdicts reach the parent's /metrics.
+        for _ in range(100):
+            scraped = await asyncio.to_thread(scrape, mport)
+            if value(scraped, "mailledger_verdicts_total", state="processed") == 12:
+                break
+            await asyncio.sleep(0.05)
+        assert value(scraped, "mailledger_verdicts_total", state="processed") == 12
+        assert value(scraped, "mailledger_processing_latency_seconds_count") == 12
     assert _states(sessions) == [MessageState.PROCESSED] * 12
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Activity)) == 12

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
@@ -75,6 +76,20 @@ class QueueState:
     outbound_held: int
     quarantined: int
     quarantined_bytes: int
+
+
+def processing_latency(received_at: datetime | None) -> float | None:
+    """Seconds from the 250 to now, or None when the arrival time is unknown."""
+    if received_at is None:
+        return None
+    return max((utcnow() - received_at).total_seconds(), 0.0)
+
+
+class FinishedSink(Protocol):
+    """Where a worker counts the messages it finished: ``Metrics``, or a pipe to the parent."""
+
+    def message_finished(self, state: MessageState, received_at: datetime | None) -> None:
+        """Processing left a message in a final state."""
 
 
 class Metrics:
@@ -177,9 +192,13 @@ class Metrics:
 
     def message_finished(self, state: MessageState, received_at: datetime | None) -> None:
         """Processing left a message in a final state."""
-        self.verdicts.labels(state.value).inc()
-        if received_at is not None:
-            self.processing_latency.observe(max((utcnow() - received_at).total_seconds(), 0.0))
+        self.verdict(state.value, processing_latency(received_at))
+
+    def verdict(self, state: str, latency_seconds: float | None) -> None:
+        """A final processing state, from this process or reported by a processing process."""
+        self.verdicts.labels(state).inc()
+        if latency_seconds is not None:
+            self.processing_latency.observe(latency_seconds)
 
     def delivery_finished(self, state: OutboundState, created_at: datetime | None) -> None:
         """An outbound row reached a final state (delivered, bounced, expired)."""

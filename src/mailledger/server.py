@@ -75,7 +75,7 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
     )
     worker: Worker | WorkerProcesses
     if settings.processing.worker_processes:
-        worker = WorkerProcesses(settings, settings.processing.worker_processes)
+        worker = WorkerProcesses(settings, settings.processing.worker_processes, metrics)
     else:
         worker = Worker(sessions, blobs, settings, metrics=metrics)
     intake = Intake(sessions, blobs, on_stored=worker.wake, space=guard)

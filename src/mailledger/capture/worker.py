@@ -22,7 +22,7 @@ from mailledger.capture.processor import Prepared, RetryLater, prepare, process_
 from mailledger.capture.verification import trusts_loopback
 from mailledger.config import Settings
 from mailledger.dns.resolver import Resolver
-from mailledger.metrics import Metrics
+from mailledger.metrics import FinishedSink, Metrics
 from mailledger.store.blobs import BlobStore, BlobStoreError
 from mailledger.store.engine import is_postgres, read_only
 from mailledger.store.models import (
@@ -73,10 +73,10 @@ class Worker:
         blobs: BlobStore,
         settings: Settings,
         authenticator: Authenticator | None = None,
-        metrics: Metrics | None = None,
+        metrics: FinishedSink | None = None,
     ) -> None:
         self._sessions = sessions
-        self._metrics = metrics or Metrics()
+        self._metrics: FinishedSink = metrics or Metrics()
         self._blobs = blobs
         self._settings = settings
         self._authenticator = authenticator or Authenticator(Resolver(settings.dns), settings)

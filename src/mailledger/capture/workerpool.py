@@ -5,6 +5,9 @@ burst of mail makes the listener wait for the CPU and the 250 slows down. With
 ``[processing] worker_processes = N`` the server starts N processes, each running the same
 ``Worker`` against the same database; claims and leases already keep them from doing the same
 message twice (DESIGN §9), exactly as for several nodes.
+
+Each process reports the messages it finished (state and time since the 250) through a queue;
+the parent counts them in its ``Metrics``, so ``/metrics`` shows the verdicts of every process.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ import contextlib
 import multiprocessing
 import os
 import threading
+from datetime import datetime
 from multiprocessing.context import SpawnProcess
+from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 import structlog
 
 from mailledger.config import Settings
+from mailledger.metrics import Metrics, processing_latency
+from mailledger.store.models import MessageState
 
 log = structlog.get_logger("mailledger.workerpool")
 
@@ -29,7 +36,22 @@ STOP_GRACE_SECONDS = 30.0
 WATCH_INTERVAL_SECONDS = 1.0
 
 
-def _child(settings_data: dict[str, Any], wake: ProcessEvent, stop: ProcessEvent) -> None:
+class _VerdictSender:
+    """A processing process's metrics: each final state goes to the parent's queue."""
+
+    def __init__(self, verdicts: Queue[tuple[str, float | None]]) -> None:
+        self._verdicts = verdicts
+
+    def message_finished(self, state: MessageState, received_at: datetime | None) -> None:
+        self._verdicts.put((state.value, processing_latency(received_at)))
+
+
+def _child(
+    settings_data: dict[str, Any],
+    wake: ProcessEvent,
+    stop: ProcessEvent,
+    verdicts: Queue[tuple[str, float | None]],
+) -> None:
     """A processing process: its own engine and worker, woken and stopped through events."""
     # Imported here: the child is a fresh interpreter (spawn), and the parent needs none of it.
     from mailledger.capture.worker import Worker  # noqa: PLC0415
@@ -43,7 +65,12 @@ def _child(settings_data: dict[str, Any], wake: ProcessEvent, stop: ProcessEvent
     # waits a little longer (`make bench`: the 250 waited behind processing for the CPU).
     os.nice(settings.processing.worker_nice)
     engine = make_engine(settings.database.url, echo=settings.database.echo)
-    worker = Worker(make_sessionmaker(engine), BlobStore(settings.storage.blob_dir), settings)
+    worker = Worker(
+        make_sessionmaker(engine),
+        BlobStore(settings.storage.blob_dir),
+        settings,
+        metrics=_VerdictSender(verdicts),
+    )
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -67,12 +94,15 @@ def _child(settings_data: dict[str, Any], wake: ProcessEvent, stop: ProcessEvent
 class WorkerProcesses:
     """N processing processes with the Worker's interface: ``run``, ``wake``, ``stop``."""
 
-    def __init__(self, settings: Settings, count: int) -> None:
+    def __init__(self, settings: Settings, count: int, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._count = count
+        self._metrics = metrics
         self._context = multiprocessing.get_context("spawn")
         self._wake = [self._context.Event() for _ in range(count)]
         self._stop = self._context.Event()
+        self._verdicts: Queue[tuple[str, float | None]] = self._context.Queue()
+        self._counting: threading.Thread | None = None
         self._processes: list[SpawnProcess | None] = [None] * count
         self._stopping = asyncio.Event()
 
@@ -83,7 +113,7 @@ class WorkerProcesses:
         data = self._settings.model_copy(update={"service": node}).model_dump()
         process = self._context.Process(
             target=_child,
-            args=(data, self._wake[index], self._stop),
+            args=(data, self._wake[index], self._stop, self._verdicts),
             name=f"mailledger-worker-{index}",
             daemon=True,
         )
@@ -96,8 +126,25 @@ class WorkerProcesses:
         for event in self._wake:
             event.set()
 
+    def _count_verdicts(self) -> None:
+        """Count what the processes report, until ``stop`` puts None."""
+        while True:
+            try:
+                item = self._verdicts.get()
+            except (EOFError, OSError, ValueError):  # a process died mid-write, or closing
+                return
+            if item is None:
+                return
+            if self._metrics is not None:
+                state, latency = item
+                self._metrics.verdict(state, latency)
+
     async def run(self) -> None:
         """Start the processes and restart any that dies, until ``stop``."""
+        self._counting = threading.Thread(
+            target=self._count_verdicts, name="mailledger-verdicts", daemon=True
+        )
+        self._counting.start()
         for index in range(self._count):
             self._processes[index] = self._start(index)
         while not self._stopping.is_set():
@@ -121,3 +168,6 @@ class WorkerProcesses:
                 log.warning("processing process did not stop in time", pid=process.pid)
                 process.terminate()
                 await asyncio.to_thread(process.join, 5.0)
+        if self._counting is not None:
+            self._verdicts.put(None)  # type: ignore[arg-type]  # the end marker
+            await asyncio.to_thread(self._counting.join, 5.0)
