@@ -159,16 +159,18 @@ class Quarantine(Exception):  # noqa: N818 - it is a decision, not a fault
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """What was worked out before the write transaction: the bytes, their parse, the stamp.
+    """What was worked out before the write transaction: the bytes, their parse, our checks.
 
-    Parsing and writing the stamped copy inside the transaction held SQLite's one write lock
-    while intake's commits waited; the worker does both first (``prepare``).
+    Parsing, the sender checks (which wait on DNS) and writing the stamped copy inside the
+    transaction held SQLite's one write lock while intake's commits waited; the worker does
+    them first (``prepare``, then ``Worker._prepare``).
     """
 
     raw: bytes
     parsed: ParsedMessage | None
     failure: str = ""  # why the message could not be parsed, when parsed is None
-    stamped: str | None = None  # blob of the copy with our Authentication-Results
+    checked: AuthOutcome | None = None  # our own verdicts, when they were needed
+    stamped: str | None = None  # blob of the copy with those verdicts on top
 
 
 # Messages larger than this are parsed from their file, then read whole.
@@ -290,6 +292,7 @@ def _decide(
         message=message,
         raw=raw,
         parsed=parsed,
+        checked=prepared.checked,
         stamped=prepared.stamped,
     )
     step = RouteStep(session, blobs, settings, message, parsed, sender, trace, auth, final_attempt)

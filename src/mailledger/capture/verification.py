@@ -68,8 +68,10 @@ class MessageAuth:
         message: ReceivedMessage,
         raw: bytes,
         parsed: ParsedMessage,
+        checked: AuthOutcome | None = None,
         stamped: str | None = None,
     ) -> None:
+        """``checked``: our verdicts if computed ahead, ``stamped``: the copy stamped with them."""
         self._authenticator = authenticator
         self._settings = settings
         self._blobs = blobs
@@ -77,6 +79,7 @@ class MessageAuth:
         self._raw = raw
         self._parsed = parsed
         self._own: AuthOutcome | None = None
+        self._checked = checked
         self._stamped = stamped
         sender = parsed.sender
         self.from_domain = sender.domain if sender else ""
@@ -98,13 +101,12 @@ class MessageAuth:
                 outcome = _empty(self.from_domain, why, gateway=tenant.gateway_authserv_id)
             return outcome, GATEWAY
         if self._own is None:
-            self._own = self._authenticator.authenticate(
+            self._own = self._checked or self._authenticator.authenticate(
                 self._raw,
                 peer=peer,
                 helo=self._message.helo,
                 mail_from=self._message.mail_from,
                 from_domain=self.from_domain,
-                key=self._message.blob,
             )
         return self._own, OWN
 

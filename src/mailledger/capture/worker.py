@@ -208,26 +208,21 @@ class Worker:
             trace_id=message.trace_id,
             tenant_id=sorted({route.tenant_id for route in routes}),
         )
-        blob, peer, helo, mail_from = message.blob, message.peer, message.helo, message.mail_from
+        peer, helo, mail_from = message.peer, message.helo, message.mail_from
         behind_gateway = bool(routes) and all(
             r.gateway_networks and in_networks(peer, list(r.gateway_networks)) for r in routes
         )
-        prepared = prepare(self._blobs, blob, message.received_at, self._settings)
+        prepared = prepare(self._blobs, message.blob, message.received_at, self._settings)
         if behind_gateway or trusts_loopback(self._settings, peer):
             return prepared
         sender = prepared.parsed.sender if prepared.parsed is not None else None
         if sender is None:
             return prepared  # unparseable or ambiguous From: quarantined before any check
-        outcome = self._authenticator.prepare(
-            (blob, peer, helo, mail_from, sender.domain),
-            prepared.raw,
-            peer=peer,
-            helo=helo,
-            mail_from=mail_from,
-            from_domain=sender.domain,
+        checked = self._authenticator.authenticate(
+            prepared.raw, peer=peer, helo=helo, mail_from=mail_from, from_domain=sender.domain
         )
-        stamped = stamp(prepared.raw, self._authenticator.authserv_id, outcome)
-        return replace(prepared, stamped=self._blobs.put_pieces(stamped))
+        stamped = stamp(prepared.raw, self._authenticator.authserv_id, checked)
+        return replace(prepared, checked=checked, stamped=self._blobs.put_pieces(stamped))
 
     def _fail(self, session: Session, message: ReceivedMessage, reason: str) -> None:
         message.state = MessageState.FAILED

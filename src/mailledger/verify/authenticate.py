@@ -8,8 +8,6 @@ never an exception (STYLE: blocking libraries stay off the event loop).
 from __future__ import annotations
 
 import ipaddress
-import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -29,10 +27,6 @@ from mailledger.verify.results import (
 from mailledger.verify.signatures import signed_message, verify_arc, verify_dkim
 
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mailledger-auth")
-_PREPARED_LIMIT = 1024  # outcomes computed ahead of processing, waiting to be used
-
-# (blob digest, peer, helo, mail_from, from_domain): what a prepared outcome was computed for.
-PreparedKey = tuple[str, str, str, str, str]
 
 
 def peer_address(peer: str) -> str:
@@ -60,32 +54,6 @@ class Authenticator:
         self.resolver = resolver
         self.settings = settings
         self.authserv_id = settings.verify.authserv_id or settings.service.hostname
-        self._prepared: OrderedDict[PreparedKey, AuthOutcome] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def prepare(
-        self,
-        key: PreparedKey,
-        raw: bytes,
-        *,
-        peer: str,
-        helo: str,
-        mail_from: str,
-        from_domain: str,
-    ) -> AuthOutcome:
-        """Check ahead of processing, outside any database transaction, and keep the outcome.
-
-        DNS can take seconds; the processing transaction then finds the outcome with
-        ``authenticate(..., key=key)`` instead of holding its locks while waiting.
-        """
-        outcome = self.authenticate(
-            raw, peer=peer, helo=helo, mail_from=mail_from, from_domain=from_domain
-        )
-        with self._lock:
-            self._prepared[key] = outcome
-            while len(self._prepared) > _PREPARED_LIMIT:
-                self._prepared.popitem(last=False)
-        return outcome
 
     def _txt(self, name: str) -> tuple[str, list[str]]:
         result = self.resolver.txt_sync(name)
@@ -123,18 +91,8 @@ class Authenticator:
         helo: str,
         mail_from: str,
         from_domain: str,
-        key: str | None = None,
     ) -> AuthOutcome:
-        """``check`` within the per-message time budget; out of time is temperror.
-
-        With ``key`` (the blob digest), an outcome ``prepare`` computed for the same message
-        and session facts is used once instead of checking again.
-        """
-        if key is not None:
-            with self._lock:
-                prepared = self._prepared.pop((key, peer, helo, mail_from, from_domain), None)
-            if prepared is not None:
-                return prepared
+        """``check`` within the per-message time budget; out of time is temperror."""
         future = _POOL.submit(
             self.check, raw, peer=peer, helo=helo, mail_from=mail_from, from_domain=from_domain
         )
