@@ -77,6 +77,8 @@ class BlobFile:
 
 SPOOL_PREFIX = ".spool-"
 SPOOL_MAX_AGE_SECONDS = 24 * 3600
+# What put_many takes: bytes, pieces stored one after another, or a file written as it came.
+Blob = bytes | tuple[bytes | memoryview, ...] | BlobFile
 
 
 class BlobStore:
@@ -98,16 +100,12 @@ class BlobStore:
         """Store ``data`` durably and return its digest; storing the same bytes twice is free."""
         return self.put_pieces((data,))
 
-    def put_pieces(self, pieces: Sequence[bytes | memoryview]) -> str:
+    def put_pieces(self, pieces: tuple[bytes | memoryview, ...]) -> str:
         """Store the pieces, one after another, as one blob: no joined copy of a large message."""
-        try:
-            digest, directory, created = self._place(pieces)
-            _fsync_dir(directory)
-            if created:
-                _fsync_dir(self._root)
-        except OSError as exc:
-            raise self._error(exc) from exc
-        return digest
+        result = self.put_many([pieces])[0]
+        if isinstance(result, BlobStoreError):
+            raise result
+        return result
 
     def new_file(self) -> BlobFile:
         """A blob to write as it arrives; store it with ``put_many`` like bytes."""
@@ -124,8 +122,10 @@ class BlobStore:
                     removed += 1
         return removed
 
-    def put_many(self, blobs: Sequence[bytes | BlobFile]) -> list[str | BlobStoreError]:
+    def put_many(self, blobs: Sequence[Blob]) -> list[str | BlobStoreError]:
         """Store every blob durably; per blob, its digest or why it could not be stored.
+
+        A blob is bytes, a tuple of pieces stored one after another, or a ``BlobFile``.
 
         Each blob's bytes are fsynced and renamed into place, then every directory a blob was
         renamed into (or found in) is fsynced once, and the root too when a fan-out directory
@@ -162,25 +162,31 @@ class BlobStore:
                 self._pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="blob-fsync")
         return list(self._pool.map(func, items))
 
-    def _try_place(self, data: bytes | BlobFile) -> tuple[str, str, bool] | OSError:
+    def _try_place(self, blob: Blob) -> tuple[str, str, bool] | OSError:
         try:
-            return self._adopt(data) if isinstance(data, BlobFile) else self._place((data,))
+            if isinstance(blob, BlobFile):
+                return self._adopt(blob)
+            return self._place(blob if isinstance(blob, tuple) else (blob,))
         except OSError as exc:
             return exc
+
+    def _fan_out(self, digest: str) -> tuple[Path, Path, bool]:
+        """The blob's directory (created if missing), its final path, and whether it was created."""
+        directory = self.root / digest[:2]
+        created = False
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            created = True
+        return directory, directory / digest, created
 
     def _adopt(self, file: BlobFile) -> tuple[str, str, bool]:
         """``_place`` for a blob already written: fsync it and rename it to its digest."""
         file.close()
         digest = file.digest
-        directory = self.root / digest[:2]
-        target = directory / digest
+        directory, target, created = self._fan_out(digest)
         if target.exists():
             file.discard()
-            return digest, str(directory), False
-        created = False
-        if not directory.is_dir():
-            directory.mkdir(parents=True, exist_ok=True)
-            created = True
+            return digest, str(directory), created
         fd = os.open(file.path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -189,7 +195,7 @@ class BlobStore:
         file.path.replace(target)
         return digest, str(directory), created
 
-    def _place(self, pieces: Sequence[bytes | memoryview]) -> tuple[str, str, bool]:
+    def _place(self, pieces: tuple[bytes | memoryview, ...]) -> tuple[str, str, bool]:
         """Write one blob under its final name (fsynced, not yet its directory).
 
         Returns the digest, the directory to fsync, and whether that directory was created.
@@ -198,15 +204,10 @@ class BlobStore:
         for piece in pieces:
             hasher.update(piece)
         digest = hasher.hexdigest()
-        directory = self.root / digest[:2]
-        target = directory / digest
+        directory, target, created = self._fan_out(digest)
         if target.exists():
             # Possibly renamed by another writer whose directory fsync is still to come.
-            return digest, str(directory), False
-        created = False
-        if not directory.is_dir():
-            directory.mkdir(parents=True, exist_ok=True)
-            created = True
+            return digest, str(directory), created
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
         try:
             try:
@@ -230,10 +231,8 @@ class BlobStore:
 
     def get(self, digest: str) -> bytes:
         """The bytes of a stored blob."""
-        try:
-            return self.path(digest).read_bytes()
-        except OSError as exc:
-            raise BlobStoreError(exc.errno, f"blob {digest}: {exc.strerror}") from exc
+        with self.open(digest) as stream:
+            return stream.read()
 
     @contextlib.contextmanager
     def open(self, digest: str) -> Iterator[BinaryIO]:
