@@ -7,6 +7,7 @@ stack of open multipart boundaries: linear time, constant recursion.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -60,18 +61,7 @@ def _lines(raw: bytes | BinaryIO) -> Iterable[bytes]:
         return _file_lines(raw)
     if len(raw) <= SPLIT_BYTES:
         return [line.rstrip(b"\r") for line in raw.split(b"\n")]
-    return _each_line(raw)
-
-
-def _each_line(raw: bytes) -> Iterator[bytes]:
-    start = 0
-    while True:
-        end = raw.find(b"\n", start)
-        if end < 0:
-            yield raw[start:].rstrip(b"\r")
-            return
-        yield raw[start:end].rstrip(b"\r")
-        start = end + 1
+    return _file_lines(io.BytesIO(raw))  # BytesIO shares the bytes
 
 
 def _file_lines(stream: BinaryIO) -> Iterator[bytes]:

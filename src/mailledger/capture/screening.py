@@ -27,10 +27,12 @@ def bare_newline(raw: bytes) -> Reply | None:
     aiosmtpd splits DATA only on CRLF, so a lone LF or CR stays inside a line, where one
     parser sees a line break and another does not.
     """
-    pairs = raw.count(CRLF)
-    if raw.count(b"\n") != pairs or raw.count(b"\r") != pairs:
-        return replies.BARE_NEWLINE
-    return None
+    return _unpaired(raw.count(CRLF), raw.count(b"\n"), raw.count(b"\r"))
+
+
+def _unpaired(crlf: int, lf: int, cr: int) -> Reply | None:
+    """The refusal when the counts show a CR or LF outside a CRLF pair."""
+    return replies.BARE_NEWLINE if lf != crlf or cr != crlf else None
 
 
 def nul_byte(raw: bytes) -> Reply | None:
@@ -98,12 +100,12 @@ def _screen_spooled(spooled: SpooledMessage, capture: CaptureSettings) -> Reply 
     The header checks read no further than the largest header section allowed (and its empty
     line), so in the first bytes they see what they would see in the whole message.
     """
-    pairs = spooled.crlf
-    if spooled.lf != pairs or spooled.cr != pairs:
-        return replies.BARE_NEWLINE
+    refusal = _unpaired(spooled.crlf, spooled.lf, spooled.cr) or (
+        replies.NUL_BYTE if spooled.nul else None
+    )
+    if refusal is not None:
+        return refusal
     head = spooled.first_bytes(capture.max_header_bytes + 4)
-    return (
-        (replies.NUL_BYTE if spooled.nul else None)
-        or header_size(head, capture.max_header_bytes)
-        or too_many_hops(head, capture.max_received_headers)
+    return header_size(head, capture.max_header_bytes) or too_many_hops(
+        head, capture.max_received_headers
     )
