@@ -24,7 +24,7 @@ from mailledger.config import Settings
 from mailledger.dns.resolver import Resolver
 from mailledger.metrics import FinishedSink, Metrics
 from mailledger.store.blobs import BlobStore, BlobStoreError
-from mailledger.store.engine import is_postgres, read_only
+from mailledger.store.engine import finds_any, is_postgres, read_only
 from mailledger.store.models import (
     MessageRoute,
     MessageState,
@@ -120,12 +120,8 @@ class Worker:
         settings = self._settings.processing
         now = utcnow()
         expires = now + timedelta(seconds=settings.lease_seconds)
-        with self._sessions() as session:
-            # A reader looks first: each idle poll of each process would take SQLite's
-            # write lock for nothing.
-            read_only(session)
-            if session.scalar(_claimable(now).limit(1)) is None:
-                return []
+        if not finds_any(self._sessions, _claimable(now)):
+            return []  # an idle poll of each process, without taking the write lock
         with self._sessions.begin() as session:
             query = _claimable(now).order_by(ReceivedMessage.id).limit(settings.batch_size)
             if is_postgres(session.get_bind().engine):

@@ -38,7 +38,7 @@ from mailledger.relay.signing import sign_outgoing
 from mailledger.routing.addresses import AddressError, normalize, parse_address
 from mailledger.routing.routes import capture_address
 from mailledger.store.blobs import BlobStore
-from mailledger.store.engine import is_postgres, read_only
+from mailledger.store.engine import finds_any, is_postgres
 from mailledger.store.models import (
     CustomerDomain,
     ForwardingCheck,
@@ -64,11 +64,7 @@ TOKEN_BYTES = 24  # 192 bits: nobody guesses it, and only the staff member's mai
 PENDING = "pending"
 SENT = "sent"
 DUPLICATE = "duplicate"  # the same confirmation came back through working forwarding
-_ANY_PENDING = (
-    select(ForwardingConfirmation.id)
-    .where(ForwardingConfirmation.handback_state == PENDING)
-    .limit(1)
-)
+_PENDING = select(ForwardingConfirmation.id).where(ForwardingConfirmation.handback_state == PENDING)
 
 PROVEN = "proven"
 ALREADY_PROVEN = "already-proven"
@@ -161,15 +157,9 @@ class HandbackRunner:
         self._wakeup.set()
 
     def run_once(self) -> list[int]:
-        """One pass in one transaction; the ids handed back.
-
-        A reader looks first: a pass every second that found nothing took SQLite's write lock
-        for nothing.
-        """
-        with self._sessions() as session:
-            read_only(session)
-            if session.scalar(_ANY_PENDING) is None:
-                return []
+        """One pass in one transaction, when anything is pending; the ids handed back."""
+        if not finds_any(self._sessions, _PENDING):
+            return []
         with self._sessions.begin() as session:
             return hand_back_pending(session, self._blobs, self._settings)
 

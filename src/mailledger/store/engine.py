@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -103,6 +103,17 @@ def read_only(session: Session) -> Session:
     """
     session.connection(execution_options={READ_ONLY: True})
     return session
+
+
+def finds_any(sessions: sessionmaker[Session], statement: Select[Any]) -> bool:
+    """Whether ``statement`` finds a row, asked as a reader.
+
+    Periodic passes look first this way: a pass that takes the write transaction and finds
+    nothing would still hold SQLite's write lock while intake waits.
+    """
+    with sessions() as session:
+        read_only(session)
+        return session.execute(statement.limit(1)).first() is not None
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
