@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, BinaryIO
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Select, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mailledger.capture.automated import automated_reason
 from mailledger.capture.confirmations import (
@@ -71,19 +71,19 @@ CONFIRMATION = "forwarding-confirmation"
 FORWARDING_CHECK = "forwarding-check"
 
 
+def _oldest_activity_by(key: InstrumentedAttribute[str]) -> Select[int]:
+    """The tenant's oldest activity whose ``key`` column equals ``value``."""
+    return (
+        select(Activity.id)
+        .where(Activity.tenant_id == bindparam("tenant_id"), key == bindparam("value"))
+        .order_by(Activity.id)
+        .limit(1)
+    )
+
+
 # Statements built once: building one costs more than running it on SQLite.
-_BY_DEDUPE_KEY = (
-    select(Activity.id)
-    .where(Activity.tenant_id == bindparam("tenant_id"), Activity.dedupe_key == bindparam("value"))
-    .order_by(Activity.id)
-    .limit(1)
-)
-_BY_CONTENT_KEY = (
-    select(Activity.id)
-    .where(Activity.tenant_id == bindparam("tenant_id"), Activity.content_key == bindparam("value"))
-    .order_by(Activity.id)
-    .limit(1)
-)
+_BY_DEDUPE_KEY = _oldest_activity_by(Activity.dedupe_key)
+_BY_CONTENT_KEY = _oldest_activity_by(Activity.content_key)
 _PARTICIPANTS_OF = select(Participant.role, Participant.address).where(
     Participant.activity_id == bindparam("activity_id")
 )
