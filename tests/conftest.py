@@ -16,9 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.config import Settings, load_settings
 from mailledger.demo import DemoAddresses, seed_demo
+from mailledger.dns.resolver import Resolver
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base
+from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.postgres import PostgresServer, find_bindir, start_server
 
 BACKENDS = ("sqlite", "postgres")
@@ -105,3 +107,16 @@ def demo(sessions: sessionmaker[Session]) -> DemoAddresses:
     """The demo tenant (acme), its staff member richard, and contact carol@client.example."""
     with sessions.begin() as session:
         return seed_demo(session)
+
+
+@pytest.fixture
+def dns_server() -> Iterator[DNSServer]:
+    """A DNS server on 127.0.0.1 with no records yet; tests publish what they need."""
+    with DNSServer() as server:
+        yield server
+
+
+@pytest.fixture
+def resolver(dns_server: DNSServer) -> Resolver:
+    """Our resolver, asking the test's DNS server."""
+    return Resolver(dns_server.settings(timeout_seconds=0.5))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import stat
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,17 +25,6 @@ MESSAGE = (
     b"From: Richard <richard@acme.example>\r\nTo: carol@client.example\r\n"
     b"Subject: Quote\r\nMessage-ID: <1@acme.example>\r\n\r\nHello Carol\r\n"
 )
-
-
-@pytest.fixture
-def dns_server() -> Iterator[DNSServer]:
-    with DNSServer() as server:
-        yield server
-
-
-@pytest.fixture
-def resolver(dns_server: DNSServer) -> Resolver:
-    return Resolver(dns_server.settings(timeout_seconds=0.5))
 
 
 @pytest.fixture

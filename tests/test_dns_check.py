@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.rdatatype
@@ -29,12 +28,6 @@ INCLUDE = "_spf.capture.example"
 DOMAIN = "acme.example"
 CAPTURE = "acme.capture.example"
 TXT = dns.rdatatype.TXT
-
-
-@pytest.fixture
-def dns_server() -> Iterator[DNSServer]:
-    with DNSServer() as server:
-        yield server
 
 
 def _settings(settings: Settings, nameserver: str, tmp_path: Path) -> Settings:

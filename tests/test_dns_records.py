@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.zone
@@ -96,12 +95,6 @@ def test_service_spf_from_relay_addresses(settings: Settings) -> None:
     assert service_spf(settings.model_copy(update={"service": service})) == (
         "v=spf1 ip4:192.0.2.10 -all"
     )
-
-
-@pytest.fixture
-def dns_server() -> Iterator[DNSServer]:
-    with DNSServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dkim
@@ -23,19 +22,6 @@ from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.mail import make_email
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def dns_server() -> Iterator[DNSServer]:
-    """A DNS server where the tenant's key is not published yet."""
-    with DNSServer() as server:
-        yield server
-
-
-@pytest.fixture
-def resolver(dns_server: DNSServer) -> Resolver:
-    """Our resolver, asking the test's DNS server."""
-    return Resolver(dns_server.settings(timeout_seconds=1.0))
 
 
 def _hold(sessions: sessionmaker[Session], blobs: BlobStore, tmp_path: Path) -> tuple[str, str]:

@@ -38,11 +38,6 @@ def dns_server() -> Iterator[DNSServer]:
         yield server
 
 
-@pytest.fixture
-def resolver(dns_server: DNSServer) -> Resolver:
-    return Resolver(dns_server.settings(timeout_seconds=0.5))
-
-
 # -- plain lookups -------------------------------------------------------------------------
 
 
