@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.store.engine import read_only
+from mailledger.store.engine import reading
 from mailledger.store.freespace import FreeSpaceGuard
 
 CHECK_TIMEOUT_SECONDS = 5.0
@@ -47,8 +47,7 @@ def check_database(sessions: sessionmaker[Session]) -> None:
 
     A reader: the write lock could be held for a while under load, and health must not wait.
     """
-    with sessions() as session:
-        read_only(session)
+    with reading(sessions) as session:
         session.execute(text("SELECT count(*) FROM tenants")).scalar_one()
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.capture import replies
-from mailledger.store.engine import read_only
+from mailledger.store.engine import reading
 from mailledger.store.models import (
     MessageState,
     OutboundMessage,
@@ -235,8 +235,7 @@ class Metrics:
 def read_queue_state(sessions: sessionmaker[Session]) -> QueueState:
     """Queue depths, the oldest waiting message of each queue, and the quarantine's size."""
     now = utcnow()
-    with sessions() as session:
-        read_only(session)  # no write lock for a read (SQLite)
+    with reading(sessions) as session:
         received, received_oldest = session.execute(
             select(func.count(), func.min(ReceivedMessage.received_at)).where(
                 ReceivedMessage.state == MessageState.RECEIVED

@@ -30,7 +30,7 @@ from mailledger.config import RetentionSettings
 from mailledger.logs import get_logger
 from mailledger.store import quarantine
 from mailledger.store.blobs import BlobStore
-from mailledger.store.engine import is_postgres, read_only
+from mailledger.store.engine import is_postgres, reading
 from mailledger.store.models import (
     Activity,
     Attachment,
@@ -166,8 +166,7 @@ def count_expired(sessions: sessionmaker[Session], policy: RetentionSettings) ->
     """What a pass would delete now, changing nothing (``--dry-run``)."""
     report = RetentionReport(dry_run=True)
     now = utcnow()
-    with sessions() as session:
-        read_only(session)  # no write lock for a read (SQLite)
+    with reading(sessions) as session:
         if policy.raw_days:
             where = _raw_expired(now - timedelta(days=policy.raw_days))
             report.raw_messages = int(

@@ -24,7 +24,7 @@ from mailledger.config import Settings
 from mailledger.dns.resolver import Resolver
 from mailledger.metrics import FinishedSink, Metrics
 from mailledger.store.blobs import BlobStore, BlobStoreError
-from mailledger.store.engine import finds_any, is_postgres, read_only
+from mailledger.store.engine import finds_any, is_postgres, reading
 from mailledger.store.models import (
     MessageRoute,
     MessageState,
@@ -191,8 +191,8 @@ class Worker:
         CPU and a disk flush; inside the transaction they would hold the database's write lock
         (SQLite) and stall intake's commits meanwhile. None: nothing to do any more.
         """
-        with self._sessions() as session:
-            connection = read_only(session).connection()
+        with reading(self._sessions) as session:
+            connection = session.connection()
             message = connection.execute(_FACTS, {"id": message_id}).one_or_none()
             if message is None or message.state is not MessageState.RECEIVED:
                 return None

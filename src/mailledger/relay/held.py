@@ -22,7 +22,7 @@ from mailledger.dns.resolver import Resolver
 from mailledger.relay import outbox
 from mailledger.relay.signing import sign_outgoing
 from mailledger.store.blobs import BlobStore
-from mailledger.store.engine import read_only
+from mailledger.store.engine import reading
 from mailledger.store.models import OutboundMessage, OutboundState, utcnow
 
 log = structlog.get_logger("mailledger.relay.held")
@@ -47,8 +47,7 @@ class _Held:
 
 
 def _held(sessions: sessionmaker[Session], ident: str | None) -> list[_Held]:
-    with sessions() as session:
-        read_only(session)  # no write lock for a read (SQLite)
+    with reading(sessions) as session:
         if ident is None:
             rows = list(
                 session.scalars(

@@ -29,7 +29,7 @@ from mailledger.dns.keys import (
 )
 from mailledger.dns.resolver import Resolver
 from mailledger.logs import get_logger
-from mailledger.store.engine import read_only
+from mailledger.store.engine import reading
 from mailledger.store.models import DkimKey
 from mailledger.verify import dkimfast
 
@@ -114,8 +114,7 @@ def _unsigned(raw: bytes, why: str, relay: RelaySettings) -> SigningOutcome:
 
 
 def _load(sessions: sessionmaker[Session], tenant_id: int, domain: str) -> DkimKey | None:
-    with sessions() as session:
-        read_only(session)  # no write lock for a read (SQLite)
+    with reading(sessions) as session:
         key = active_key(session, tenant_id, domain)
         if key is not None:
             session.expunge(key)

@@ -58,7 +58,7 @@ from mailledger.relay.signing import SigningOutcome, sign_outgoing
 from mailledger.routing.addresses import AddressError, normalize, parse_address
 from mailledger.routing.routes import capture_address
 from mailledger.store.blobs import BlobStore
-from mailledger.store.engine import read_only
+from mailledger.store.engine import reading
 from mailledger.store.models import (
     MessageRoute,
     MessageState,
@@ -185,8 +185,7 @@ class SubmissionHandler:
         return login
 
     def _check_credentials(self, username: str, password: str) -> Login | None:
-        with self._sessions() as session:
-            read_only(session)  # no write lock for a read (SQLite)
+        with reading(self._sessions) as session:
             staff, tenant = _find_login(session, username)
             stored = staff.password_hash if staff is not None else None
             try:

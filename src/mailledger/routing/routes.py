@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailledger.capture import replies
 from mailledger.capture.replies import Reply
 from mailledger.routing.addresses import AddressError, parse_address
-from mailledger.store.engine import read_only
+from mailledger.store.engine import reading
 from mailledger.store.models import RouteKind, Staff, Tenant
 
 LOG_LOCAL_PART = "log"
@@ -67,10 +67,10 @@ class RecipientRouter:
         if len(mailbox.local.encode("utf-8")) > self._max_local:
             return Refusal(replies.LOCAL_PART_TOO_LONG)
         local = mailbox.local.lower()
-        with self._sessions() as session:
-            # A reader: on SQLite a plain session would take the write lock for this lookup,
-            # and every RCPT of every session would queue behind intake and processing.
-            connection = read_only(session).connection()
+        # A reader: on SQLite a plain session would take the write lock for this lookup, and
+        # every RCPT of every session would queue behind intake and processing.
+        with reading(self._sessions) as session:
+            connection = session.connection()
             tenant = connection.execute(_TENANT, {"domain": mailbox.domain}).one_or_none()
             if tenant is None:
                 return Refusal(replies.RELAY_DENIED)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +79,7 @@ def make_engine(url: str, *, echo: bool = False, lock_poll_seconds: float | None
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
             if conn.get_execution_options().get(READ_ONLY):
-                # A reader must not hold the write lock (see read_only below).
+                # A reader must not hold the write lock (see reading below).
                 conn.exec_driver_sql("BEGIN DEFERRED")
                 return
             # IMMEDIATE takes the write lock at the start, so two writers never deadlock on
@@ -94,15 +96,17 @@ def make_engine(url: str, *, echo: bool = False, lock_poll_seconds: float | None
 READ_ONLY = "mailledger_read_only"
 
 
-def read_only(session: Session) -> Session:
-    """Mark a fresh session as a reader: on SQLite it then takes no write lock.
+@contextlib.contextmanager
+def reading(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that only reads: on SQLite it takes no write lock.
 
-    Call before the session's first query. Work that may wait on the network (DNS checks)
-    reads what it needs this way and writes in a short transaction afterwards, so intake's
-    group commits never queue behind it.
+    Lookups on busy paths (RCPT routing, AUTH, health, metrics, idle polls) and work that may
+    wait on the network (DNS checks) read this way and write, if at all, in a short
+    transaction afterwards, so intake's group commits never queue behind them.
     """
-    session.connection(execution_options={READ_ONLY: True})
-    return session
+    with sessions() as session:
+        session.connection(execution_options={READ_ONLY: True})
+        yield session
 
 
 def finds_any(sessions: sessionmaker[Session], statement: Select[Any]) -> bool:
@@ -111,8 +115,7 @@ def finds_any(sessions: sessionmaker[Session], statement: Select[Any]) -> bool:
     Periodic passes look first this way: a pass that takes the write transaction and finds
     nothing would still hold SQLite's write lock while intake waits.
     """
-    with sessions() as session:
-        read_only(session)
+    with reading(sessions) as session:
         return session.execute(statement.limit(1)).first() is not None
 
 
