@@ -24,9 +24,10 @@ from typing import Any
 
 from bench.load import prepare, run_load
 from bench.results import ms, percentile, table
-from bench.run import _config, _free_port, _process
+from bench.run import _config, _process
 from bench.world import GMAIL_IP, HOSTNAME, RICHARD_CAPTURE, make_keys, make_messages, publish, seed
 from mailledger.testing.dnsserver import DNSServer
+from mailledger.testing.ports import free_port
 from mailledger.testing.tls import write_self_signed
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -100,7 +101,7 @@ def main() -> int:
         work_dir = Path(tmp)
         keys = make_keys()
         publish(dns, keys)
-        ports = {name: _free_port() for name in ("capture", "submission", "mx", "metrics", "bare")}
+        ports = {name: free_port() for name in ("capture", "submission", "mx", "metrics", "bare")}
         cert, key = write_self_signed(HOSTNAME, work_dir / "tls")
         seed(f"sqlite:///{work_dir / 'mailledger.db'}", work_dir / "dkim", dns)
         config = _config(work_dir, dns, ports, cert, key)

@@ -46,6 +46,7 @@ from bench.world import (
 )
 from mailledger.store.models import MessageState, ReceivedMessage
 from mailledger.testing.dnsserver import DNSServer
+from mailledger.testing.ports import free_port
 from mailledger.testing.recorder import start_recorders
 from mailledger.testing.tls import write_self_signed
 
@@ -72,12 +73,6 @@ SMOKE = {
     "relay": 2,
     "profile": 0,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 60.0) -> None:
@@ -275,11 +270,11 @@ def main() -> int:
         publish(dns, keys)
         mx_port, recorders = start_recorders([MX_IP])
         ports = {
-            "capture": _free_port(),
-            "submission": _free_port(),
+            "capture": free_port(),
+            "submission": free_port(),
             "mx": mx_port,
-            "metrics": _free_port(),
-            "bare": _free_port(),
+            "metrics": free_port(),
+            "bare": free_port(),
         }
         cert, key = write_self_signed(HOSTNAME, work / "tls")
         db = seed(f"sqlite:///{work / 'mailledger.db'}", work / "dkim", dns)

@@ -31,6 +31,7 @@ from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, MessageState, ReceivedMessage
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.mail import make_email
+from mailledger.testing.ports import free_port
 from mailledger.testing.smtp import send_raw
 
 pytestmark = pytest.mark.slow
@@ -41,12 +42,6 @@ KILL_AFTER = (400, 900, 1400)  # acknowledged messages before each SIGKILL
 FINAL = {MessageState.PROCESSED, MessageState.QUARANTINED, MessageState.FAILED}
 MESSAGE_ID = re.compile(rb"^Message-ID:\s*<([^>]+)>", re.IGNORECASE | re.MULTILINE)
 DEADLINE_SECONDS = 240
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(tmp_path: Path, port: int, nameserver: str) -> Path:

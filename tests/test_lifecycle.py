@@ -27,7 +27,7 @@ from mailledger.notify import Notifier
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, ReceivedMessage
 from mailledger.testing.mail import make_email
-from mailledger.testing.scrape import free_port
+from mailledger.testing.ports import free_port
 from mailledger.testing.smtp import dot_stuff
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,8 @@ from mailledger.metrics import reason_of
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import MessageState, ReceivedMessage, utcnow
 from mailledger.testing.mail import make_email, store_received
-from mailledger.testing.scrape import free_port, health, http_get, scrape, value
+from mailledger.testing.ports import free_port
+from mailledger.testing.scrape import health, http_get, scrape, value
 from mailledger.testing.smtp import running_server, send_raw_async
 
 pytestmark = pytest.mark.usefixtures("engine")

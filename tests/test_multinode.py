@@ -49,9 +49,10 @@ from mailledger.store.models import (
     utcnow,
 )
 from mailledger.testing.mail import make_email
+from mailledger.testing.ports import free_port
 from mailledger.testing.postgres import PostgresServer
 from mailledger.testing.recorder import Recorder
-from mailledger.testing.scrape import free_port, scrape, value
+from mailledger.testing.scrape import scrape, value
 from mailledger.testing.smtp import send_raw
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]

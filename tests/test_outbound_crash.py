@@ -28,7 +28,8 @@ from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, OutboundKind, OutboundMessage, OutboundState
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.mail import make_email
-from mailledger.testing.recorder import Recorder, Transaction, free_port, start_recorders
+from mailledger.testing.ports import free_port
+from mailledger.testing.recorder import Recorder, Transaction, start_recorders
 
 pytestmark = pytest.mark.slow
 

@@ -28,9 +28,10 @@ from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.freespace import free_bytes
 from mailledger.store.models import Base, MessageState, ReceivedMessage
 from mailledger.testing.mail import make_email
+from mailledger.testing.ports import free_port
 from mailledger.testing.postgres import PostgresServer
 from mailledger.testing.postgres import running_server as running_postgres
-from mailledger.testing.scrape import free_port, health
+from mailledger.testing.scrape import health
 from mailledger.testing.smtp import Transaction, running_server, send_raw_async
 
 CONTACT = "carol@client.example"

@@ -13,7 +13,8 @@ from mailledger.config import Settings, VerifySettings
 from mailledger.demo import DemoAddresses
 from mailledger.store.models import Activity, MessageState, ReceivedMessage
 from mailledger.testing.mail import make_email
-from mailledger.testing.scrape import free_port, scrape, value
+from mailledger.testing.ports import free_port
+from mailledger.testing.scrape import scrape, value
 from mailledger.testing.smtp import running_server, send_raw_async
 
 

@@ -14,7 +14,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+
+from mailledger.testing.ports import free_port
 
 SERVER_USER = "postgres"
 PREFERRED_MAJOR = 15
@@ -48,14 +49,6 @@ def find_bindir() -> Path | None:
         if all((directory / name).exists() for name in ("initdb", "pg_ctl", "postgres")):
             return directory
     return None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def ensure_server_user(name: str = SERVER_USER) -> pwd.struct_passwd:

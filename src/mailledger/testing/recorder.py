@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import socket
 import ssl
 import threading
 import time
@@ -32,6 +31,8 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+from mailledger.testing.ports import free_port
 
 DEFAULT_REPLY: Final = {"MAIL": "250 2.1.0 OK", "RCPT": "250 2.1.5 OK", "DATA": "250 2.0.0 OK"}
 PORT_ATTEMPTS: Final = 20
@@ -293,13 +294,6 @@ class Recorder:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port number nothing listens on at ``host`` right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def start_recorders(

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(port: int, path: str, *, timeout: float = 10.0) -> tuple[int, bytes]:
