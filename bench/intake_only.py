@@ -111,7 +111,7 @@ def main() -> int:
             prepare(mails[n * args.messages : (n + 1) * args.messages]) for n in range(args.rounds)
         ]
         python = sys.executable
-        full_cmd = [python, "-m", "mailledger.server", "--config", str(config)]
+        full_cmd = [python, "-m", "mailledger.service.server", "--config", str(config)]
         bare_cmd = [python, "-m", "bench.bare", str(ports["bare"])]
         results: dict[str, list[dict[str, Any]]] = {"bare": [], "full": []}
         with (

@@ -34,32 +34,25 @@ PARTS = [
             "/spf.py",
             "/dns/",
             "mailledger/verify",
+            "mailledger/dnsauth",
             "nacl/",
             "cryptography",
             "authres",
-            "capture/verification",
         ),
     ),
-    (
-        "parsing",
-        ("/email/", "flanker", "capture/parsing", "capture/content", "capture/mimebounds", "nh3"),
-    ),
-    ("storage", ("sqlalchemy", "sqlite3", "mailledger/store", "capture/intake", "psycopg")),
+    ("parsing", ("/email/", "mailledger/mail/", "nh3")),
+    ("storage", ("sqlalchemy", "sqlite3", "mailledger/store", "psycopg")),
     (
         "matching+recording",
         (
             "mailledger/routing",
-            "capture/processor",
-            "capture/worker",
-            "capture/screening",
-            "capture/automated",
-            "capture/confirmations",
+            "mailledger/capture/processor",
+            "mailledger/capture/worker",
+            "mailledger/smtp/screening",
+            "mailledger/forwarding",
         ),
     ),
-    (
-        "listener",
-        ("aiosmtpd", "capture/protocol", "capture/handler", "capture/listener", "asyncio/"),
-    ),
+    ("listener", ("aiosmtpd", "mailledger/smtp", "mailledger/capture/handler", "asyncio/")),
 ]
 
 

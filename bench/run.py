@@ -1,7 +1,7 @@
 """``make bench``: the capture path against a bare aiosmtpd listener, side by side in one run.
 
 Both servers run as their own processes on this machine, the bare one and ``python -m
-mailledger.server`` with the whole path on; the same client sends them the same messages at
+mailledger.service.server`` with the whole path on; the same client sends them the same messages at
 1, 10 and 50 sessions, then 1 KB to 10 MB messages, then relays submitted mail to a recording
 MX, and last a profiler run says where the server's CPU goes. Every figure printed and written
 to ``bench/results/latest.json`` is measured in this run.
@@ -280,7 +280,7 @@ def main() -> int:
         db = seed(f"sqlite:///{work / 'mailledger.db'}", work / "dkim", dns)
         config = _config(work, dns, ports, cert, key)
         python = sys.executable
-        full_cmd = [python, "-m", "mailledger.server", "--config", str(config)]
+        full_cmd = [python, "-m", "mailledger.service.server", "--config", str(config)]
         bare_cmd = [python, "-m", "bench.bare", str(ports["bare"])]
         print("generating signed messages…", flush=True)
         phases: dict[str, list[Mail]] = {}

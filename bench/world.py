@@ -16,8 +16,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.demo import seed_demo
-from mailledger.dns import keys as dkim_keys
+from mailledger.cli.demo import seed_demo
+from mailledger.domains import keys as dkim_keys
 from mailledger.relay.credentials import hash_password
 from mailledger.store import directory
 from mailledger.store.engine import make_engine, make_sessionmaker

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailledger.routing import addresses
-from mailledger.routing.addresses import AddressError, parse_address, parse_mailbox_list
+from mailledger.mail import addresses
+from mailledger.mail.addresses import AddressError, parse_address, parse_mailbox_list
 
 VALUES = [
     "Carol Client <carol@client.example>",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mailledger.capture.spool import start_spool
+from mailledger.smtp.spool import start_spool
 from mailledger.store import blobs as blobs_module
 from mailledger.store.blobs import BlobStore, BlobStoreError
 

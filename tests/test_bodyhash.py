@@ -10,7 +10,7 @@ import dkim
 import pytest
 from dkim.canonicalization import Relaxed, Simple
 
-from mailledger.dns.resolver import Resolver
+from mailledger.dnsauth.resolver import Resolver
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.forwarding import SigningKey, dkim_sign, make_key
 from mailledger.testing.mail import make_email

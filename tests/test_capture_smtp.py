@@ -17,15 +17,15 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from mailledger.capture import replies
 from mailledger.capture.handler import CaptureHandler
-from mailledger.capture.intake import Intake, IntakeError, SessionFacts
-from mailledger.capture.listener import CaptureListener
-from mailledger.capture.protocol import rewrite_reply
+from mailledger.cli.demo import DemoAddresses
 from mailledger.config import Settings
-from mailledger.demo import DemoAddresses
-from mailledger.routing.routes import RecipientRouter, Route
+from mailledger.mail import replies
+from mailledger.routing.routes import RecipientRouter
+from mailledger.smtp.listener import CaptureListener
+from mailledger.smtp.protocol import rewrite_reply
 from mailledger.store.blobs import BlobFile, BlobStore, BlobStoreError
+from mailledger.store.inbox import Intake, IntakeError, Route, SessionFacts
 from mailledger.store.models import MessageRoute, ReceivedMessage, RouteKind, TraceEntry
 from mailledger.testing.intake import hold_first_write
 from mailledger.testing.mail import make_email

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
-from mailledger.cli import main
-from mailledger.clikit import format_table
+from mailledger.cli.kit import format_table
+from mailledger.cli.main import main
 from mailledger.store import directory
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker

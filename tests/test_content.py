@@ -13,8 +13,8 @@ from email.parser import BytesParser
 
 import pytest
 
-from mailledger.capture import content
-from mailledger.capture.parsing import parse_message
+from mailledger.mail import content
+from mailledger.mail.parsing import parse_message
 from mailledger.testing.mail import make_email
 
 

@@ -1,10 +1,10 @@
 """Killing the server with SIGKILL mid-stream loses no acknowledged message.
 
-The real server runs as a subprocess (``python -m mailledger.server``); twenty client threads
-send 2,000 messages and retry after a refused connection or a 4xx as a real MTA would, while
-the test kills the server three times and restarts it. Every message that got its 250 must be
-stored, no message may be stored more often than it was sent, and every stored message must
-reach a final state once processing resumes after the restarts.
+The real server runs as a subprocess (``python -m mailledger.service.server``); twenty client
+threads send 2,000 messages and retry after a refused connection or a 4xx as a real MTA
+would, while the test kills the server three times and restarts it. Every message that got
+its 250 must be stored, no message may be stored more often than it was sent, and every
+stored message must reach a final state once processing resumes after the restarts.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from mailledger.demo import seed_demo
+from mailledger.cli.demo import seed_demo
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, MessageState, ReceivedMessage
@@ -94,7 +94,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILLEDGER_")}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mailledger.server", "--config", str(self.config)],
+                [sys.executable, "-m", "mailledger.service.server", "--config", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from mailledger.capture.dataread import BlockDataSMTP, DataScanner, DataState
-from mailledger.capture.spool import SpooledMessage
+from mailledger.smtp.dataread import BlockDataSMTP, DataScanner, DataState
+from mailledger.smtp.spool import SpooledMessage
 from mailledger.store.blobs import BlobFile, BlobStore
 
 HEAD = b"EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@capture.test>\r\nDATA\r\n"

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.cli import main
+from mailledger.cli.demo import DemoAddresses
+from mailledger.cli.main import main
 from mailledger.config import Settings, VerifySettings
-from mailledger.demo import DemoAddresses
 from mailledger.store.models import Activity
 from mailledger.testing.smtp import running_server
 

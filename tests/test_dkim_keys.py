@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.demo import DemoAddresses
-from mailledger.dns import keys
-from mailledger.dns.keys import DkimKeyError
-from mailledger.dns.resolver import Resolver
+from mailledger.cli.demo import DemoAddresses
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.domains import keys
+from mailledger.domains.keys import DkimKeyError
 from mailledger.store.directory import add_tenant, find_tenant
 from mailledger.store.models import DkimKey
 from mailledger.testing.dnsserver import DNSServer

@@ -13,12 +13,12 @@ import dns.zone
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.cli import main
+from mailledger.cli.demo import DemoAddresses
+from mailledger.cli.main import main
 from mailledger.config import Settings
-from mailledger.demo import DemoAddresses
-from mailledger.dns import keys
-from mailledger.dns.check import RecordCheck, all_ok, check_tenant
-from mailledger.dns.resolver import Resolver
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.domains import keys
+from mailledger.domains.check import RecordCheck, all_ok, check_tenant
 from mailledger.store.directory import find_tenant
 from mailledger.store.models import DkimKey
 from mailledger.testing.dnsserver import DNSServer

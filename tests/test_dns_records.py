@@ -9,19 +9,14 @@ import dns.zone
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.cli import main
+from mailledger.cli.demo import DemoAddresses
+from mailledger.cli.main import main
 from mailledger.config import Settings
-from mailledger.demo import DemoAddresses
-from mailledger.dns import keys
-from mailledger.dns.records import relay_mechanisms, service_spf, tenant_records
-from mailledger.dns.resolver import Resolver
-from mailledger.dns.spfrecord import (
-    SpfSyntaxError,
-    combined_record,
-    merged_record,
-    parse_terms,
-)
-from mailledger.dns.zonetext import character_strings, txt_value, zone_line
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.domains import keys
+from mailledger.domains.records import relay_mechanisms, service_spf, tenant_records
+from mailledger.domains.spfrecord import SpfSyntaxError, combined_record, merged_record, parse_terms
+from mailledger.domains.zonetext import character_strings, txt_value, zone_line
 from mailledger.store.directory import find_tenant
 from mailledger.testing.dnsserver import DNSServer
 

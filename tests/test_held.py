@@ -9,13 +9,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.cli.demo import DemoAddresses
 from mailledger.config import Settings
-from mailledger.demo import DemoAddresses
-from mailledger.dns.keys import create_key
-from mailledger.dns.resolver import Resolver
-from mailledger.relay import outbox
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.domains.keys import create_key
 from mailledger.relay.held import RELEASED_UNSIGNED, release_held
-from mailledger.store import directory
+from mailledger.store import directory, outbox
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import DkimKey, OutboundKind, OutboundMessage, OutboundState
 from mailledger.testing.dnsserver import DNSServer

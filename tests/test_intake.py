@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from mailledger.capture.intake import Intake, IntakeError, SessionFacts
-from mailledger.demo import DemoAddresses
-from mailledger.routing.routes import RecipientRouter, Route
+from mailledger.cli.demo import DemoAddresses
+from mailledger.routing.routes import RecipientRouter
 from mailledger.store.blobs import BlobStore
+from mailledger.store.inbox import Intake, IntakeError, Route, SessionFacts
 from mailledger.store.models import MessageState, ReceivedMessage, RouteKind
 from mailledger.testing.intake import hold_first_write
 

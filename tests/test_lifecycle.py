@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from mailledger.demo import seed_demo
-from mailledger.notify import Notifier
+from mailledger.cli.demo import seed_demo
+from mailledger.service.notify import Notifier
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, ReceivedMessage
 from mailledger.testing.mail import make_email
@@ -145,7 +145,7 @@ def test_notify_reload_and_clean_stop(tmp_path: Path, notify: NotifySocket) -> N
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mailledger.server", "--config", str(config)],
+            [sys.executable, "-m", "mailledger.service.server", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.cli.demo import DemoAddresses
 from mailledger.config import Settings
-from mailledger.demo import DemoAddresses
 from mailledger.metrics import reason_of
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import MessageState, ReceivedMessage, utcnow

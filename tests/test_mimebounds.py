@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from mailledger.capture import mimebounds
+from mailledger.mail import mimebounds
 
 
 def test_lines_are_split_lines(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,6 @@
 """Two nodes on one PostgreSQL share the work, and a node killed with SIGKILL loses nothing.
 
-Two ``python -m mailledger.server`` processes (node-a, node-b) share a PostgreSQL database
+Two ``python -m mailledger.service.server`` processes (node-a, node-b) share a PostgreSQL database
 and a blob directory (in production: shared storage such as NFS). Client threads send
 inbound mail to both; outbound rows are queued for delivery through a recording smarthost.
 While node-a holds claims on both queues it is frozen (SIGSTOP, so its claims can be read
@@ -33,8 +33,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.demo import seed_demo
-from mailledger.relay import outbox
+from mailledger.cli.demo import seed_demo
+from mailledger.store import outbox
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.migrate import upgrade
@@ -126,7 +126,7 @@ level = "warning"
 
 
 class Node:
-    """One ``mailledger.server`` process."""
+    """One ``mailledger.service.server`` process."""
 
     def __init__(self, name: str, config: Path, port: int, metrics: int, log: Path) -> None:
         self.name, self.config, self.port, self.metrics, self.log = name, config, port, metrics, log
@@ -136,7 +136,7 @@ class Node:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILLEDGER_")}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mailledger.server", "--config", str(self.config)],
+                [sys.executable, "-m", "mailledger.service.server", "--config", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -21,9 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.config import Settings
-from mailledger.dns.resolver import Resolver
-from mailledger.relay import outbox
+from mailledger.dnsauth.resolver import Resolver
 from mailledger.relay.delivery import DeliveryWorker
+from mailledger.store import outbox
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import OutboundKind, OutboundMessage, OutboundState
 from mailledger.testing.dnsserver import DNSServer

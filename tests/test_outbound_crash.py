@@ -1,6 +1,6 @@
 """A queue that outlives a server killed with SIGKILL in the middle of a delivery.
 
-The whole server runs as a subprocess (``python -m mailledger.server``) and delivers by MX
+The whole server runs as a subprocess (``python -m mailledger.service.server``) and delivers by MX
 lookup, through the test DNS server, to two recording SMTP servers on 127.0.0.61/.62. One
 recorder holds its reply to one DATA back; while it waits, the server is killed with SIGKILL.
 The recorder then answers 250 to a sender that is gone, exactly the case where the remote host
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from mailledger.relay import outbox
+from mailledger.store import outbox
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, OutboundKind, OutboundMessage, OutboundState
@@ -92,7 +92,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILLEDGER_")}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mailledger.server", "--config", str(self.config)],
+                [sys.executable, "-m", "mailledger.service.server", "--config", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.cli import main
+from mailledger.cli.main import main
 from mailledger.config import Settings
-from mailledger.relay import outbox
 from mailledger.relay.dsn import FailedRecipient, build_dsn, enhanced_status
+from mailledger.store import outbox
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import OutboundKind, OutboundMessage, OutboundState, utcnow
 from mailledger.testing.mail import make_email

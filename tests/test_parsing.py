@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import pytest
 
-from mailledger.capture import parsing
+from mailledger.mail import parsing
 from mailledger.testing.mail import make_email
 
 MESSAGES = [

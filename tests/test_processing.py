@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailledger.capture import processor
 from mailledger.capture.processor import process_message
 from mailledger.capture.worker import Worker
+from mailledger.cli.demo import DemoAddresses
 from mailledger.config import DNSSettings, Settings, VerifySettings
-from mailledger.demo import DemoAddresses
-from mailledger.dns.resolver import Resolver
+from mailledger.dnsauth.resolver import Resolver
 from mailledger.store import directory
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import (

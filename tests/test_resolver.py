@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from mailledger.config import DNSSettings
-from mailledger.dns.orgdomain import organizational_domain
-from mailledger.dns.resolver import (
+from mailledger.dnsauth.orgdomain import organizational_domain
+from mailledger.dnsauth.resolver import (
     DNSResult,
     DNSTempError,
     Resolver,
@@ -464,7 +464,7 @@ def test_libraries_load_from_outside_our_source_tree() -> None:
         assert module.__file__ is not None
         assert not Path(module.__file__).resolve().is_relative_to(SRC), module.__file__
     assert hasattr(dnspython, "resolver") and hasattr(dnspython.resolver, "Resolver")
-    assert DNSResult.__module__ == "mailledger.dns.resolver"
+    assert DNSResult.__module__ == "mailledger.dnsauth.resolver"
 
 
 # -- organizational domains ----------------------------------------------------------------

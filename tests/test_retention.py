@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.cli import main
+from mailledger.cli.demo import DemoAddresses
+from mailledger.cli.main import main
 from mailledger.config import RetentionSettings, Settings
-from mailledger.demo import DemoAddresses
-from mailledger.retention import RETENTION_STEP, run_retention
+from mailledger.service.retention import RETENTION_STEP, run_retention
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import Activity, MessageState, ReceivedMessage, TraceEntry, utcnow
 from mailledger.testing.mail import make_email, store_received

@@ -8,9 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.cli.demo import DemoAddresses
 from mailledger.config import Settings
-from mailledger.demo import DemoAddresses
-from mailledger.routing.routes import RecipientRouter, Refusal, Route
+from mailledger.routing.routes import RecipientRouter, Refusal
+from mailledger.store.inbox import Route
 from mailledger.store.models import RouteKind
 
 

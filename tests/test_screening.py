@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from mailledger.capture import replies, screening
-from mailledger.capture.replies import Reply
 from mailledger.config import CaptureSettings
+from mailledger.mail import replies
+from mailledger.mail.replies import Reply
+from mailledger.smtp import screening
 
 LIMITS = CaptureSettings(max_header_bytes=1024, max_received_headers=3)
 

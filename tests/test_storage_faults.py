@@ -22,8 +22,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.cli.demo import DemoAddresses, seed_demo
 from mailledger.config import Settings
-from mailledger.demo import DemoAddresses, seed_demo
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.freespace import free_bytes
 from mailledger.store.models import Base, MessageState, ReceivedMessage

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.demo import DemoAddresses
+from mailledger.cli.demo import DemoAddresses
 from mailledger.store import directory, quarantine, queries
 from mailledger.store.blobs import BlobStore
 from mailledger.store.directory import DirectoryError

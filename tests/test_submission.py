@@ -23,13 +23,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.cli import relaystaff as staff_commands
+from mailledger.cli.demo import DemoAddresses
 from mailledger.config import Settings
-from mailledger.demo import DemoAddresses
-from mailledger.dns import keys
-from mailledger.dns.resolver import Resolver
-from mailledger.relay import handback, staff_commands
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.domains import keys
+from mailledger.forwarding import handback
 from mailledger.relay.credentials import hash_password, verify_password
-from mailledger.server import serve
+from mailledger.service.server import serve
 from mailledger.store import directory
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import (

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from mailledger.capture.parsing import parse_message
+from mailledger.mail.parsing import parse_message
 from mailledger.relay import credentials
 from mailledger.relay.lockout import LoginGuard
 from mailledger.relay.ownership import Login, check_envelope_sender, check_from_header

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.cli.demo import DemoAddresses
 from mailledger.config import Settings
-from mailledger.demo import DemoAddresses
 from mailledger.store import directory
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import (

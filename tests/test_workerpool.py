@@ -9,8 +9,8 @@ import os
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.cli.demo import DemoAddresses
 from mailledger.config import Settings, VerifySettings
-from mailledger.demo import DemoAddresses
 from mailledger.store.models import Activity, MessageState, ReceivedMessage
 from mailledger.testing.mail import make_email
 from mailledger.testing.ports import free_port

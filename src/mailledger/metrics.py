@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.capture import replies
+from mailledger.mail import replies
 from mailledger.store.engine import reading
 from mailledger.store.models import (
     MessageState,

@@ -16,7 +16,7 @@ from typing import Any
 import dkim
 import pytest
 
-from mailledger.dns.resolver import Resolver
+from mailledger.dnsauth.resolver import Resolver
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.vectors import suite_cases
 from mailledger.verify.signatures import verify_arc

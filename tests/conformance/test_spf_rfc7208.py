@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import spf
 
-from mailledger.dns.resolver import Resolver
+from mailledger.dnsauth.resolver import Resolver
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.vectors import suite_cases
 

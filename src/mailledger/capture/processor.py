@@ -17,18 +17,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from mailledger.capture.automated import automated_reason
-from mailledger.capture.confirmations import (
+from mailledger.config import Settings
+from mailledger.forwarding import handback
+from mailledger.forwarding.confirmations import (
     GMAIL_CONFIRMATION_SENDER,
     GMAIL_SIGNING_DOMAIN,
     extract_gmail_confirmation,
 )
-from mailledger.capture.parsing import ParsedMessage, ParseFailure, parse_message
-from mailledger.capture.verification import DEMO, MessageAuth
-from mailledger.config import Settings
-from mailledger.relay import handback
+from mailledger.mail.addresses import Mailbox, normalize
+from mailledger.mail.automated import automated_reason
+from mailledger.mail.parsing import ParsedMessage, ParseFailure, parse_message
 from mailledger.routing import dedupe
-from mailledger.routing.addresses import Mailbox, normalize
 from mailledger.routing.matcher import Match, company_owners, match_parties, never_log_hits
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import is_postgres
@@ -57,6 +56,7 @@ from mailledger.store.models import (
     utcnow,
 )
 from mailledger.verify.authenticate import Authenticator
+from mailledger.verify.messageauth import DEMO, MessageAuth
 from mailledger.verify.results import TEMPERROR, AuthOutcome
 from mailledger.verify.trust import (
     Forward,

@@ -19,9 +19,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.capture.processor import Prepared, RetryLater, prepare, process_message
-from mailledger.capture.verification import trusts_loopback
 from mailledger.config import Settings
-from mailledger.dns.resolver import Resolver
+from mailledger.dnsauth.resolver import Resolver
 from mailledger.metrics import FinishedSink, Metrics
 from mailledger.store.blobs import BlobStore, BlobStoreError
 from mailledger.store.engine import finds_any, is_postgres, reading
@@ -35,6 +34,7 @@ from mailledger.store.models import (
 )
 from mailledger.verify.authenticate import Authenticator, in_networks
 from mailledger.verify.authresults import stamp
+from mailledger.verify.messageauth import trusts_loopback
 
 log = structlog.get_logger("mailledger.worker")
 

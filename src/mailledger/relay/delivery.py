@@ -36,13 +36,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.config import Settings, split_listen
-from mailledger.dns.resolver import Resolver
+from mailledger.dnsauth.resolver import Resolver
 from mailledger.metrics import Metrics
-from mailledger.relay import outbox
 from mailledger.relay.dsn import FailedRecipient, enhanced_status, queue_dsn, wants_dsn
-from mailledger.relay.outbox import Claim
+from mailledger.store import outbox
 from mailledger.store.blobs import BlobStore, BlobStoreError
 from mailledger.store.models import OutboundMessage, OutboundState, utcnow
+from mailledger.store.outbox import Claim
 
 log = structlog.get_logger("mailledger.relay")
 

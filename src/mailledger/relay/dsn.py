@@ -20,9 +20,9 @@ from typing import Final
 
 from sqlalchemy.orm import Session
 
-from mailledger.relay.outbox import enqueue
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import OutboundKind, OutboundMessage, utcnow
+from mailledger.store.outbox import enqueue
 
 _ENHANCED: Final = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 # The headers we quote back are capped, so a huge header block can't make a huge bounce.

@@ -16,11 +16,11 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.capture.parsing import sender_domain
 from mailledger.config import Settings
-from mailledger.dns.resolver import Resolver
-from mailledger.relay import outbox
-from mailledger.relay.signing import sign_outgoing
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.domains.signing import sign_outgoing
+from mailledger.mail.parsing import sender_domain
+from mailledger.store import outbox
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import reading
 from mailledger.store.models import OutboundMessage, OutboundState, utcnow

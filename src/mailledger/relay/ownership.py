@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mailledger.capture.parsing import ParsedMessage
-from mailledger.capture.replies import Reply
+from mailledger.mail.addresses import AddressError, Mailbox, normalize, parse_address
+from mailledger.mail.parsing import ParsedMessage
+from mailledger.mail.replies import Reply
 from mailledger.relay import submission_replies as replies
-from mailledger.routing.addresses import AddressError, Mailbox, normalize, parse_address
 
 MAX_ECHO_CHARS = 100  # how much of a refused address the reply repeats
 

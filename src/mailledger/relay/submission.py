@@ -35,28 +35,22 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
-from mailledger.capture import replies, screening
-from mailledger.capture.handler import (
-    CaptureHandler,
-    describe_tls,
-    format_peer,
-    trace_id_of,
-)
-from mailledger.capture.listener import CaptureListener
-from mailledger.capture.parsing import ParsedMessage, ParseFailure, parse_message
-from mailledger.capture.protocol import CaptureSMTP, SessionGate
-from mailledger.capture.replies import Reply
 from mailledger.config import Settings, split_listen
-from mailledger.dns.resolver import Resolver
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.domains.signing import SigningOutcome, sign_outgoing
 from mailledger.logs import get_logger
+from mailledger.mail import replies
+from mailledger.mail.addresses import AddressError, capture_address, normalize, parse_address
+from mailledger.mail.parsing import ParsedMessage, ParseFailure, parse_message
+from mailledger.mail.replies import Reply
 from mailledger.relay import submission_replies as answers
 from mailledger.relay.credentials import CredentialError, verify_password
 from mailledger.relay.lockout import LoginGuard
-from mailledger.relay.outbox import check_outbound_bytes, enqueue, new_queue_id
 from mailledger.relay.ownership import Login, check_envelope_sender, check_from_header
-from mailledger.relay.signing import SigningOutcome, sign_outgoing
-from mailledger.routing.addresses import AddressError, normalize, parse_address
-from mailledger.routing.routes import capture_address
+from mailledger.smtp import screening
+from mailledger.smtp.listener import CaptureListener
+from mailledger.smtp.protocol import CaptureSMTP, SessionGate
+from mailledger.smtp.session import describe_tls, format_peer, temporary_fault, trace_id_of
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import reading
 from mailledger.store.models import (
@@ -70,6 +64,7 @@ from mailledger.store.models import (
     Tenant,
     TraceEntry,
 )
+from mailledger.store.outbox import check_outbound_bytes, enqueue, new_queue_id
 
 log = get_logger(__name__)
 
@@ -392,7 +387,7 @@ class SubmissionHandler:
 
     async def handle_exception(self, error: Exception) -> str:
         """As on the capture side: a fault is temporary, answered with the trace id."""
-        return await CaptureHandler.handle_exception(self, error)  # type: ignore[arg-type]
+        return str(temporary_fault(error))
 
 
 class _Facts:
@@ -639,7 +634,7 @@ class SubmissionListener(CaptureListener):
     def __init__(
         self, settings: Settings, handler: SubmissionHandler, *, tls_context: ssl.SSLContext
     ) -> None:
-        super().__init__(settings, handler, tls_context=tls_context)  # type: ignore[arg-type]
+        super().__init__(settings, handler, tls_context=tls_context)
         self._submission = handler
         self.gate = SubmissionGate(settings.submission.max_sessions)
 

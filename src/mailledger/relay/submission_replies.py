@@ -7,7 +7,7 @@ newlines, storage failures); these are the ones only an authenticating relay nee
 
 from __future__ import annotations
 
-from mailledger.capture.replies import Reply
+from mailledger.mail.replies import Reply
 
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")

@@ -6,8 +6,8 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from mailledger.capture.parsing import ParsedMessage
-from mailledger.routing.addresses import normalize
+from mailledger.mail.addresses import normalize
+from mailledger.mail.parsing import ParsedMessage
 
 MAX_KEY_ID_CHARS = 180
 # Reply and forward prefixes in the languages our users' mail clients write (DESIGN §5).

@@ -13,7 +13,7 @@ from importlib import resources
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from mailledger.routing.addresses import domain_of
+from mailledger.mail.addresses import domain_of
 from mailledger.store.models import (
     CompanyDomain,
     Contact,

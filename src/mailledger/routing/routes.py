@@ -11,15 +11,18 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.capture import replies
-from mailledger.capture.replies import Reply
-from mailledger.routing.addresses import AddressError, parse_address
+from mailledger.mail import replies
+from mailledger.mail.addresses import (
+    LOG_LOCAL_PART,
+    OPERATOR_LOCAL_PARTS,
+    AddressError,
+    capture_address,
+    parse_address,
+)
+from mailledger.mail.replies import Reply
 from mailledger.store.engine import reading
+from mailledger.store.inbox import Route
 from mailledger.store.models import RouteKind, Staff, Tenant
-
-LOG_LOCAL_PART = "log"
-# Role addresses every mail domain must accept (RFC 5321 §4.5.1, RFC 2142 §4-5).
-OPERATOR_LOCAL_PARTS = frozenset({"postmaster", "abuse"})
 
 _TENANT = select(Tenant.id, Tenant.capture_domain).where(
     Tenant.capture_domain == bindparam("domain")
@@ -30,25 +33,10 @@ _STAFF = select(Staff.id).where(
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
-    """Where an accepted recipient's copy goes: a tenant, a kind, and for user capture the staff."""
-
-    tenant_id: int
-    kind: RouteKind
-    staff_id: int | None
-    rcpt: str  # the capture address, lowercased
-
-
-@dataclass(frozen=True, slots=True)
 class Refusal:
     """A recipient refused at RCPT, with the reply that says why."""
 
     reply: Reply
-
-
-def capture_address(username: str, capture_domain: str) -> str:
-    """The address a staff member forwards to."""
-    return f"{username.lower()}@{capture_domain.lower()}"
 
 
 class RecipientRouter:

@@ -14,8 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.routing.addresses import AddressError, normalize, parse_address
-from mailledger.routing.routes import LOG_LOCAL_PART
+from mailledger.mail.addresses import LOG_LOCAL_PART, AddressError, normalize, parse_address
 from mailledger.store.models import (
     Company,
     CompanyDomain,

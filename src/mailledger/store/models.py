@@ -1,6 +1,6 @@
 """The domain of DESIGN §2 as SQLAlchemy tables.
 
-Addresses are stored normalized (see ``mailledger.routing.addresses``) so that every lookup is an
+Addresses are stored normalized (see ``mailledger.mail.addresses``) so that every lookup is an
 exact match on an indexed column.
 """
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from mailledger.routing.routes import capture_address
+from mailledger.mail.addresses import capture_address
 from mailledger.store.models import (
     Activity,
     ActivitySource,

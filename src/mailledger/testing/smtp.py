@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailledger.config import Settings
-from mailledger.server import serve
+from mailledger.service.server import serve
 
 Reply = tuple[int, str]
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from mailledger.config import Settings
-from mailledger.dns.resolver import Resolver
+from mailledger.dnsauth.resolver import Resolver
 from mailledger.verify import dmarc
 from mailledger.verify.authresults import from_gateway
 from mailledger.verify.results import (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mailledger.dns.orgdomain import organizational_domain
+from mailledger.dnsauth.orgdomain import organizational_domain
 from mailledger.verify.results import (
     FAIL,
     NONE,

@@ -19,7 +19,7 @@ from typing import Any
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 
-from mailledger.dns.resolver import DNSTempError
+from mailledger.dnsauth.resolver import DNSTempError
 from mailledger.verify import dkimfast
 from mailledger.verify.bodyhash import BodyHashes, body_start
 from mailledger.verify.results import FAIL, NONE, PASS, PERMERROR, TEMPERROR, ARCResult, DKIMResult

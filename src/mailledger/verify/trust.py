@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailledger.routing.addresses import AddressError, normalize, parse_address
+from mailledger.mail.addresses import AddressError, normalize, parse_address
 from mailledger.verify.dmarc import aligned
 from mailledger.verify.results import PASS, AuthOutcome
 

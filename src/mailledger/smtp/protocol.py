@@ -21,12 +21,12 @@ from typing import Any, AnyStr
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, syntax
 
-from mailledger.capture import replies
-from mailledger.capture.dataread import BlockDataSMTP
-from mailledger.capture.handler import CaptureEnvelope, format_peer
-from mailledger.capture.replies import Reply
 from mailledger.config import Settings, TLSSettings
 from mailledger.logs import get_logger
+from mailledger.mail import replies
+from mailledger.mail.replies import Reply
+from mailledger.smtp.dataread import BlockDataSMTP
+from mailledger.smtp.session import CaptureEnvelope, format_peer
 from mailledger.store.blobs import BlobFile
 
 log = get_logger(__name__)

@@ -10,7 +10,7 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-from mailledger.clikit import (
+from mailledger.cli.kit import (
     EXIT_OK,
     EXIT_REFUSED,
     CommandError,
@@ -25,7 +25,7 @@ from mailledger.clikit import (
     show,
 )
 from mailledger.config import Settings
-from mailledger.relay import outbox
+from mailledger.store import outbox
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import OutboundMessage, OutboundState
 
@@ -139,7 +139,7 @@ def cmd_queue_release(args: argparse.Namespace, settings: Settings) -> int:
     """Sign and send held mail whose DKIM key is now published, or send it unsigned."""
     import asyncio  # noqa: PLC0415
 
-    from mailledger.dns.resolver import Resolver  # noqa: PLC0415
+    from mailledger.dnsauth.resolver import Resolver  # noqa: PLC0415
     from mailledger.relay.held import release_held  # noqa: PLC0415
 
     with sessions_scope(settings) as sessions:

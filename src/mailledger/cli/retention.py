@@ -6,9 +6,9 @@ import argparse
 import json
 from typing import Any
 
-from mailledger.clikit import EXIT_OK, command, group, json_flag, out, sessions_scope
+from mailledger.cli.kit import EXIT_OK, command, group, json_flag, out, sessions_scope
 from mailledger.config import Settings
-from mailledger.retention import run_retention
+from mailledger.service.retention import run_retention
 from mailledger.store.blobs import BlobStore
 
 

@@ -9,7 +9,7 @@ from email.utils import formatdate, make_msgid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailledger.routing.routes import capture_address
+from mailledger.mail.addresses import capture_address
 from mailledger.store import directory
 from mailledger.store.models import Tenant
 

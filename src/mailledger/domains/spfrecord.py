@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from mailledger.dns.resolver import DNSResult, Resolver
+from mailledger.dnsauth.resolver import DNSResult, Resolver
 
 # RFC 7208 §4.6.4: at most 10 terms that cause DNS queries, and at most 2 "void" lookups
 # (NXDOMAIN or an empty answer), counted over the whole evaluation, nested includes too.

@@ -15,10 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailledger.config import Settings
-from mailledger.dns.keys import domain_keys, record_name
-from mailledger.dns.resolver import Resolver
-from mailledger.dns.spfrecord import combined_record, merged_record, spf_records
-from mailledger.dns.zonetext import character_strings, zone_line
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.domains.keys import domain_keys, record_name
+from mailledger.domains.spfrecord import combined_record, merged_record, spf_records
+from mailledger.domains.zonetext import character_strings, zone_line
 from mailledger.store.models import Tenant
 from mailledger.verify.dmarc import parse_record as parse_dmarc
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailledger.clikit import (
+from mailledger.cli.kit import (
     EXIT_OK,
     EXIT_REFUSED,
     CommandError,
@@ -25,8 +25,9 @@ from mailledger.clikit import (
     session_scope,
 )
 from mailledger.config import Settings
-from mailledger.dns.check import RecordCheck, all_ok, check_mx, check_tenant
-from mailledger.dns.keys import (
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.domains.check import RecordCheck, all_ok, check_mx, check_tenant
+from mailledger.domains.keys import (
     ALGORITHMS,
     DkimKeyError,
     create_key,
@@ -37,9 +38,8 @@ from mailledger.dns.keys import (
     settle_active,
     verify_key_published,
 )
-from mailledger.dns.records import Publish, service_records, tenant_records
-from mailledger.dns.resolver import Resolver
-from mailledger.dns.zonetext import zone_line
+from mailledger.domains.records import Publish, service_records, tenant_records
+from mailledger.domains.zonetext import zone_line
 from mailledger.store.directory import find_tenant
 from mailledger.store.models import CustomerDomain, DkimKey, Tenant
 

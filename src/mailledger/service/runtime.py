@@ -16,14 +16,14 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger import health
 from mailledger.config import Settings
 from mailledger.logs import configure_logging, get_logger
 from mailledger.metrics import CONTENT_TYPE, Metrics
-from mailledger.notify import Notifier
-from mailledger.reconfigure import Applier, Reloader
-from mailledger.retention import RetentionReport, retention_loop
-from mailledger.statushttp import Response, StatusServer, json_response
+from mailledger.service import health
+from mailledger.service.notify import Notifier
+from mailledger.service.reconfigure import Applier, Reloader
+from mailledger.service.retention import RetentionReport, retention_loop
+from mailledger.service.statushttp import Response, StatusServer, json_response
 from mailledger.store.blobs import BlobStore
 from mailledger.store.freespace import FreeSpaceGuard, free_bytes
 

@@ -33,9 +33,9 @@ from email.errors import HeaderParseError
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
-from mailledger.capture import replies
-from mailledger.capture.spool import SPOOL_BYTES, SpooledMessage, start_spool, unstuff
 from mailledger.logs import get_logger
+from mailledger.mail import replies
+from mailledger.smtp.spool import SPOOL_BYTES, SpooledMessage, start_spool, unstuff
 from mailledger.store.blobs import BlobFile
 
 # aiosmtpd's logger, for the one line its DATA logs and ours keeps.

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 
-from mailledger.capture import replies
-from mailledger.capture.replies import Reply
-from mailledger.capture.spool import SpooledMessage
 from mailledger.config import CaptureSettings
+from mailledger.mail import replies
+from mailledger.mail.replies import Reply
+from mailledger.smtp.spool import SpooledMessage
 
 CRLF = b"\r\n"
 # A header field named Received at the start of a line; RFC 5322 §4.5.3 (obsolete syntax)

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailledger.dns.resolver import DNSResult, Resolver
-from mailledger.dns.zonetext import zone_line
+from mailledger.dnsauth.resolver import DNSResult, Resolver
+from mailledger.domains.zonetext import zone_line
 from mailledger.store.models import CustomerDomain, DkimKey, Tenant, utcnow
 
 Algorithm = Literal["rsa", "ed25519"]

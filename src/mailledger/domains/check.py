@@ -16,7 +16,9 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from mailledger.config import Settings
-from mailledger.dns.keys import (
+from mailledger.dnsauth.orgdomain import organizational_domain
+from mailledger.dnsauth.resolver import DNSResult, Resolver
+from mailledger.domains.keys import (
     DkimKeyError,
     domain_keys,
     record_check,
@@ -24,10 +26,8 @@ from mailledger.dns.keys import (
     settle_active,
     verify_key_published,
 )
-from mailledger.dns.orgdomain import organizational_domain
-from mailledger.dns.records import DMARC_SUGGESTION, mx_value, service_spf
-from mailledger.dns.resolver import DNSResult, Resolver
-from mailledger.dns.spfrecord import (
+from mailledger.domains.records import DMARC_SUGGESTION, mx_value, service_spf
+from mailledger.domains.spfrecord import (
     MAX_LOOKUPS,
     MAX_VOID_LOOKUPS,
     combined_record,
@@ -37,7 +37,7 @@ from mailledger.dns.spfrecord import (
     spf_records,
     walk_record,
 )
-from mailledger.dns.zonetext import zone_line
+from mailledger.domains.zonetext import zone_line
 from mailledger.store.models import Tenant
 from mailledger.verify.dmarc import aligned
 from mailledger.verify.dmarc import parse_record as parse_dmarc

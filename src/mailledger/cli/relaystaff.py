@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from mailledger.clikit import (
+from mailledger.cli.kit import (
     EXIT_OK,
     command,
     emit_record,
@@ -18,10 +18,10 @@ from mailledger.clikit import (
     sessions_scope,
 )
 from mailledger.config import Settings
-from mailledger.dns.resolver import Resolver
-from mailledger.relay import handback
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.forwarding import handback
+from mailledger.mail.addresses import capture_address
 from mailledger.relay.credentials import generate_password, hash_password
-from mailledger.routing.routes import capture_address
 from mailledger.store import directory
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import ForwardingConfirmation, StaffAddress

@@ -139,3 +139,13 @@ def normalize(address: str | Mailbox, *, strip_plus: bool = True) -> str:
 def domain_of(address: str) -> str:
     """The ASCII domain of a normalized address."""
     return address.rpartition("@")[2]
+
+
+LOG_LOCAL_PART = "log"
+# Role addresses every mail domain must accept (RFC 5321 §4.5.1, RFC 2142 §4-5).
+OPERATOR_LOCAL_PARTS = frozenset({"postmaster", "abuse"})
+
+
+def capture_address(username: str, capture_domain: str) -> str:
+    """The address a staff member forwards to."""
+    return f"{username.lower()}@{capture_domain.lower()}"

@@ -15,8 +15,10 @@ from typing import Any, TextIO
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailledger import config as config_module
-from mailledger import retention_commands
-from mailledger.clikit import (
+from mailledger.cli import dns as dns_commands
+from mailledger.cli import queue as queue_commands
+from mailledger.cli import retention as retention_commands
+from mailledger.cli.kit import (
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_USAGE,
@@ -34,12 +36,9 @@ from mailledger.clikit import (
     show,
     toml_lines,
 )
+from mailledger.cli.relaystaff import register as register_relay_staff_commands
 from mailledger.config import ConfigError, Settings, load_settings, split_listen
-from mailledger.dns import commands as dns_commands
-from mailledger.relay import commands as queue_commands
-from mailledger.relay.staff_commands import register as register_relay_staff_commands
-from mailledger.routing.addresses import AddressError
-from mailledger.routing.routes import capture_address
+from mailledger.mail.addresses import AddressError, capture_address
 from mailledger.store import directory, quarantine, queries
 from mailledger.store.blobs import BlobStore
 from mailledger.store.directory import DirectoryError
@@ -50,7 +49,7 @@ from mailledger.store.models import MessageState
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run every listener and worker until Ctrl-C or SIGTERM; SIGHUP reloads ``--config``."""
-    from mailledger.server import run_server  # noqa: PLC0415 - only serve needs the server
+    from mailledger.service.server import run_server  # noqa: PLC0415 - only serve needs the server
 
     code: int = run_server(settings, args.config)
     return code
@@ -82,7 +81,7 @@ def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo_init(_args: argparse.Namespace, settings: Settings) -> int:
     """Create the schema and the demo tenant, then say what to send where."""
-    from mailledger.demo import DEMO_STAFF, seed_demo  # noqa: PLC0415
+    from mailledger.cli.demo import DEMO_STAFF, seed_demo  # noqa: PLC0415
 
     upgrade(settings.database.url)
     with session_scope(settings) as session:
@@ -110,7 +109,7 @@ def cmd_demo_send(args: argparse.Namespace, settings: Settings) -> int:
     """Send the demo email to the running capture listener, as a forwarding rule would."""
     import smtplib  # noqa: PLC0415
 
-    from mailledger.demo import DEMO_CONTACT, demo_email  # noqa: PLC0415
+    from mailledger.cli.demo import DEMO_CONTACT, demo_email  # noqa: PLC0415
 
     if not settings.capture.listen:
         raise directory.DirectoryError("[capture] listen is empty: nothing to send to")

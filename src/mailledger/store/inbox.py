@@ -25,14 +25,29 @@ from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.logs import get_logger
-from mailledger.routing.routes import Route
 from mailledger.store.blobs import BlobFile, BlobStore
 from mailledger.store.freespace import FreeSpaceGuard, SpaceShortage
-from mailledger.store.models import MessageRoute, MessageState, ReceivedMessage, TraceEntry
+from mailledger.store.models import (
+    MessageRoute,
+    MessageState,
+    ReceivedMessage,
+    RouteKind,
+    TraceEntry,
+)
 
 log = get_logger(__name__)
 
 QUEUE_ID_BYTES = 10  # 20 hex characters: unique enough to name a message in a log line
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where an accepted recipient's copy goes: a tenant, a kind, and for user capture the staff."""
+
+    tenant_id: int
+    kind: RouteKind
+    staff_id: int | None
+    rcpt: str  # the capture address, lowercased
 
 
 class IntakeError(Exception):

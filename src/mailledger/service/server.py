@@ -20,26 +20,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mailledger.capture.handler import CaptureHandler
-from mailledger.capture.intake import Intake
-from mailledger.capture.listener import CaptureListener
-from mailledger.capture.protocol import build_tls_context
 from mailledger.capture.worker import Worker
 from mailledger.capture.workerpool import WorkerProcesses
 from mailledger.config import ConfigError, Settings, load_settings
-from mailledger.dns.resolver import Resolver
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.forwarding.handback import HandbackRunner
 from mailledger.logs import configure_logging, get_logger
 from mailledger.metrics import Metrics
 from mailledger.relay.delivery import DeliveryWorker
-from mailledger.relay.handback import HandbackRunner
 from mailledger.relay.held import HeldReleaser
 from mailledger.relay.submission import SubmissionHandler, SubmissionListener
 from mailledger.routing.routes import RecipientRouter
-from mailledger.runtime import ServiceRuntime
+from mailledger.service.runtime import ServiceRuntime
+from mailledger.smtp.listener import CaptureListener
+from mailledger.smtp.protocol import build_tls_context
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.freespace import FreeSpaceGuard, storage_paths
+from mailledger.store.inbox import Intake
 
-log = get_logger("mailledger.server")  # not "__main__" under python -m
+log = get_logger("mailledger.service.server")  # not "__main__" under python -m
 LOCK_POLL = 0.001  # seconds between tries for the write lock at most
 
 Ready = Callable[[list[tuple[str, int]]], None]
@@ -205,8 +205,8 @@ def run_server(settings: Settings, config_path: str | Path | None = None) -> int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mailledger.server --config FILE``: the server without the CLI around it."""
-    parser = argparse.ArgumentParser(prog="python -m mailledger.server")
+    """``python -m mailledger.service.server --config FILE``: the server without the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m mailledger.service.server")
     parser.add_argument("--config", help="TOML configuration file (or MAILLEDGER_CONFIG)")
     args = parser.parse_args(argv)
     try:

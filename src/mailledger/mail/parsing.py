@@ -21,9 +21,9 @@ from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
 from typing import BinaryIO
 
-from mailledger.capture import mimebounds
-from mailledger.capture.content import Body, extract_body
-from mailledger.routing.addresses import Mailbox, MailboxList, parse_mailbox_list
+from mailledger.mail import mimebounds
+from mailledger.mail.addresses import Mailbox, MailboxList, parse_mailbox_list
+from mailledger.mail.content import Body, extract_body
 
 _MSGID = re.compile(r"<([^<>\s]{1,900})>")
 MAX_SUBJECT_CHARS = 998  # RFC 5322 §2.1.1 line limit; longer is folded junk

@@ -19,7 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.config import RelaySettings
-from mailledger.dns.keys import (
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.domains.keys import (
     DkimKeyError,
     KeyCheck,
     load_private_key,
@@ -27,7 +28,6 @@ from mailledger.dns.keys import (
     record_name,
     verify_key_published_async,
 )
-from mailledger.dns.resolver import Resolver
 from mailledger.logs import get_logger
 from mailledger.store.engine import reading
 from mailledger.store.models import DkimKey

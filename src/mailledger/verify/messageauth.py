@@ -11,8 +11,8 @@ import ipaddress
 
 import structlog
 
-from mailledger.capture.parsing import ParsedMessage
 from mailledger.config import Settings
+from mailledger.mail.parsing import ParsedMessage
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import ReceivedMessage, Tenant
 from mailledger.verify.authenticate import Authenticator, in_networks, peer_address

@@ -11,10 +11,9 @@ import ssl
 import time
 from collections.abc import Callable
 
-from mailledger.capture.handler import CaptureHandler
-from mailledger.capture.protocol import CaptureSMTP, SessionGate
 from mailledger.config import Settings, split_listen
 from mailledger.logs import get_logger
+from mailledger.smtp.protocol import CaptureSMTP, SessionGate
 from mailledger.store.blobs import BlobFile
 
 log = get_logger(__name__)
@@ -29,12 +28,13 @@ class CaptureListener:
     def __init__(
         self,
         settings: Settings,
-        handler: CaptureHandler,
+        handler: object,
         *,
         tls_context: ssl.SSLContext | None = None,
         spool: Callable[[], BlobFile] | None = None,
     ) -> None:
-        """``spool`` starts a blob file: large messages then go to disk as they arrive."""
+        """``handler`` is the aiosmtpd handler object (STYLE: one seam); ``spool`` starts a blob
+        file, so large messages go to disk as they arrive."""
         self._settings = settings
         self._handler = handler
         self._tls_context = tls_context

@@ -31,12 +31,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.config import Settings
-from mailledger.dns.resolver import Resolver
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.domains.signing import sign_outgoing
 from mailledger.logs import get_logger
-from mailledger.relay.outbox import enqueue
-from mailledger.relay.signing import sign_outgoing
-from mailledger.routing.addresses import AddressError, normalize, parse_address
-from mailledger.routing.routes import capture_address
+from mailledger.mail.addresses import AddressError, capture_address, normalize, parse_address
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import finds_any, is_postgres
 from mailledger.store.models import (
@@ -50,6 +48,7 @@ from mailledger.store.models import (
     Tenant,
     utcnow,
 )
+from mailledger.store.outbox import enqueue
 from mailledger.verify.results import AuthOutcome
 from mailledger.verify.trust import GMAIL_FORWARD_TAG
 

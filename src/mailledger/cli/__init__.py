@@ -1,0 +1,1 @@
+"""The ``mailledger`` command: one module per noun."""

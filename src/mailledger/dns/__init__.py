@@ -1,1 +1,0 @@
-"""The shared DNS resolver and the records tenants publish (later issue)."""

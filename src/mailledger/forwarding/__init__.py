@@ -1,0 +1,1 @@
+"""Forwarding set-up: Gmail confirmations, hand-back, and the round-trip forwarding check."""

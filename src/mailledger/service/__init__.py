@@ -1,0 +1,1 @@
+"""Running the server: serve, runtime, status HTTP, systemd notify, reload, health, retention."""
