@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports  # DESIGN §8's layers, from [tool.importlinter] in pyproject.toml
 
 bench: $(STAMP)
 	$(PY) -m bench.run

@@ -22,8 +22,14 @@ from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.postgres import PostgresServer, find_bindir, start_server
+from mailledger.verify.patches import install_patches
 
 BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Install the library patches as every entry point does at start-up (verify.patches)."""
+    install_patches()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -59,6 +59,9 @@ def _child(
     from mailledger.store.blobs import BlobStore  # noqa: PLC0415
     from mailledger.store.engine import make_engine, make_sessionmaker  # noqa: PLC0415
 
+    from mailledger.verify.patches import install_patches  # noqa: PLC0415
+
+    install_patches()  # a fresh interpreter: the parent's patches are not inherited
     settings = Settings.model_validate(settings_data)
     configure_logging(settings.logging)
     # Below the listeners: a client waiting for its 250 matters more than a backlog that

@@ -445,7 +445,12 @@ class Resolver:
     @contextlib.contextmanager
     def spf_context(self) -> Iterator[Resolver]:
         """Make pyspf queries made inside this block (this thread or task) use this resolver."""
-        install_spf_lookup()
+        if spf.DNSLookup is not _spf_dnslookup:
+            # Without the hook pyspf would ask its own DNS, bypassing our name servers.
+            raise RuntimeError(
+                "pyspf's DNS hook is not installed: entry points call "
+                "mailledger.verify.patches.install_patches() at start-up"
+            )
         token = _spf_resolver.set(self)
         try:
             yield self

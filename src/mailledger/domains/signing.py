@@ -31,9 +31,6 @@ from mailledger.domains.keys import (
 from mailledger.logs import get_logger
 from mailledger.store.engine import reading
 from mailledger.store.models import DkimKey
-from mailledger.verify import dkimfast
-
-dkimfast.install()  # RSA signing by OpenSSL: the same signature, a fraction of the CPU
 
 log = get_logger(__name__)
 

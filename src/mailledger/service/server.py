@@ -38,6 +38,7 @@ from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.freespace import FreeSpaceGuard, storage_paths
 from mailledger.store.inbox import Intake
+from mailledger.verify.patches import install_patches
 
 log = get_logger("mailledger.service.server")  # not "__main__" under python -m
 LOCK_POLL = 0.001  # seconds between tries for the write lock at most
@@ -206,6 +207,7 @@ def run_server(settings: Settings, config_path: str | Path | None = None) -> int
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mailledger.service.server --config FILE``: the server without the CLI."""
+    install_patches()
     parser = argparse.ArgumentParser(prog="python -m mailledger.service.server")
     parser.add_argument("--config", help="TOML configuration file (or MAILLEDGER_CONFIG)")
     args = parser.parse_args(argv)

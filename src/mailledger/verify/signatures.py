@@ -20,7 +20,6 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 
 from mailledger.dnsauth.resolver import DNSTempError
-from mailledger.verify import dkimfast
 from mailledger.verify.bodyhash import BodyHashes, body_start
 from mailledger.verify.results import FAIL, NONE, PASS, PERMERROR, TEMPERROR, ARCResult, DKIMResult
 
@@ -28,8 +27,6 @@ from mailledger.verify.results import FAIL, NONE, PASS, PERMERROR, TEMPERROR, AR
 DNSFunc = Callable[..., bytes | str | None]
 MAX_SIGNATURES = 10  # more is abuse; each costs a DNS lookup and a public-key operation
 MIN_KEY_BITS = 1024  # RFC 8301 §3.2
-
-dkimfast.install()
 
 
 @dataclass(frozen=True)

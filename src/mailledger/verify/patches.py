@@ -1,0 +1,25 @@
+"""The library internals we replace, installed once at start-up by every entry point.
+
+Two libraries are changed in place, never as a side effect of importing one of our modules:
+
+- dkimpy (``verify.dkimfast``): byte/integer conversions and RSA signing through C and
+  OpenSSL, and relaxed header canonicalization computed once per field. Same results, less CPU.
+- pyspf (``dnsauth.resolver``): every DNS lookup of an SPF check goes through our resolver, so
+  configured name servers, time budgets and the cache apply (pyspf has no resolver parameter).
+
+The entry points call :func:`install_patches` before anything runs: the ``mailledger``
+command (``cli.main``), ``python -m mailledger.service.server``, each processing process
+(``capture.workerpool``), and the test suite's conftest. pyproject.toml bounds the versions
+of these libraries (and aiosmtpd, whose SMTP class we subclass) to the ones this was read on.
+"""
+
+from __future__ import annotations
+
+from mailledger.dnsauth.resolver import install_spf_lookup
+from mailledger.verify import dkimfast
+
+
+def install_patches() -> None:
+    """Install dkimpy's fast paths and pyspf's DNS hook (idempotent)."""
+    dkimfast.install()
+    install_spf_lookup()
