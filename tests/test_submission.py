@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.cli import relaystaff as staff_commands
+from mailledger.cli import staff as staff_commands
 from mailledger.cli.demo import DemoAddresses
 from mailledger.config import Settings
 from mailledger.dnsauth.resolver import Resolver

@@ -1,17 +1,22 @@
-"""The demo tenant that `make run` creates, so a newcomer can watch a capture happen."""
+"""``mailledger demo init | send``: the demo tenant `make run` creates, and its demo email.
+
+The tenant's data lives here too: tests and benchmarks seed the same world with ``seed_demo``.
+"""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from mailledger.cli.kit import EXIT_OK, EXIT_REFUSED, command, err, group, out, session_scope
 
-from mailledger.mail.addresses import capture_address
-from mailledger.store import directory
-from mailledger.store.models import Tenant
+if TYPE_CHECKING:
+    from email.message import EmailMessage
+
+    from sqlalchemy.orm import Session
+
+    from mailledger.config import Settings
 
 DEMO_TENANT = "acme"
 DEMO_CAPTURE_DOMAIN = "acme.capture.example"
@@ -35,6 +40,12 @@ class DemoAddresses:
 
 def seed_demo(session: Session) -> DemoAddresses:
     """Create the demo tenant, staff member, company and contact unless they exist."""
+    from sqlalchemy import select
+
+    from mailledger.mail.addresses import capture_address
+    from mailledger.store import directory
+    from mailledger.store.models import Tenant
+
     existing = session.scalars(select(Tenant).where(Tenant.name == DEMO_TENANT)).one_or_none()
     if existing is None:
         tenant = directory.add_tenant(
@@ -57,6 +68,9 @@ def seed_demo(session: Session) -> DemoAddresses:
 
 def demo_email(subject: str = "Quote for the new office") -> EmailMessage:
     """The email `mailledger demo send` sends: Carol, a known contact, writing to Richard."""
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid
+
     msg = EmailMessage()
     msg["Message-ID"] = make_msgid(domain=DEMO_COMPANY_DOMAIN)
     msg["Date"] = formatdate(localtime=True)
@@ -67,3 +81,116 @@ def demo_email(subject: str = "Quote for the new office") -> EmailMessage:
         "Hello Richard,\n\nCould you send us the quote for the new office by Friday?\n\nCarol\n"
     )
     return msg
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def _capture_listener(settings: Settings) -> tuple[str, int]:
+    """Where the demo sends to: the first capture listener, a wildcard read as loopback."""
+    from mailledger.config import split_listen
+
+    host, port = split_listen(settings.capture.listen[0]) if settings.capture.listen else ("", 0)
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - recognising a wildcard, not binding one
+        host = "127.0.0.1"
+    return host, port
+
+
+def cmd_demo_init(args: argparse.Namespace, settings: Settings) -> int:
+    """Create the schema and the demo tenant, then say what to send where."""
+    from mailledger.store.migrate import upgrade
+
+    upgrade(settings.database.url)
+    with session_scope(settings) as session:
+        addresses = seed_demo(session)
+    host, port = _capture_listener(settings)
+    config_hint = f" --config {args.config}" if args.config else ""
+    out(
+        DEMO_TEXT.format(
+            user_capture=addresses.user_capture,
+            log_capture=addresses.log_capture,
+            staff=DEMO_STAFF,
+            staff_address=addresses.staff_address,
+            contact=addresses.contact_address,
+            host=host,
+            port=port,
+            config=config_hint,
+        )
+    )
+    return EXIT_OK
+
+
+def cmd_demo_send(args: argparse.Namespace, settings: Settings) -> int:
+    """Send the demo email to the running capture listener, as a forwarding rule would."""
+    import smtplib
+
+    from mailledger.store.directory import DirectoryError
+
+    if not settings.capture.listen:
+        raise DirectoryError("[capture] listen is empty: nothing to send to")
+    host, port = _capture_listener(settings)
+    message = demo_email(args.subject)
+    try:
+        with smtplib.SMTP(host, port, timeout=30) as smtp:
+            refused = smtp.send_message(message, from_addr=DEMO_CONTACT, to_addrs=[args.to])
+    except (OSError, smtplib.SMTPException) as exc:
+        err(f"could not deliver to {host}:{port}: {exc} (is `mailledger serve` running?)")
+        return EXIT_REFUSED
+    if refused:
+        err(f"refused: {refused}")
+        return EXIT_REFUSED
+    out(f"sent {message['Message-ID']} to {args.to} via {host}:{port}")
+    return EXIT_OK
+
+
+DEMO_TEXT = """\
+Demo tenant "acme" is ready.
+
+  forward to (user capture):  {user_capture}   ({staff}'s own address: {staff_address})
+  BCC (log capture):          {log_capture}
+  a known contact:            {contact}
+  capture listener:           {host}:{port}
+
+The demo configuration trusts mail from loopback as if an authenticated forwarder sent it
+([verify] demo_trust_loopback, DEMO ONLY; production checks SPF, DKIM, ARC and DMARC).
+
+While `mailledger serve` runs, send the demo email with
+
+  mailledger{config} demo send
+
+or by hand, with Python:
+
+python3 - <<'EOF'
+import smtplib
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+msg = EmailMessage()
+msg["Message-ID"] = make_msgid(domain="client.example")
+msg["Date"] = formatdate(localtime=True)
+msg["From"] = "Carol Client <{contact}>"
+msg["To"] = "Richard Smith <{staff_address}>"
+msg["Subject"] = "Quote for the new office"
+msg.set_content("Hello Richard, could you send us the quote? Carol")
+with smtplib.SMTP("{host}", {port}) as smtp:
+    smtp.send_message(msg, from_addr="{contact}", to_addrs=["{user_capture}"])
+EOF
+
+or with swaks:
+
+swaks --server {host}:{port} --from {contact} --to {user_capture} \\
+      --header "Subject: Quote for the new office"
+
+Then see what happened to it:
+
+  mailledger{config} messages list
+  mailledger{config} activities list --json"""
+
+
+def register(commands: Any) -> None:
+    """Add the ``demo`` command group to the CLI."""
+    demo = group(commands, "demo", "the demo tenant")
+    command(demo, "init", cmd_demo_init, "create the schema and the demo tenant")
+    sub = command(demo, "send", cmd_demo_send, "send the demo email to the capture listener")
+    sub.add_argument("--to", default="richard@acme.capture.example", metavar="ADDRESS")
+    sub.add_argument("--subject", default="Quote for the new office", metavar="TEXT")

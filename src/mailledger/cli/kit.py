@@ -1,7 +1,8 @@
 """The pieces every ``mailledger`` command is built from: output, sessions, argparse helpers.
 
-Kept apart from ``cli`` so that each part of mailledger (the relay, the DNS tools) can add its
-commands in a module of its own.
+Every noun module builds its part of the parser from these, so this module stays light: it
+imports SQLAlchemy and the store only inside the functions that open a session, and
+``mailledger --help`` never pays for them.
 """
 
 from __future__ import annotations
@@ -11,19 +12,22 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session, sessionmaker
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.config import Settings
-from mailledger.store import queries
-from mailledger.store.engine import make_engine, make_sessionmaker
+    from mailledger.config import Settings
 
-Handler = Callable[[argparse.Namespace, Settings], int]
+Handler = Callable[[argparse.Namespace, "Settings"], int]
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+
+# ``--limit`` when none is given: ``mailledger.store.queries.DEFAULT_LIMIT``, copied so that
+# building the parser needs no SQLAlchemy (tests/test_cli_startup.py keeps the two equal).
+DEFAULT_LIMIT = 50
 
 
 class CommandError(Exception):
@@ -113,6 +117,9 @@ def toml_lines(data: dict[str, Any]) -> Iterator[str]:
 
 @contextmanager
 def session_scope(settings: Settings) -> Iterator[Session]:
+    """One transaction: committed when the block ends, rolled back if it raises."""
+    from mailledger.store.engine import make_engine, make_sessionmaker
+
     engine = make_engine(settings.database.url, echo=settings.database.echo)
     try:
         with make_sessionmaker(engine).begin() as session:
@@ -123,6 +130,9 @@ def session_scope(settings: Settings) -> Iterator[Session]:
 
 @contextmanager
 def sessions_scope(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """A session factory, for code that opens its own transactions."""
+    from mailledger.store.engine import make_engine, make_sessionmaker
+
     engine = make_engine(settings.database.url, echo=settings.database.echo)
     try:
         yield make_sessionmaker(engine)
@@ -154,5 +164,5 @@ def json_flag(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def limit_flag(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    sub.add_argument("--limit", type=positive, default=queries.DEFAULT_LIMIT, metavar="N")
+    sub.add_argument("--limit", type=positive, default=DEFAULT_LIMIT, metavar="N")
     return sub

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailledger.cli.kit import EXIT_OK, command, group, json_flag, out, sessions_scope
-from mailledger.config import Settings
-from mailledger.service.retention import run_retention
-from mailledger.store.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from mailledger.config import Settings
 
 
 def cmd_retention_run(args: argparse.Namespace, settings: Settings) -> int:
     """Delete what ``[retention]`` says has expired; ``--dry-run`` only counts it."""
+    from mailledger.service.retention import run_retention
+    from mailledger.store.blobs import BlobStore
+
     policy = settings.retention
     if not policy.raw_days and not policy.quarantine_days:
         out("retention is off: [retention] raw_days and quarantine_days are both 0")

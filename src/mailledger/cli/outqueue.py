@@ -7,8 +7,7 @@ message), as ``queue list`` shows them.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailledger.cli.kit import (
     EXIT_OK,
@@ -24,10 +23,14 @@ from mailledger.cli.kit import (
     sessions_scope,
     show,
 )
-from mailledger.config import Settings
-from mailledger.store import outbox
-from mailledger.store.blobs import BlobStore
-from mailledger.store.models import OutboundMessage, OutboundState
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from sqlalchemy.orm import Session
+
+    from mailledger.config import Settings
+    from mailledger.store.models import OutboundMessage
 
 QUEUE_COLUMNS = [
     "id",
@@ -43,6 +46,10 @@ QUEUE_COLUMNS = [
 ]
 RESULT_COLUMNS = ["rcpt", "status", "reply", "at", "attempt"]
 
+# The values of ``mailledger.store.models.OutboundState`` for ``--state``, copied so that
+# building the parser needs no SQLAlchemy (tests/test_cli_startup.py keeps the two equal).
+OUTBOUND_STATES = ("queued", "held", "delivered", "bounced", "expired")
+
 
 def _time(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value is not None else None
@@ -50,6 +57,8 @@ def _time(value: datetime | None) -> str | None:
 
 def row_record(row: OutboundMessage) -> dict[str, Any]:
     """One queue row as the plain data ``queue list/show --json`` prints."""
+    from mailledger.store.models import OutboundState
+
     queued = row.state is OutboundState.QUEUED
     return {
         "id": row.id,
@@ -87,6 +96,9 @@ def row_record(row: OutboundMessage) -> dict[str, Any]:
 
 def cmd_queue_list(args: argparse.Namespace, settings: Settings) -> int:
     """List outbound rows, newest first."""
+    from mailledger.store import outbox
+    from mailledger.store.models import OutboundState
+
     state = OutboundState(args.state) if args.state else None
     with session_scope(settings) as session:
         rows = [row_record(r) for r in outbox.list_rows(session, state, limit=args.limit)]
@@ -112,6 +124,8 @@ def cmd_queue_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_queue_retry(args: argparse.Namespace, settings: Settings) -> int:
     """Make a queued message due now (the running worker picks it up at its next poll)."""
+    from mailledger.store import outbox
+
     with session_scope(settings) as session:
         try:
             rows = outbox.retry_now(session, args.id)
@@ -124,6 +138,9 @@ def cmd_queue_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_queue_delete(args: argparse.Namespace, settings: Settings) -> int:
     """Remove a message from the queue for good; its bytes too unless something shares them."""
+    from mailledger.store import outbox
+    from mailledger.store.blobs import BlobStore
+
     with session_scope(settings) as session:
         try:
             rows, removed = outbox.delete(session, BlobStore(settings.storage.blob_dir), args.id)
@@ -137,10 +154,12 @@ def cmd_queue_delete(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_queue_release(args: argparse.Namespace, settings: Settings) -> int:
     """Sign and send held mail whose DKIM key is now published, or send it unsigned."""
-    import asyncio  # noqa: PLC0415
+    import asyncio
 
-    from mailledger.dnsauth.resolver import Resolver  # noqa: PLC0415
-    from mailledger.relay.held import release_held  # noqa: PLC0415
+    from mailledger.dnsauth.resolver import Resolver
+    from mailledger.relay.held import release_held
+    from mailledger.store import outbox
+    from mailledger.store.blobs import BlobStore
 
     with sessions_scope(settings) as sessions:
         try:
@@ -164,7 +183,9 @@ def cmd_queue_release(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if all(r.released for r in results) else EXIT_REFUSED
 
 
-def _rows(session: Any, ident: str) -> list[OutboundMessage]:
+def _rows(session: Session, ident: str) -> list[OutboundMessage]:
+    from mailledger.store import outbox
+
     try:
         return outbox.find_rows(session, ident)
     except outbox.OutboxError as exc:
@@ -172,10 +193,10 @@ def _rows(session: Any, ident: str) -> list[OutboundMessage]:
 
 
 def register(commands: Any) -> None:
-    """Add ``queue list/show/retry/delete`` to the ``mailledger`` command line."""
+    """Add the ``queue`` command group to the CLI."""
     queue = group(commands, "queue", "the outbound queue (relayed mail, DSNs)")
     sub = command(queue, "list", cmd_queue_list, "list outbound rows, newest first")
-    sub.add_argument("--state", choices=[s.value for s in OutboundState])
+    sub.add_argument("--state", choices=OUTBOUND_STATES)
     limit_flag(json_flag(sub))
     sub = json_flag(command(queue, "show", cmd_queue_show, "one message's rows and results"))
     sub.add_argument("id", metavar="ID", help="a row id or a queue id")

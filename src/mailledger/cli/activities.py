@@ -1,0 +1,62 @@
+"""``mailledger activities list | show``: the correspondence mailledger recorded."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from mailledger.cli.kit import (
+    EXIT_OK,
+    command,
+    emit,
+    group,
+    json_flag,
+    limit_flag,
+    session_scope,
+    show,
+)
+
+if TYPE_CHECKING:
+    from mailledger.config import Settings
+
+ACTIVITY_COLUMNS = ["id", "tenant", "occurred_at", "direction", "staff", "from", "subject"]
+
+
+def cmd_activities_list(args: argparse.Namespace, settings: Settings) -> int:
+    """List recorded activities, newest first."""
+    from mailledger.store import directory, queries
+
+    with session_scope(settings) as session:
+        tenant = directory.find_tenant(session, args.tenant) if args.tenant else None
+        rows = queries.activities(session, tenant, limit=args.limit)
+    emit(rows, ACTIVITY_COLUMNS, as_json=args.json, empty="no activities")
+    return EXIT_OK
+
+
+def cmd_activities_show(args: argparse.Namespace, settings: Settings) -> int:
+    """Show one activity in full."""
+    from mailledger.store import queries
+
+    with session_scope(settings) as session:
+        record = queries.activity(session, args.id)
+    show(
+        [record],
+        {
+            "participants": ["role", "kind", "address", "name"],
+            "sources": ["message", "queue_id", "kind", "rcpt", "staff", "mail_from"],
+            "attachments": ["filename", "content_type", "size", "inline"],
+            "trace": ["message", "time", "step", "decision", "detail"],
+        },
+        as_json=args.json,
+    )
+    return EXIT_OK
+
+
+def register(commands: Any) -> None:
+    """Add the ``activities`` command group to the CLI."""
+    acts = group(commands, "activities", "recorded email")
+    sub = command(acts, "list", cmd_activities_list, "list activities, newest first")
+    sub.add_argument("--tenant", metavar="T")
+    limit_flag(json_flag(sub))
+    sub = json_flag(command(acts, "show", cmd_activities_show, "show one activity"))
+    sub.add_argument("id", type=int)

@@ -1,0 +1,78 @@
+"""``mailledger messages list | show | trace``: every message received, and what became of it."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from mailledger.cli.kit import (
+    EXIT_OK,
+    command,
+    emit,
+    group,
+    json_flag,
+    limit_flag,
+    session_scope,
+    show,
+)
+
+if TYPE_CHECKING:
+    from mailledger.config import Settings
+
+MESSAGE_COLUMNS = ["id", "received_at", "state", "mail_from", "rcpt_to", "reason"]
+
+# The values of ``mailledger.store.models.MessageState`` for ``--state``, copied so that
+# building the parser needs no SQLAlchemy (tests/test_cli_startup.py keeps the two equal).
+MESSAGE_STATES = ("received", "processed", "quarantined", "failed")
+
+
+def cmd_messages_list(args: argparse.Namespace, settings: Settings) -> int:
+    """List received messages with their state and reason."""
+    from mailledger.store import queries
+    from mailledger.store.models import MessageState
+
+    state = MessageState(args.state) if args.state else None
+    with session_scope(settings) as session:
+        rows = queries.messages(session, state, limit=args.limit)
+    emit(rows, MESSAGE_COLUMNS, as_json=args.json, empty="no messages")
+    return EXIT_OK
+
+
+def cmd_messages_show(args: argparse.Namespace, settings: Settings) -> int:
+    """Show one received message: session facts, routes and trace."""
+    from mailledger.store import queries
+
+    with session_scope(settings) as session:
+        record = queries.message(session, args.id)
+    show(
+        [record],
+        {
+            "routes": ["rcpt", "kind", "tenant", "staff", "outcome", "activity"],
+            "trace": ["time", "step", "decision", "detail"],
+        },
+        as_json=args.json,
+    )
+    return EXIT_OK
+
+
+def cmd_messages_trace(args: argparse.Namespace, settings: Settings) -> int:
+    """What each processing step decided about a message, and why."""
+    from mailledger.store import queries
+
+    with session_scope(settings) as session:
+        rows = queries.trace(session, args.id)
+    columns = ["time", "step", "decision", "detail"]
+    emit(rows, columns, as_json=args.json, empty="no trace entries yet")
+    return EXIT_OK
+
+
+def register(commands: Any) -> None:
+    """Add the ``messages`` command group to the CLI."""
+    msgs = group(commands, "messages", "every message received")
+    sub = command(msgs, "list", cmd_messages_list, "list received messages, newest first")
+    sub.add_argument("--state", choices=MESSAGE_STATES)
+    limit_flag(json_flag(sub))
+    sub = json_flag(command(msgs, "show", cmd_messages_show, "show one received message"))
+    sub.add_argument("id", type=int)
+    sub = json_flag(command(msgs, "trace", cmd_messages_trace, "what each step decided"))
+    sub.add_argument("id", type=int)
