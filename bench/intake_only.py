@@ -23,21 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import prepare, run_load
+from bench.procstat import process_cpu_seconds
 from bench.results import ms, percentile, table
-from bench.run import _config, _process
+from bench.servers import bare_server, full_server, write_full_config
 from bench.world import GMAIL_IP, HOSTNAME, RICHARD_CAPTURE, make_keys, make_messages, publish, seed
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.ports import free_port
 from mailledger.testing.tls import write_self_signed
 
-_TICKS = os.sysconf("SC_CLK_TCK")
 KB = 1024
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process and its threads, without its child processes."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def _round(port: int, pid: int, work: list[tuple[str, bytes]], sessions: int) -> dict[str, Any]:
@@ -104,19 +98,16 @@ def main() -> int:
         ports = {name: free_port() for name in ("capture", "submission", "mx", "metrics", "bare")}
         cert, key = write_self_signed(HOSTNAME, work_dir / "tls")
         seed(f"sqlite:///{work_dir / 'mailledger.db'}", work_dir / "dkim", dns)
-        config = _config(work_dir, dns, ports, cert, key)
+        config = write_full_config(work_dir, dns, ports, cert, key)
         # Distinct messages in every round: the blob store keeps identical bytes only once.
         mails = make_messages(keys, args.messages * args.rounds, args.size, pool)
         rounds = [
             prepare(mails[n * args.messages : (n + 1) * args.messages]) for n in range(args.rounds)
         ]
-        python = sys.executable
-        full_cmd = [python, "-m", "mailledger.service.server", "--config", str(config)]
-        bare_cmd = [python, "-m", "bench.bare", str(ports["bare"])]
         results: dict[str, list[dict[str, Any]]] = {"bare": [], "full": []}
         with (
-            _process(bare_cmd, work_dir / "bare.log", ports["bare"]) as bare,
-            _process(full_cmd, work_dir / "server.log", ports["capture"]) as full,
+            bare_server(ports["bare"], work_dir / "bare.log") as bare,
+            full_server(config, ports["capture"], work_dir / "server.log") as full,
         ):
             spy = _spy(full.pid, args.profile, gil=args.gil) if args.profile else None
             for n, work in enumerate(rounds):

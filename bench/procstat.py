@@ -30,15 +30,24 @@ def tree(pid: int) -> list[int]:
     return pids
 
 
+def _stat_cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14 and 15)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process and its threads, without its child processes."""
+    return _stat_cpu_ticks(pid) / _TICKS
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of the process tree (every thread, every child process)."""
     total = 0
     for p in tree(pid):
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += _stat_cpu_ticks(p)
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14 and 15)
     return total / _TICKS
 
 

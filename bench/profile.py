@@ -9,9 +9,10 @@ as storage, not matching.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bench import procstat
 from bench.load import prepare, run_load
+from bench.processed import queue_id, wait_processed
 from bench.world import GMAIL_IP, RICHARD_CAPTURE, Mail
+from mailledger.testing.servers import ServerProcess
 
 SESSIONS = 10
 
@@ -110,34 +113,40 @@ def run(
     server: list[str], port: int, work: Path, mails: list[Mail], db: sessionmaker[Session]
 ) -> dict[str, Any]:
     """Start the server under py-spy, send ``mails`` and wait for processing, then stop."""
-    from bench.run import _queue_id, _wait_port, _wait_processed  # noqa: PLC0415 - cycle
-
     spy = shutil.which("py-spy") or str(Path(server[0]).with_name("py-spy"))
     out = work / "profile.txt"
     # --subprocesses: processing runs in worker processes of the server.
     argv = [spy, "record", "--subprocesses", "--rate", "250", "--format", "raw"]
     argv += ["--output", str(out), "--", *server]
-    with (work / "profile.log").open("ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    profiled = ServerProcess(
+        argv, port=port, log=work / "profile.log", name="py-spy", ready_timeout_seconds=60
+    )
     try:
-        _wait_port(port, proc)
+        profiled.start()
         load = asyncio.run(run_load(port, RICHARD_CAPTURE, prepare(mails), SESSIONS, GMAIL_IP))
-        ids = [_queue_id(s.reply) for s in load.accepted]
-        _wait_processed(db, ids, seconds=120)
+        ids = [queue_id(s.reply) for s in load.accepted]
+        wait_processed(db, ids, seconds=120)
     finally:
-        children = procstat.tree(proc.pid)[1:]
-        for pid in children[:1]:
-            subprocess.run(["kill", "-TERM", str(pid)], check=False)
-        if not children:
-            proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if proc.poll() is None:
-            proc.kill()
+        _stop(profiled)
     if not out.exists():
         return {"error": "py-spy wrote no profile (ptrace not permitted?)"}
     result = breakdown(out.read_text())
     result["messages"] = len(mails)
     result["sessions"] = SESSIONS
     return result
+
+
+def _stop(profiled: ServerProcess) -> None:
+    """Stop the server py-spy runs, so py-spy writes its profile and exits with it."""
+    if profiled.proc is None:
+        return
+    children = procstat.tree(profiled.pid)[1:]
+    for pid in children[:1]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if not children:
+        profiled.signal(signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while profiled.running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    profiled.kill()

@@ -14,24 +14,21 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench import procstat, profile, relayload
 from bench.load import LoadResult, prepare, run_load
+from bench.processed import queue_id, wait_processed
 from bench.results import ms, ratio, table
+from bench.servers import bare_server, full_server, write_full_config
 from bench.world import (
     GMAIL_IP,
     HOSTNAME,
@@ -44,16 +41,13 @@ from bench.world import (
     publish,
     seed,
 )
-from mailledger.store.models import MessageState, ReceivedMessage
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.ports import free_port
 from mailledger.testing.recorder import start_recorders
+from mailledger.testing.servers import server_argv
 from mailledger.testing.tls import write_self_signed
 
 RESULTS = Path(__file__).parent / "results"
-# Processing processes beside the listener's, one per core: they run nicer than the listener
-# ([processing] worker_nice), so they take the CPU the listener leaves, not the listener's.
-WORKER_PROCESSES = os.cpu_count() or 2
 KB, MB = 1024, 1024 * 1024
 LARGE = 10 * MB  # the size the memory target speaks of
 PACED_SHARE = 0.8  # the paced phase offers this share of the full path's rate at 50 sessions
@@ -73,100 +67,6 @@ SMOKE = {
     "relay": 2,
     "profile": 0,
 }
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; see its log")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                if sock.recv(512).startswith(b"220"):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing answered on port {port}")
-
-
-def _config(work: Path, dns: DNSServer, ports: dict[str, int], cert: Path, key: Path) -> Path:
-    path = work / "mailledger.toml"
-    path.write_text(
-        f"""
-[database]
-url = "sqlite:///{work / "mailledger.db"}"
-[storage]
-blob_dir = "{work / "blobs"}"
-[capture]
-listen = ["127.0.0.1:{ports["capture"]}"]
-[submission]
-listen = ["127.0.0.1:{ports["submission"]}"]
-listen_tls = []
-[tls]
-cert_file = "{cert}"
-key_file = "{key}"
-[dns]
-nameservers = ["{dns.address}"]
-timeout_seconds = 2.0
-[relay]
-smtp_port = {ports["mx"]}
-dkim_key_dir = "{work / "dkim"}"
-[service]
-hostname = "{HOSTNAME}"
-node_id = "bench"
-[processing]
-# The bench sends thousands of forwards from one Gmail sender in a few minutes; the loop guard
-# (50 in ten minutes) would hold them as a mail loop, which is its job but not what we measure.
-loop_threshold = 1000000
-# Processing beside the listener, on every core at a lower priority (DESIGN §9: both cores).
-worker_processes = {WORKER_PROCESSES}
-[metrics]
-listen = "127.0.0.1:{ports["metrics"]}"
-[logging]
-format = "json"
-level = "info"
-"""
-    )
-    return path
-
-
-@contextmanager
-def _process(argv: list[str], log: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_port(port, proc)
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _queue_id(reply: str) -> str:
-    return reply.rsplit(maxsplit=1)[-1]
-
-
-def _wait_processed(
-    sessions: sessionmaker[Session], queue_ids: list[str], seconds: float
-) -> dict[str, Any]:
-    """Poll the database until every message left ``received``; their states and finish times."""
-    deadline = time.monotonic() + seconds
-    wanted = set(queue_ids)
-    while True:
-        with sessions() as session:
-            rows = session.execute(
-                select(
-                    ReceivedMessage.queue_id, ReceivedMessage.state, ReceivedMessage.finished_at
-                ).where(ReceivedMessage.queue_id.in_(wanted))
-            ).all()
-        done = [r for r in rows if r.state is not MessageState.RECEIVED]
-        if len(done) == len(wanted) or time.monotonic() > deadline:
-            return {r.queue_id: (r.state.value, r.finished_at) for r in done}
-        time.sleep(0.05)
 
 
 def _phase(
@@ -200,8 +100,8 @@ def _phase(
             out["msgs_per_s"] = out["intake_msgs_per_s"]
             out["cpu_ms_per_msg"] = out["intake_cpu_ms_per_msg"]
         else:
-            by_id = {_queue_id(s.reply): s for s in accepted}
-            finished = _wait_processed(db, list(by_id), seconds=120 + len(mails) * 0.5)
+            by_id = {queue_id(s.reply): s for s in accepted}
+            finished = wait_processed(db, list(by_id), seconds=120 + len(mails) * 0.5)
             cpu = procstat.cpu_seconds(pid) - cpu0
             states: dict[str, int] = {}
             for state, _ in finished.values():
@@ -278,10 +178,7 @@ def main() -> int:
         }
         cert, key = write_self_signed(HOSTNAME, work / "tls")
         db = seed(f"sqlite:///{work / 'mailledger.db'}", work / "dkim", dns)
-        config = _config(work, dns, ports, cert, key)
-        python = sys.executable
-        full_cmd = [python, "-m", "mailledger.service.server", "--config", str(config)]
-        bare_cmd = [python, "-m", "bench.bare", str(ports["bare"])]
+        config = write_full_config(work, dns, ports, cert, key)
         print("generating signed messages…", flush=True)
         phases: dict[str, list[Mail]] = {}
         for sessions, count in plan["sessions"]:
@@ -295,8 +192,8 @@ def main() -> int:
         sessions_rows, size_rows = [], []
         one: dict[str, Any] = {}
         with (
-            _process(bare_cmd, work / "bare.log", ports["bare"]) as bare,
-            _process(full_cmd, work / "server.log", ports["capture"]) as full,
+            bare_server(ports["bare"], work / "bare.log") as bare,
+            full_server(config, ports["capture"], work / "server.log") as full,
         ):
             for sessions, _ in plan["sessions"]:
                 mails = phases[f"s{sessions}"]
@@ -355,7 +252,7 @@ def main() -> int:
         prof: dict[str, Any] = {}
         if plan["profile"] and not args.no_profile:
             prof = profile.run(
-                full_cmd,
+                server_argv(config),
                 ports["capture"],
                 work,
                 make_messages(keys, plan["profile"], 10 * KB, pool),

@@ -16,13 +16,7 @@ without racing it) and then killed with SIGKILL. Afterwards:
 
 from __future__ import annotations
 
-import os
 import signal
-import smtplib
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -53,7 +47,8 @@ from mailledger.testing.ports import free_port
 from mailledger.testing.postgres import PostgresServer
 from mailledger.testing.recorder import Recorder
 from mailledger.testing.scrape import scrape, value
-from mailledger.testing.smtp import send_raw
+from mailledger.testing.senders import Senders
+from mailledger.testing.servers import ServerProcess, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -69,145 +64,39 @@ RCPT = "richard@acme.capture.example"
 def node_config(tmp_path: Path, name: str, url: str, smarthost: int) -> tuple[Path, int, int]:
     """A node's configuration: shared database and blobs, its own ports and identity."""
     port, metrics = free_port(), free_port()
-    config = tmp_path / f"{name}.toml"
-    config.write_text(
-        f"""
-[database]
-url = "{url}"
-
-[storage]
-blob_dir = "{tmp_path / "blobs"}"
-min_free_bytes = 0
-
-[capture]
-listen = ["127.0.0.1:{port}"]
-timeout_seconds = 30
-
-[submission]
-listen = []
-
-[service]
-node_id = "{name}"
-# Delivery says EHLO with this name: the smarthost's record shows which node sent what.
-hostname = "{name}.capture.example"
-
-[processing]
-lease_seconds = {LEASE_SECONDS}
-poll_interval_seconds = 0.1
-batch_size = 8
-loop_threshold = 100000
-
-[relay]
-smarthost = "127.0.0.1:{smarthost}"
-smarthost_require_tls = false
-lease_seconds = {LEASE_SECONDS}
-poll_interval_seconds = 0.1
-max_concurrent = 4
-
-[dns]
-# Nothing listens there and nothing needs it: loopback mail is trusted, delivery goes to
-# the smarthost. No lookup leaves the machine.
-nameservers = ["127.0.0.1:9"]
-timeout_seconds = 0.5
-
-[verify]
-demo_trust_loopback = true
-
-[metrics]
-listen = "127.0.0.1:{metrics}"
-
-[logging]
-format = "json"
-level = "warning"
-""",
-        encoding="utf-8",
+    config = write_config(
+        tmp_path / f"{name}.toml",
+        database_url=url,
+        blob_dir=tmp_path / "blobs",
+        capture_port=port,
+        storage={"min_free_bytes": 0},
+        capture={"timeout_seconds": 30},
+        service={
+            "node_id": name,
+            # Delivery says EHLO with this name: the smarthost's record shows which node sent what.
+            "hostname": f"{name}.capture.example",
+        },
+        processing={
+            "lease_seconds": LEASE_SECONDS,
+            "poll_interval_seconds": 0.1,
+            "batch_size": 8,
+            "loop_threshold": 100000,
+        },
+        relay={
+            "smarthost": f"127.0.0.1:{smarthost}",
+            "smarthost_require_tls": False,
+            "lease_seconds": LEASE_SECONDS,
+            "poll_interval_seconds": 0.1,
+            "max_concurrent": 4,
+        },
+        # Nothing listens there and nothing needs it: loopback mail is trusted, delivery goes to
+        # the smarthost. No lookup leaves the machine.
+        dns={"nameservers": ["127.0.0.1:9"], "timeout_seconds": 0.5},
+        verify={"demo_trust_loopback": True},
+        metrics={"listen": f"127.0.0.1:{metrics}"},
+        logging={"level": "warning"},
     )
     return config, port, metrics
-
-
-class Node:
-    """One ``mailledger.service.server`` process."""
-
-    def __init__(self, name: str, config: Path, port: int, metrics: int, log: Path) -> None:
-        self.name, self.config, self.port, self.metrics, self.log = name, config, port, metrics, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILLEDGER_")}
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mailledger.service.server", "--config", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-                    if sock.recv(512).startswith(b"220 "):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"{self.name} did not start:\n" + self.log.read_text()[-3000:])
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
-
-
-class Clients:
-    """Threads sending INBOUND messages round-robin to the live nodes, retrying on failure."""
-
-    def __init__(self, nodes: list[Node]) -> None:
-        self.nodes = nodes
-        self.lock = threading.Lock()
-        self.next = 0
-        self.acked: set[str] = set()
-        self.refused: dict[str, str] = {}
-
-    def take(self) -> int | None:
-        with self.lock:
-            if self.next >= INBOUND:
-                return None
-            self.next += 1
-            return self.next - 1
-
-    def run(self) -> None:
-        stop_at = time.monotonic() + DEADLINE_SECONDS
-        while (n := self.take()) is not None:
-            message_id = f"multi-{n}@client.example"
-            data = make_email(message_id=message_id, subject=f"Message {n}")
-            attempt = n
-            while time.monotonic() < stop_at:
-                node = self.nodes[attempt % len(self.nodes)]
-                attempt += 1
-                try:
-                    tx = send_raw(node.port, "carol@client.example", [RCPT], data, io_timeout=5)
-                except (OSError, smtplib.SMTPException):
-                    time.sleep(0.05)  # that node is gone or frozen: try the other one
-                    continue
-                if tx.accepted:
-                    with self.lock:
-                        self.acked.add(message_id)
-                    break
-                last = tx.data or (tx.rcpt[-1] if tx.rcpt else tx.mail)
-                if 500 <= last[0] < 600:
-                    self.refused[message_id] = f"{last[0]} {last[1]}"
-                    break
-                time.sleep(0.05)
-
-    @property
-    def acked_count(self) -> int:
-        with self.lock:
-            return len(self.acked)
 
 
 @pytest.fixture
@@ -286,19 +175,28 @@ def test_two_nodes_share_the_work_and_survive_a_sigkill(tmp_path: Path, database
     blobs = BlobStore(tmp_path / "blobs")
     recorder = Recorder("127.0.0.1", 0, name="smarthost.test").start()
     recorder.data_delay = 0.2  # each delivery takes a moment: node-a is caught mid-delivery
-    nodes = []
+    nodes: list[ServerProcess] = []
+    metrics_ports: dict[str, int] = {}
     for name in ("node-a", "node-b"):
         config, port, metrics = node_config(tmp_path, name, database, recorder.port)
-        nodes.append(Node(name, config, port, metrics, tmp_path / f"{name}.log"))
+        log = tmp_path / f"{name}.log"
+        nodes.append(ServerProcess.for_config(config, port=port, log=log, name=name))
+        metrics_ports[name] = metrics
     node_a, node_b = nodes
-    clients = Clients(nodes)
-    threads = [threading.Thread(target=clients.run, daemon=True) for _ in range(CLIENTS)]
+    # Round-robin over both nodes; a frozen or dead node is passed over for the other one.
+    senders = Senders(
+        [node.port for node in nodes],
+        INBOUND,
+        prefix="multi",
+        rcpt_to=[RCPT],
+        io_timeout_seconds=5,
+        deadline_seconds=DEADLINE_SECONDS,
+    )
     try:
         for node in nodes:
             node.start()
-        b_before = scrape(node_b.metrics)
-        for thread in threads:
-            thread.start()
+        b_before = scrape(metrics_ports["node-b"])
+        senders.start(CLIENTS)
         wanted_out = queue_outbound(sessions, blobs)
 
         # Freeze node-a at a moment it holds claims on both queues, then read them.
@@ -306,7 +204,7 @@ def test_two_nodes_share_the_work_and_survive_a_sigkill(tmp_path: Path, database
         held_in: set[int] = set()
         held_out: set[str] = set()
         while time.monotonic() < deadline:
-            if clients.acked_count >= INBOUND // 4:
+            if senders.acked_count >= INBOUND // 4:
                 node_a.signal(signal.SIGSTOP)
                 held_in, held_out = claims_of(sessions, "node-a")
                 if held_in and held_out:
@@ -316,27 +214,22 @@ def test_two_nodes_share_the_work_and_survive_a_sigkill(tmp_path: Path, database
         assert held_in and held_out, "node-a never held claims on both queues"
         node_a.signal(signal.SIGKILL)
         killed_at, killed_clock = utcnow(), time.monotonic()
-        assert node_a.proc is not None
-        node_a.proc.wait(10)
+        node_a.wait(10)
 
-        for thread in threads:
-            thread.join(DEADLINE_SECONDS)
-        assert not any(thread.is_alive() for thread in threads)
+        assert senders.join(DEADLINE_SECONDS), "a sender thread is still running"
         while time.monotonic() < deadline and not all_done(sessions):
             time.sleep(0.2)
         assert all_done(sessions), "work left unfinished after the kill"
-        b_after = scrape(node_b.metrics)
+        b_after = scrape(metrics_ports["node-b"])
         assert node_b.stop() == 0
     finally:
         for node in nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.kill()
-                node.proc.wait(10)
+            node.kill()
         recorder.close()
 
     # Inbound: nothing acknowledged is lost, every row processed exactly once.
-    assert clients.refused == {}
-    assert len(clients.acked) == INBOUND
+    assert senders.refused == {}
+    assert len(senders.acked) == INBOUND
     with sessions() as session:
         rows = session.scalars(select(ReceivedMessage)).all()
         records = Counter(

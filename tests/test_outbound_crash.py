@@ -10,10 +10,6 @@ none lost, and only that one may arrive twice (RFC 5321 §6.1: a duplicate, neve
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,6 +26,7 @@ from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.mail import make_email
 from mailledger.testing.ports import free_port
 from mailledger.testing.recorder import Recorder, Transaction, start_recorders
+from mailledger.testing.servers import ServerProcess, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -38,79 +35,26 @@ LEASE_SECONDS = 1.5
 A_HOST, B_HOST = "127.0.0.61", "127.0.0.62"
 
 
-def write_config(tmp_path: Path, dns: DNSServer, smtp_port: int) -> tuple[Path, int]:
+def write_relay_config(tmp_path: Path, dns: DNSServer, smtp_port: int) -> tuple[Path, int]:
+    """SQLite and blobs under ``tmp_path``; MX delivery through the test's DNS, one at a time."""
     port = free_port()
-    config = tmp_path / "relay.toml"
-    config.write_text(
-        f"""
-[database]
-url = "sqlite:///{tmp_path / "relay.db"}"
-
-[storage]
-blob_dir = "{tmp_path / "blobs"}"
-
-[capture]
-listen = ["127.0.0.1:{port}"]
-
-[submission]
-listen = []
-
-[service]
-hostname = "relay.mailledger.test"
-
-[relay]
-smtp_port = {smtp_port}
-retry_schedule_seconds = [0.2, 0.2, 0.5, 1, 1, 1]
-lease_seconds = {LEASE_SECONDS}
-poll_interval_seconds = 0.05
-# One delivery at a time: exactly one is in flight when the kill lands.
-max_per_domain = 1
-
-[dns]
-nameservers = ["{dns.address}"]
-timeout_seconds = 1
-
-[metrics]
-listen = "127.0.0.1:{free_port()}"
-
-[logging]
-format = "json"
-""",
-        encoding="utf-8",
+    config = write_config(
+        tmp_path / "relay.toml",
+        database_url=f"sqlite:///{tmp_path / 'relay.db'}",
+        blob_dir=tmp_path / "blobs",
+        capture_port=port,
+        service={"hostname": "relay.mailledger.test"},
+        relay={
+            "smtp_port": smtp_port,
+            "retry_schedule_seconds": [0.2, 0.2, 0.5, 1, 1, 1],
+            "lease_seconds": LEASE_SECONDS,
+            "poll_interval_seconds": 0.05,
+            # One delivery at a time: exactly one is in flight when the kill lands.
+            "max_per_domain": 1,
+        },
+        dns={"nameservers": [dns.address], "timeout_seconds": 1},
     )
     return config, port
-
-
-class Server:
-    """The server process; ``start`` waits for its capture banner."""
-
-    def __init__(self, config: Path, port: int, log: Path) -> None:
-        self.config, self.port, self.log = config, port, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILLEDGER_")}
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mailledger.service.server", "--config", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 @pytest.fixture
@@ -144,7 +88,7 @@ def received(recorders: list[Recorder]) -> Counter[str]:
 def test_queue_survives_sigkill_mid_delivery(tmp_path: Path, dns: DNSServer) -> None:
     """SIGKILL while a remote host holds its DATA reply: nothing lost, one duplicate at most."""
     smtp_port, recorders = start_recorders([A_HOST, B_HOST])
-    config, capture_port = write_config(tmp_path, dns, smtp_port)
+    config, capture_port = write_relay_config(tmp_path, dns, smtp_port)
     engine = make_engine(f"sqlite:///{tmp_path / 'relay.db'}")
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)
@@ -161,7 +105,8 @@ def test_queue_survives_sigkill_mid_delivery(tmp_path: Path, dns: DNSServer) -> 
                 rcpt_to=["bob@example.net"],
                 kind=OutboundKind.RELAY,
             )
-    server = Server(config, capture_port, tmp_path / "server.log")
+    # ``start`` waits for the capture banner; delivery is what the test watches.
+    server = ServerProcess.for_config(config, port=capture_port, log=tmp_path / "server.log")
     try:
         for recorder in recorders:
             recorder.data_delay = 0.4  # every DATA reply takes a moment
@@ -169,7 +114,7 @@ def test_queue_survives_sigkill_mid_delivery(tmp_path: Path, dns: DNSServer) -> 
         deadline = time.monotonic() + 30
         # The third message's DATA has arrived and its reply is being held: kill the sender.
         while sum(len(r.transactions) for r in recorders) < 3:
-            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, server.log_tail()
             time.sleep(0.01)
         server.kill()
         for recorder in recorders:
@@ -194,10 +139,10 @@ def test_queue_survives_sigkill_mid_delivery(tmp_path: Path, dns: DNSServer) -> 
                 states = list(session.scalars(select(OutboundMessage.state)))
             if all(s is OutboundState.DELIVERED for s in states):
                 break
-            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, server.log_tail()
             time.sleep(0.05)
     finally:
-        server.stop()
+        server.stop(timeout_seconds=30)
         for recorder in recorders:
             recorder.close()
         engine.dispose()
