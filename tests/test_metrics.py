@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.cli.demo import DemoAddresses
 from mailledger.config import Settings
+from mailledger.mail import replies
+from mailledger.mail.replies import Reply
 from mailledger.metrics import reason_of
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import MessageState, ReceivedMessage, utcnow
@@ -47,14 +49,15 @@ async def wait_finished(sessions: sessionmaker[Session], count: int) -> None:
 
 def test_reason_labels_come_from_the_reply_table() -> None:
     """Refusal reasons are the reply constants' names: a small, fixed label set."""
-    assert reason_of("550 5.1.1 No such capture address") == "unknown_user"
-    assert reason_of("452 4.3.1 Insufficient system storage, try again later") == (
-        "insufficient_storage"
-    )
-    assert reason_of("451 4.3.0 Temporary storage failure, try again later") == "storage_failed"
+    assert reason_of(replies.UNKNOWN_USER) == "unknown_user"
+    assert reason_of(replies.INSUFFICIENT_STORAGE) == "insufficient_storage"
+    # STORAGE_FAILED, LOCAL_ERROR and DIRECTORY_UNAVAILABLE all answer 451 4.3.0.
+    assert reason_of(replies.STORAGE_FAILED) == "storage_failed"
+    assert reason_of(replies.DIRECTORY_UNAVAILABLE) == "directory_unavailable"
     # Text we never wrote still maps by code and enhanced status, never by free text.
-    assert reason_of("550 5.1.1 something else") == "unknown_user"
-    assert reason_of("554 5.9.9 odd") == "554_5.9.9"
+    assert reason_of(replies.UNKNOWN_USER.with_text("something else")) == "unknown_user"
+    assert reason_of(Reply(550, "5.1.1", "something else")) == "unknown_user"
+    assert reason_of(Reply(554, "5.9.9", "odd")) == "554_5.9.9"
 
 
 async def test_scrape_during_a_run_shows_the_counters_moving(

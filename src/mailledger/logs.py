@@ -1,8 +1,8 @@
 """Logging, configured in one place: structlog in front, the standard library behind it.
 
 JSON lines under systemd (stderr is not a terminal), a readable console on a terminal. The
-standard-library loggers of our dependencies (aiosmtpd's ``mail.log``, SQLAlchemy, flanker) go
-through the same renderer, so one line format reaches the journal. aiosmtpd logs every command
+standard-library loggers of our dependencies (aiosmtpd's ``mail.log``, SQLAlchemy) go through
+the same renderer, so one line format reaches the journal. aiosmtpd logs every command
 line and DATA line at INFO/DEBUG; its logger is held at WARNING or above so message bodies and
 AUTH exchanges are never written anywhere.
 """
@@ -24,8 +24,6 @@ _FLOORS = {
     "mail.log": logging.WARNING,
     # SQLAlchemy logs statements and parameters (addresses, message metadata) at INFO.
     "sqlalchemy": logging.WARNING,
-    # flanker logs every lexer complaint; the parse result is what we act on.
-    "flanker": logging.ERROR,
 }
 
 _HANDLER_NAME = "mailledger"

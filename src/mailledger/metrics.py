@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.mail import replies
+from mailledger.mail.replies import Reply
 from mailledger.store.engine import reading
 from mailledger.store.models import (
     MessageState,
@@ -38,31 +39,35 @@ _PROCESSING_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3
 _DELIVERY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 
 
-def _reply_names() -> dict[tuple[int, str], str]:
-    """(code, enhanced status) → the constant's name in ``capture.replies``, for reason labels.
+def _reply_names() -> tuple[dict[Reply, str], dict[tuple[int, str], str]]:
+    """Each constant of ``mail.replies`` → its name, and each refusal's (code, status) → name.
 
     Labels must come from a small fixed set; the reply table is exactly that.
     """
-    names: dict[tuple[int, str], str] = {}
+    constants: dict[Reply, str] = {}
+    refusals: dict[tuple[int, str], str] = {}
     for name, value in vars(replies).items():
-        if isinstance(value, replies.Reply) and not value.is_success:
-            names.setdefault((value.code, value.status), name.lower())
-    return names
+        if isinstance(value, Reply):
+            constants.setdefault(value, name.lower())
+            if not value.is_success:
+                refusals.setdefault((value.code, value.status), name.lower())
+    return constants, refusals
 
 
-_REPLY_NAMES = _reply_names()
+_CONSTANTS, _REFUSALS = _reply_names()
 
 
-def reason_of(reply: str) -> str:
-    """A short reason label for an SMTP reply line: ``unknown_user``, ``storage_failed``, …"""
-    parts = str(reply).split(maxsplit=2)
-    code = int(parts[0]) if parts and parts[0].isdigit() else 0
-    status = parts[1] if len(parts) > 1 else ""
-    # Several replies share a code and status; the text tells them apart.
-    for name, value in vars(replies).items():
-        if isinstance(value, replies.Reply) and str(value) == str(reply).strip():
-            return name.lower()
-    return _REPLY_NAMES.get((code, status), f"{code}_{status}" if status else str(code))
+def reason_of(reply: Reply) -> str:
+    """A short reason label for a reply we gave: ``unknown_user``, ``storage_failed``, …
+
+    A constant is labelled with its name; a constant given a more precise text (``with_text``)
+    keeps the label of its code and enhanced status; anything else is ``{code}_{status}``.
+    """
+    # Several constants share a code and status: the constant itself tells them apart.
+    found = _CONSTANTS.get(reply) or _REFUSALS.get((reply.code, reply.status))
+    if found is not None:
+        return found
+    return f"{reply.code}_{reply.status}" if reply.status else str(reply.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +191,8 @@ class Metrics:
         """A message was stored and answered 250."""
         self.accepted.labels(listener).inc()
 
-    def message_refused(self, stage: str, reply: str) -> None:
-        """A command was refused; ``reply`` is the SMTP reply line we gave."""
+    def message_refused(self, stage: str, reply: Reply) -> None:
+        """A command was refused with ``reply``."""
         self.refused.labels(stage, reason_of(reply)).inc()
 
     def message_finished(self, state: MessageState, received_at: datetime | None) -> None:

@@ -93,14 +93,14 @@ class CaptureHandler:
                 parse_address(address)
             except AddressError:
                 log.info("sender refused", reason="syntax")
-                self._metrics.message_refused("mail", str(replies.BAD_SENDER_SYNTAX))
+                self._metrics.message_refused("mail", replies.BAD_SENDER_SYNTAX)
                 return str(replies.BAD_SENDER_SYNTAX)
         # Refuse before the body travels when the disk is near full (RFC 1870 SIZE helps).
         size = next((o[5:] for o in mail_options if o.upper().startswith("SIZE=")), "0")
         shortage = self._intake.shortage(int(size) if size.isdigit() else 0)
         if shortage is not None:
             log.warning("sender refused: storage nearly full", shortage=str(shortage))
-            self._metrics.message_refused("mail", str(replies.INSUFFICIENT_STORAGE))
+            self._metrics.message_refused("mail", replies.INSUFFICIENT_STORAGE)
             return str(replies.INSUFFICIENT_STORAGE)
         envelope.mail_from = address or NULL_SENDER
         envelope.mail_options.extend(mail_options)
@@ -116,17 +116,17 @@ class CaptureHandler:
     ) -> str:
         """Route the recipient now, from the database, so a wrong address is refused here."""
         if len(envelope.rcpt_tos) >= self._capture.max_recipients:
-            self._metrics.message_refused("rcpt", str(replies.TOO_MANY_RECIPIENTS))
+            self._metrics.message_refused("rcpt", replies.TOO_MANY_RECIPIENTS)
             return str(replies.TOO_MANY_RECIPIENTS)
         try:
             decision = await asyncio.to_thread(self._router.route, address)
         except SQLAlchemyError as exc:
             log.exception("recipient lookup failed", error=type(exc).__name__)
-            self._metrics.message_refused("rcpt", str(replies.DIRECTORY_UNAVAILABLE))
+            self._metrics.message_refused("rcpt", replies.DIRECTORY_UNAVAILABLE)
             return str(replies.DIRECTORY_UNAVAILABLE)
         if isinstance(decision, Refusal):
             log.info("recipient refused", rcpt=address, reply=str(decision.reply))
-            self._metrics.message_refused("rcpt", str(decision.reply))
+            self._metrics.message_refused("rcpt", decision.reply)
             return str(decision.reply)
         routes = routes_of(envelope)
         if decision not in routes:
@@ -148,7 +148,7 @@ class CaptureHandler:
         refusal = screening.screen(raw, self._capture)
         if refusal is not None:
             log.info("message refused", size=len(raw), reply=str(refusal))
-            self._metrics.message_refused("data", str(refusal))
+            self._metrics.message_refused("data", refusal)
             return str(refusal)
         routes = routes_of(envelope)
         if not routes:  # aiosmtpd refuses DATA without RCPT; this guards a misuse
@@ -169,11 +169,11 @@ class CaptureHandler:
             queue_id = await self._intake.store(facts, list(routes), content)
         except InsufficientStorageError as exc:
             mlog.warning("message not stored", error=str(exc), size=len(raw))
-            self._metrics.message_refused("data", str(replies.INSUFFICIENT_STORAGE))
+            self._metrics.message_refused("data", replies.INSUFFICIENT_STORAGE)
             return str(replies.INSUFFICIENT_STORAGE)
         except IntakeError as exc:
             mlog.warning("message not stored", error=str(exc), size=len(raw))
-            self._metrics.message_refused("data", str(replies.STORAGE_FAILED))
+            self._metrics.message_refused("data", replies.STORAGE_FAILED)
             return str(replies.STORAGE_FAILED)
         mlog.info(
             "message accepted",

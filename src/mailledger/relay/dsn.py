@@ -10,7 +10,6 @@ loops are avoided. The bytes are composed by hand with CRLF line ends, never a b
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ from typing import Final
 
 from sqlalchemy.orm import Session
 
+from mailledger.mail.replies import parse_reply
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import OutboundKind, OutboundMessage, utcnow
 from mailledger.store.outbox import enqueue
 
-_ENHANCED: Final = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 # The headers we quote back are capped, so a huge header block can't make a huge bounce.
 MAX_QUOTED_HEADER_BYTES: Final = 64 * 1024
 
@@ -47,9 +46,9 @@ class FailedRecipient:
 
 def enhanced_status(code: int, text: str) -> str:
     """The enhanced status code (RFC 3463) a reply carries, or the generic one for its class."""
-    match = _ENHANCED.match(text.strip())
-    if match and match.group(1) == str(code)[0]:
-        return ".".join(match.groups())
+    carried = parse_reply(code, text).status
+    if carried:
+        return carried
     return f"{str(code)[0]}.0.0" if 400 <= code < 600 else "5.0.0"
 
 

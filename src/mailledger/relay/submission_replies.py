@@ -1,8 +1,9 @@
 """Every reply the submission listeners give of their own, as (code, enhanced status, text).
 
-The capture listener's table (``capture.replies``) covers what both share (queued, bare
-newlines, storage failures); these are the ones only an authenticating relay needs
-(RFC 4954 §6 for AUTH, RFC 6409 for submission, RFC 3463 for the enhanced codes).
+Constants of the one ``mail.replies.Reply`` type. The capture listener's table there covers
+what both share (queued, bare newlines, storage failures); these are the ones only an
+authenticating relay needs (RFC 4954 §6 for AUTH, RFC 6409 for submission, RFC 3463 for the
+enhanced codes).
 """
 
 from __future__ import annotations
