@@ -12,8 +12,17 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from mailledger.cli.demo import DemoAddresses
 from mailledger.routing.routes import RecipientRouter
 from mailledger.store.blobs import BlobStore
-from mailledger.store.inbox import Intake, IntakeError, Route, SessionFacts
-from mailledger.store.models import MessageState, ReceivedMessage, RouteKind
+from mailledger.store.inbox import (
+    Intake,
+    IntakeError,
+    Received,
+    Route,
+    SessionFacts,
+    TraceLine,
+    add_received,
+)
+from mailledger.store.models import MessageState, ReceivedMessage, RouteKind, Staff
+from mailledger.store.queueids import new_queue_id
 from mailledger.testing.intake import hold_first_write
 
 pytestmark = [pytest.mark.usefixtures("engine"), pytest.mark.postgres]
@@ -142,3 +151,47 @@ async def test_a_bad_row_fails_alone_on_either_database(
         found = set(session.scalars(select(ReceivedMessage.queue_id)))
     assert stored <= found
     assert len(found) == 4  # three of the batch and the first message
+
+
+def test_the_one_writer_adds_a_message_in_the_callers_transaction(
+    sessions: sessionmaker[Session], blobs: BlobStore, demo: DemoAddresses
+) -> None:
+    """add_received commits nothing itself: a rollback leaves no trace, a commit everything."""
+    _, log = _routes(sessions, demo)
+    with sessions() as session:
+        staff_id = session.scalars(select(Staff.id)).one()
+    raw = b"Subject: sent\r\n\r\nbody\r\n"
+    facts = SessionFacts("127.0.0.1:587", "laptop", demo.staff_address, [log.rcpt], "", "t1")
+    message = Received(
+        queue_id=new_queue_id(),
+        facts=facts,
+        routes=[log],
+        blob=blobs.put(raw),
+        size=len(raw),
+        first=TraceLine("submission", "accepted", "submitted by richard"),
+        submitted_by_staff_id=staff_id,
+    )
+    with pytest.raises(LookupError), sessions.begin() as session:
+        assert len(add_received(session, [message])) == 1
+        raise LookupError("the caller's next step fails: its transaction rolls back")
+    with sessions() as session:
+        assert session.scalars(select(ReceivedMessage)).all() == []
+    with sessions.begin() as session:
+        (message_id,) = add_received(session, [message])
+    with sessions() as session:
+        row = session.get_one(
+            ReceivedMessage,
+            message_id,
+            options=[selectinload(ReceivedMessage.routes), selectinload(ReceivedMessage.trace)],
+        )
+        assert (row.queue_id, row.state, row.attempts) == (
+            message.queue_id,
+            MessageState.RECEIVED,
+            0,
+        )
+        assert (row.mail_from, row.rcpt_to, row.size) == (demo.staff_address, [log.rcpt], len(raw))
+        assert row.submitted_by_staff_id == staff_id
+        assert [(r.kind, r.rcpt) for r in row.routes] == [(RouteKind.LOG, log.rcpt)]
+        assert [(t.step, t.decision, t.detail) for t in row.trace] == [
+            ("submission", "accepted", "submitted by richard")
+        ]

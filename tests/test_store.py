@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.cli.demo import DemoAddresses
-from mailledger.store import directory, quarantine, queries
+from mailledger.store import directory, leases, quarantine, queries
 from mailledger.store.blobs import BlobStore
 from mailledger.store.directory import DirectoryError
 from mailledger.store.models import (
@@ -29,6 +29,7 @@ from mailledger.store.models import (
     Staff,
     StaffAddress,
     TraceEntry,
+    utcnow,
 )
 
 pytestmark = pytest.mark.postgres
@@ -319,3 +320,36 @@ def test_quarantine_delete_refuses_other_states(
         message_id = _message(session, blobs).id
     with sessions.begin() as session, pytest.raises(quarantine.QuarantineError, match="received"):
         quarantine.delete(session, blobs, message_id)
+
+
+def test_leases_claim_once_renew_and_hand_back_with_or_without_the_attempt(
+    sessions: sessionmaker[Session], blobs: BlobStore, demo: DemoAddresses
+) -> None:
+    """A claim counts an attempt and keeps others off; only the owner renews or releases."""
+    queue = leases.PROCESSING
+    with sessions.begin() as session:
+        message_id = _message(session, blobs).id
+    (lease,) = leases.claim_waiting(sessions, queue, owner="a", lease_seconds=60, limit=5)
+    assert (lease.id, lease.attempts) == (message_id, 1)
+    assert leases.claim_waiting(sessions, queue, owner="b", lease_seconds=60, limit=5) == []
+    with sessions.begin() as session:
+        assert leases.renew(session, queue, [message_id], owner="b", lease_seconds=60) == 0
+        assert leases.renew(session, queue, [message_id], owner="a", lease_seconds=60) == 1
+        assert leases.release(session, queue, owner="b") == 0
+        # Handed back unstarted: claimable at once, and its attempt no longer counts.
+        assert leases.release(session, queue, owner="a", refund_attempt=True) == 1
+    with sessions.begin() as session:
+        (again,) = leases.claim(session, queue, owner="b", lease_seconds=60, limit=5)
+    assert again.attempts == 1
+    later = utcnow() + timedelta(hours=1)
+    with sessions.begin() as session:
+        # Handed back with a back-off: nobody claims it before then, and the attempt stays.
+        assert leases.release(session, queue, [message_id], owner="b", not_before=later) == 1
+    assert not leases.any_waiting(sessions, queue)
+    assert leases.any_waiting(sessions, queue, later + timedelta(seconds=1))
+    with sessions.begin() as session:
+        message = session.get_one(ReceivedMessage, message_id)
+        assert (message.attempts, message.claimed_by) == (1, None)
+        message.state = MessageState.PROCESSED
+    # A finished row is not claimed again, whenever asked.
+    assert not leases.any_waiting(sessions, queue, later + timedelta(seconds=1))

@@ -37,8 +37,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.config import Settings, split_listen
 from mailledger.dnsauth.resolver import Resolver
+from mailledger.mail.replies import Reply, parse_reply
 from mailledger.metrics import Metrics
-from mailledger.relay.dsn import FailedRecipient, enhanced_status, queue_dsn, wants_dsn
+from mailledger.relay.dsn import FailedRecipient, queue_dsn, wants_dsn
 from mailledger.store import outbox
 from mailledger.store.blobs import BlobStore, BlobStoreError
 from mailledger.store.models import OutboundMessage, OutboundState, utcnow
@@ -55,24 +56,6 @@ STOP_GRACE_SECONDS: Final = 20.0
 _FINAL_STATES: Final = frozenset(
     s.value for s in (OutboundState.DELIVERED, OutboundState.BOUNCED, OutboundState.EXPIRED)
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """An SMTP reply, from a remote host or made up by us for a local decision."""
-
-    code: int
-    text: str
-    host: str = ""  # "mx1.example.net[127.0.0.51]"; "" when we decided without a remote reply
-
-    @property
-    def status(self) -> str:
-        """The RFC 3463 enhanced status code."""
-        return enhanced_status(self.code, self.text)
-
-    def __str__(self) -> str:
-        where = f" ({self.host})" if self.host else ""
-        return f"{self.code} {self.text}{where}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +110,9 @@ class _Attempt:
 
 
 # Replies we make up for decisions taken without a remote reply.
-NULL_MX = Reply(556, "5.1.10 recipient domain does not accept mail (null MX, RFC 7505)")
-NO_DOMAIN = Reply(550, "5.1.2 recipient domain does not exist")
-NO_ADDRESS = Reply(550, "5.4.4 recipient domain has no MX and no address records")
+NULL_MX = Reply(556, "5.1.10", "recipient domain does not accept mail (null MX, RFC 7505)")
+NO_DOMAIN = Reply(550, "5.1.2", "recipient domain does not exist")
+NO_ADDRESS = Reply(550, "5.4.4", "recipient domain has no MX and no address records")
 
 
 def _shuffled_by_preference(records: Sequence[tuple[int, str]]) -> list[str]:
@@ -154,9 +137,9 @@ def _opportunistic_context() -> ssl.SSLContext:
     return context
 
 
-def _reply_text(message: str) -> str:
-    # aiosmtplib joins a multiline reply with "\n"; we keep it as one line.
-    return " ".join(message.split())
+def _remote(code: int, message: str, host: str) -> Reply:
+    """A remote host's reply; aiosmtplib joins a multiline reply with "\\n", we keep one line."""
+    return parse_reply(code, " ".join(message.split()), host)
 
 
 class DeliveryWorker:
@@ -285,6 +268,8 @@ class DeliveryWorker:
     # --- database work (in threads) -------------------------------------------------------------
 
     def _claim(self, slots: int) -> list[Claim]:
+        if not outbox.any_due(self._sessions):
+            return []  # an idle poll, without taking SQLite's write lock
         with self._sessions.begin() as session:
             return outbox.claim_due(
                 session,
@@ -315,14 +300,14 @@ class DeliveryWorker:
                 data = await asyncio.to_thread(self._blobs.get, claim.blob)
                 attempt = await self.deliver(claim, data)
         except BlobStoreError as exc:
-            reason = Reply(451, f"4.3.0 message bytes unavailable: {exc}")
+            reason = Reply(451, "4.3.0", f"message bytes unavailable: {exc}")
             attempt = _Attempt({r: Deferred(None, reason) for r in claim.pending})
         except asyncio.CancelledError:
             bound.info("delivery cut off by shutdown; the row is handed back")
             raise
         except Exception as exc:  # noqa: BLE001 - an unknown fault is temporary (STYLE.md)
             bound.exception("delivery failed unexpectedly")
-            reason = Reply(451, f"4.3.0 internal error: {type(exc).__name__}")
+            reason = Reply(451, "4.3.0", f"internal error: {type(exc).__name__}")
             attempt = _Attempt({r: Deferred(None, reason) for r in claim.pending})
         try:
             summary, dsn_queued = await asyncio.to_thread(self._record, claim, attempt)
@@ -355,18 +340,18 @@ class DeliveryWorker:
         for target in route[:MAX_ADDRESSES_PER_ATTEMPT]:
             result = await self._try_target(target, claim, pending, data, tls_allowed=True)
             if isinstance(result, _NextHost):
-                skipped.append(f"{target}: {result.reason.code} {result.reason.text}")
+                skipped.append(f"{target}: {result.reason.code} {result.reason.message}")
                 log.info(
                     "delivery host skipped",
                     queue_id=claim.queue_id,
                     domain=claim.domain,
                     host=str(target),
-                    reason=f"{result.reason.code} {result.reason.text}",
+                    reason=f"{result.reason.code} {result.reason.message}",
                 )
                 continue
             return result
         text = "; ".join(skipped) if skipped else "no host to deliver to"
-        reason = Reply(421, f"4.4.1 no host accepted the connection: {text}"[:900])
+        reason = parse_reply(421, f"4.4.1 no host accepted the connection: {text}"[:900])
         return _Attempt(dict.fromkeys(pending, Deferred(None, reason)))
 
     # --- routing ----------------------------------------------------------------------------------
@@ -382,7 +367,7 @@ class DeliveryWorker:
             try:
                 ipaddress.ip_address(literal)
             except ValueError:
-                return Failed(Reply(550, f"5.1.2 bad address literal {domain}"))
+                return Failed(Reply(550, "5.1.2", f"bad address literal {domain}"))
             return [Target(domain, literal, port)]
         mx = await self._resolver.mx(domain)
         if mx.status == "ok":
@@ -396,7 +381,9 @@ class DeliveryWorker:
             return await self._addresses([domain], port, implicit=True)
         if mx.status == "nxdomain":
             return Failed(NO_DOMAIN)
-        return Deferred(None, Reply(451, f"4.4.3 MX lookup for {domain}: {mx.status} {mx.detail}"))
+        return Deferred(
+            None, Reply(451, "4.4.3", f"MX lookup for {domain}: {mx.status} {mx.detail}")
+        )
 
     async def _addresses(
         self, hosts: list[str], port: int, *, implicit: bool
@@ -429,7 +416,7 @@ class DeliveryWorker:
         if implicit and not problems and missing:
             return Failed(NO_ADDRESS)
         detail = "; ".join(problems) or "no address records for " + ", ".join(hosts)
-        return Deferred(None, Reply(451, f"4.4.3 {detail}"[:900]))
+        return Deferred(None, parse_reply(451, f"4.4.3 {detail}"[:900]))
 
     # --- SMTP -------------------------------------------------------------------------------------
 
@@ -452,9 +439,9 @@ class DeliveryWorker:
             try:
                 await smtp.connect(timeout=self._relay.connect_timeout_seconds)
             except aiosmtplib.SMTPConnectResponseError as exc:
-                return _NextHost(Reply(exc.code, _reply_text(exc.message), host))
+                return _NextHost(_remote(exc.code, exc.message, host))
             except (aiosmtplib.SMTPException, OSError) as exc:
-                return _NextHost(Reply(421, f"4.4.1 connection failed: {exc}", host))
+                return _NextHost(Reply(421, "4.4.1", f"connection failed: {exc}", host))
             step = await self._hello(smtp, host)
             if step is not None:
                 return step
@@ -467,11 +454,12 @@ class DeliveryWorker:
                 except aiosmtplib.SMTPResponseException as exc:
                     # STARTTLS refused: the session is still usable in clear (RFC 3207 §4).
                     if require_tls:
-                        return _NextHost(Reply(exc.code, _reply_text(exc.message), host))
+                        return _NextHost(_remote(exc.code, exc.message, host))
                 except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
                     smtp.close()
                     if require_tls:
-                        return _NextHost(Reply(421, f"4.7.0 TLS handshake failed: {exc}", host))
+                        reason = Reply(421, "4.7.0", f"TLS handshake failed: {exc}", host)
+                        return _NextHost(reason)
                     log.info("TLS handshake failed; retrying in clear", host=host, error=str(exc))
                     return await self._try_target(target, claim, pending, data, tls_allowed=False)
                 else:
@@ -481,7 +469,7 @@ class DeliveryWorker:
                     if step is not None:
                         return step
             elif require_tls:
-                return _NextHost(Reply(421, "4.7.0 smarthost does not offer STARTTLS", host))
+                return _NextHost(Reply(421, "4.7.0", "smarthost does not offer STARTTLS", host))
             if smarthost and self._relay.smarthost_username:
                 step = await self._login(smtp, host)
                 if step is not None:
@@ -492,7 +480,7 @@ class DeliveryWorker:
             return attempt
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             # Lost before DATA: nothing was delivered, so the next host may have it.
-            return _NextHost(Reply(421, f"4.4.2 connection lost: {exc}", host))
+            return _NextHost(Reply(421, "4.4.2", f"connection lost: {exc}", host))
         finally:
             task = asyncio.current_task()
             # Say QUIT politely, unless shutdown is cutting this delivery off.
@@ -506,11 +494,11 @@ class DeliveryWorker:
             await smtp.ehlo(hostname=self._hostname)
         except aiosmtplib.SMTPHeloError as exc:
             if not smtp.is_connected:
-                return _NextHost(Reply(exc.code, _reply_text(exc.message), host))
+                return _NextHost(_remote(exc.code, exc.message, host))
             try:
                 await smtp.helo(hostname=self._hostname)
             except aiosmtplib.SMTPHeloError as helo_exc:
-                return _NextHost(Reply(helo_exc.code, _reply_text(helo_exc.message), host))
+                return _NextHost(_remote(helo_exc.code, helo_exc.message, host))
         return None
 
     async def _login(self, smtp: aiosmtplib.SMTP, host: str) -> _NextHost | None:
@@ -520,9 +508,10 @@ class DeliveryWorker:
             # A credential problem is the operator's to fix, not the sender's: defer, never
             # bounce. The reply is logged; the password never is.
             log.error("smarthost refused our credentials", host=host, code=exc.code)  # noqa: TRY400
-            return _NextHost(Reply(451, f"4.7.8 smarthost authentication failed: {exc.code}", host))
+            reason = Reply(451, "4.7.8", f"smarthost authentication failed: {exc.code}", host)
+            return _NextHost(reason)
         except aiosmtplib.SMTPException as exc:
-            return _NextHost(Reply(451, f"4.7.0 smarthost authentication: {exc}", host))
+            return _NextHost(Reply(451, "4.7.0", f"smarthost authentication: {exc}", host))
         return None
 
     async def _transaction(
@@ -535,7 +524,7 @@ class DeliveryWorker:
             limit_text = smtp.esmtp_extensions.get("size", "").strip()
             limit = int(limit_text) if limit_text.isdigit() else 0
             if limit and claim.size > limit:
-                reason = Reply(552, f"5.3.4 message size {claim.size} exceeds {limit}", host)
+                reason = Reply(552, "5.3.4", f"message size {claim.size} exceeds {limit}", host)
                 return _Attempt(dict.fromkeys(pending, Failed(reason)))
             options.append(f"SIZE={claim.size}".encode("ascii"))
         if smtp.supports_extension("8bitmime") and any(b > 0x7F for b in data):
@@ -543,13 +532,13 @@ class DeliveryWorker:
         addresses = [claim.mail_from, *pending]
         if not all(a.isascii() for a in addresses):
             if not smtp.supports_extension("smtputf8"):
-                reason = Reply(553, "5.6.7 non-ASCII address and no SMTPUTF8 (RFC 6531)", host)
+                reason = Reply(553, "5.6.7", "non-ASCII address and no SMTPUTF8 (RFC 6531)", host)
                 return _Attempt(dict.fromkeys(pending, Failed(reason)))
             options.append(b"SMTPUTF8")
         mail = await smtp.execute_command(
             b"MAIL", b"FROM:<" + claim.mail_from.encode("utf-8") + b">", *options
         )
-        mail_reply = Reply(mail.code, _reply_text(mail.message), host)
+        mail_reply = _remote(mail.code, mail.message, host)
         if mail.code >= 500:
             return _Attempt(dict.fromkeys(pending, Failed(mail_reply)))
         if mail.code != 250:
@@ -557,7 +546,7 @@ class DeliveryWorker:
         accepted: list[str] = []
         for rcpt in pending:
             answer = await smtp.execute_command(b"RCPT", b"TO:<" + rcpt.encode("utf-8") + b">")
-            reply = Reply(answer.code, _reply_text(answer.message), host)
+            reply = _remote(answer.code, answer.message, host)
             if answer.code in (250, 251):
                 accepted.append(rcpt)
             elif answer.code >= 500:
@@ -573,15 +562,16 @@ class DeliveryWorker:
             # those, so the bytes on the wire are exactly the stored ones.
             done = await smtp.data(data)
         except aiosmtplib.SMTPResponseException as exc:
-            reply = Reply(exc.code, _reply_text(exc.message), host)
+            reply = _remote(exc.code, exc.message, host)
             outcome: Outcome = Failed(reply) if exc.code >= 500 else Deferred(None, reply)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             # After DATA the host may have the message already; trying the next host now could
             # deliver it twice, so wait for the schedule (RFC 5321 §6.1 accepts the duplicate
             # a retry may cause, never the loss).
-            outcome = Deferred(None, Reply(451, f"4.4.2 connection lost during DATA: {exc}", host))
+            lost = Reply(451, "4.4.2", f"connection lost during DATA: {exc}", host)
+            outcome = Deferred(None, lost)
         else:
-            outcome = Delivered(Reply(done.code, _reply_text(done.message), host))
+            outcome = Delivered(_remote(done.code, done.message, host))
         outcomes.update(dict.fromkeys(accepted, outcome))
         return _Attempt(outcomes)
 
@@ -617,7 +607,9 @@ class DeliveryWorker:
                         entry = dict(
                             results.get(rcpt)
                             or _result(
-                                Deferred(None, Reply(451, "4.4.7 not attempted")), now, attempts=0
+                                Deferred(None, Reply(451, "4.4.7", "not attempted")),
+                                now,
+                                attempts=0,
                             )
                         )
                         entry.update(status="failed", expired=True)
@@ -688,7 +680,7 @@ def _result(outcome: Outcome, at: datetime, *, attempts: int) -> dict[str, Any]:
     return {
         "status": status,
         "code": reply.code,
-        "text": reply.text,
+        "text": reply.message,  # the enhanced status first, as the DSN reads it (relay.dsn)
         "host": reply.host,
         "reply": str(reply),
         "at": at.isoformat(),

@@ -4,6 +4,11 @@ Every accepted message is written to the blob store (fsynced) and recorded as a
 ``ReceivedMessage`` with its routes and a first trace entry, committed, and only then does
 ``store`` return the queue id the handler puts in its ``250`` (DESIGN §3, §9).
 
+``add_received`` is the one writer of received messages (DESIGN §8): what a received message's
+row, routes and first trace entry are is written down there once, for the batched ``Intake``
+behind both capture listeners and for the submission listener, which adds its copy in the
+transaction that also queues the relayed mail.
+
 A commit with ``synchronous=FULL`` costs an fsync, which would cap a busy listener at one
 message per disk flush. So one writer thread does *group commit*: it takes every message
 waiting at that moment (up to ``batch_size``), writes their blobs, inserts all their rows in one
@@ -16,12 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.logs import get_logger
@@ -34,10 +38,9 @@ from mailledger.store.models import (
     RouteKind,
     TraceEntry,
 )
+from mailledger.store.queueids import new_queue_id
 
 log = get_logger(__name__)
-
-QUEUE_ID_BYTES = 10  # 20 hex characters: unique enough to name a message in a log line
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +73,93 @@ class SessionFacts:
     trace_id: str
 
 
-def new_queue_id() -> str:
-    """A fresh queue id; random, so ids from several nodes never collide."""
-    return secrets.token_hex(QUEUE_ID_BYTES).upper()
+@dataclass(frozen=True, slots=True)
+class TraceLine:
+    """A message's first trace entry: how it came in, and what was known when it did."""
+
+    step: str
+    decision: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An accepted message as the store records it; its bytes are already in the blob store."""
+
+    queue_id: str
+    facts: SessionFacts
+    routes: Sequence[Route]
+    blob: str  # the blob store digest
+    size: int
+    first: TraceLine
+    # The login that submitted it through the relay (DESIGN §6); None for capture.
+    submitted_by_staff_id: int | None = None
+
+
+def add_received(session: Session, messages: Sequence[Received]) -> list[int]:
+    """Add received messages with their routes and first trace entries; their row ids.
+
+    In the caller's transaction: nothing is committed here, so a caller may record other rows
+    (the relay's queued copies) in the same commit. Three statements however many messages:
+    Core ``executemany`` rather than the ORM's unit of work, which costs far more per row; the
+    tables' own types and Python-side defaults apply as they do for ORM objects.
+    """
+    if not messages:
+        return []
+    connection = session.connection()
+    returned = connection.execute(
+        insert(ReceivedMessage).returning(ReceivedMessage.queue_id, ReceivedMessage.id),
+        [_message_row(message) for message in messages],
+    )
+    ids: dict[str, int] = dict(returned.all())
+    if len(ids) != len(messages):  # each queue id is unique: one row back for each
+        raise IntakeError(f"{len(ids)} message ids returned for {len(messages)} messages")
+    routes = [
+        _route_row(ids[message.queue_id], route) for message in messages for route in message.routes
+    ]
+    if routes:
+        connection.execute(insert(MessageRoute), routes)
+    connection.execute(
+        insert(TraceEntry),
+        [_trace_row(ids[message.queue_id], message.first) for message in messages],
+    )
+    return [ids[message.queue_id] for message in messages]
+
+
+def _message_row(message: Received) -> dict[str, object]:
+    facts = message.facts
+    return {
+        "queue_id": message.queue_id,
+        "trace_id": facts.trace_id,
+        "blob": message.blob,
+        "size": message.size,
+        "peer": facts.peer,
+        "helo": facts.helo,
+        "mail_from": facts.mail_from,
+        "rcpt_to": list(facts.rcpt_to),
+        "tls": facts.tls,
+        "state": MessageState.RECEIVED,
+        "submitted_by_staff_id": message.submitted_by_staff_id,
+    }
+
+
+def _route_row(message_id: int, route: Route) -> dict[str, object]:
+    return {
+        "message_id": message_id,
+        "tenant_id": route.tenant_id,
+        "kind": route.kind,
+        "staff_id": route.staff_id,
+        "rcpt": route.rcpt,
+    }
+
+
+def _trace_row(message_id: int, line: TraceLine) -> dict[str, object]:
+    return {
+        "message_id": message_id,
+        "step": line.step,
+        "decision": line.decision,
+        "detail": line.detail,
+    }
 
 
 @dataclass(slots=True)
@@ -84,6 +171,17 @@ class _Pending:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[str]
     digest: str = field(default="")
+
+    def received(self) -> Received:
+        """The message as it is recorded, once its bytes are stored under ``digest``."""
+        return Received(
+            queue_id=self.queue_id,
+            facts=self.facts,
+            routes=self.routes,
+            blob=self.digest,
+            size=len(self.raw),
+            first=TraceLine("intake", "stored", _trace_detail(self)),
+        )
 
 
 _STOP = object()
@@ -230,7 +328,7 @@ class Intake:
 
     def _commit(self, batch: list[_Pending]) -> None:
         with self._sessions() as session, session.begin():
-            _insert(session.connection(), batch)
+            add_received(session, [pending.received() for pending in batch])
         for pending in batch:
             # Debug: the session logs "message accepted" with the same queue id at info.
             log.debug(
@@ -269,63 +367,6 @@ class Intake:
         except RuntimeError:
             # The loop is closed: nobody is waiting any more (the process is stopping).
             log.warning("event loop closed before a stored message could be acknowledged")
-
-
-def _insert(connection: Connection, batch: list[_Pending]) -> None:
-    """Each message's row, routes and first trace entry: three statements for the batch.
-
-    Core ``executemany`` rather than the ORM's unit of work, which costs far more per row; the
-    tables' own types and Python-side defaults apply as they do for ORM objects.
-    """
-    messages = connection.execute(
-        insert(ReceivedMessage).returning(ReceivedMessage.queue_id, ReceivedMessage.id),
-        [_message_values(pending) for pending in batch],
-    )
-    ids: dict[str, int] = dict(messages.all())
-    if len(ids) != len(batch):  # each queue id is unique: one row back for each
-        raise IntakeError(f"{len(ids)} message ids returned for {len(batch)} messages")
-    connection.execute(
-        insert(MessageRoute),
-        [
-            {
-                "message_id": ids[pending.queue_id],
-                "tenant_id": route.tenant_id,
-                "kind": route.kind,
-                "staff_id": route.staff_id,
-                "rcpt": route.rcpt,
-            }
-            for pending in batch
-            for route in pending.routes
-        ],
-    )
-    connection.execute(
-        insert(TraceEntry),
-        [
-            {
-                "message_id": ids[pending.queue_id],
-                "step": "intake",
-                "decision": "stored",
-                "detail": _trace_detail(pending),
-            }
-            for pending in batch
-        ],
-    )
-
-
-def _message_values(pending: _Pending) -> dict[str, object]:
-    facts = pending.facts
-    return {
-        "queue_id": pending.queue_id,
-        "trace_id": facts.trace_id,
-        "blob": pending.digest,
-        "size": len(pending.raw),
-        "peer": facts.peer,
-        "helo": facts.helo,
-        "mail_from": facts.mail_from,
-        "rcpt_to": list(facts.rcpt_to),
-        "tls": facts.tls,
-        "state": MessageState.RECEIVED,
-    }
 
 
 def _trace_detail(pending: _Pending) -> str:

@@ -2,27 +2,26 @@
 
 ``enqueue`` stores the bytes once in the blob store and writes the rows in the caller's
 transaction, so a submission listener that commits before answering ``250`` never loses an
-accepted message. Delivery claims due rows with a lease (owner, expiry), as the processing
-worker does: a row claimed by a process that died is taken over once its lease lapses, and on
-PostgreSQL several nodes share the queue through ``SELECT … FOR UPDATE SKIP LOCKED`` (on
-SQLite, ``store.engine`` begins every transaction with ``BEGIN IMMEDIATE``, one writer at a
-time). Attempts are counted when a row is claimed, so an attempt cut short by a crash counts.
+accepted message. Delivery claims due rows with the lease every queue uses (``store.leases``:
+owner, expiry, ``SKIP LOCKED`` on PostgreSQL): a row claimed by a process that died is taken
+over once its lease lapses. Attempts are counted when a row is claimed, so an attempt cut
+short by a crash counts. What is delivery's own stays here: the per-domain concurrency cap
+and the ``Claim`` a delivery works from.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, select
+from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.store import leases
 from mailledger.store.blobs import BlobStore
-from mailledger.store.engine import is_postgres
 from mailledger.store.models import (
     OutboundKind,
     OutboundMessage,
@@ -30,8 +29,8 @@ from mailledger.store.models import (
     utcnow,
 )
 from mailledger.store.quarantine import blob_in_use
+from mailledger.store.queueids import QUEUE_ID_BYTES, new_queue_id
 
-QUEUE_ID_BYTES: Final = 10  # 20 hex characters, like the capture side's queue ids
 # A CR not followed by LF, or an LF not preceded by CR (RFC 5321 §2.3.8: lines end in CRLF
 # only), or a NUL (RFC 5322 §3.5 / RFC 6532: never in a message).
 _BAD_BYTES: Final = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
@@ -45,11 +44,6 @@ FINAL_STATES: Final = frozenset(
 
 class OutboxError(LookupError):
     """A queue command names no row, or asks for something its state does not allow."""
-
-
-def new_queue_id() -> str:
-    """A fresh queue id; random, so ids from several nodes never collide."""
-    return secrets.token_hex(QUEUE_ID_BYTES).upper()
 
 
 def check_outbound_bytes(raw: bytes) -> bytes:
@@ -169,8 +163,12 @@ class Claim:
 
 def pending_recipients(row: OutboundMessage) -> list[str]:
     """Recipients of a row without a final (2xx or 5xx) result."""
-    results: Mapping[str, Any] = row.results or {}
-    return [r for r in row.rcpt_to if not is_final(results.get(r))]
+    return _pending(row.rcpt_to, row.results)
+
+
+def _pending(rcpt_to: Sequence[str], results: Mapping[str, Any] | None) -> list[str]:
+    known: Mapping[str, Any] = results or {}
+    return [r for r in rcpt_to if not is_final(known.get(r))]
 
 
 def is_final(result: Mapping[str, Any] | None) -> bool:
@@ -194,84 +192,76 @@ def claim_due(
     go over ``max_per_domain`` are left for later. Each claimed row's ``attempts`` goes up by
     one. Call inside ``sessions.begin()``: the claim is one transaction.
     """
-    if slots <= 0:
-        return []
-    now = now or utcnow()
     in_flight = dict(busy or {})
-    query = (
-        select(OutboundMessage)
-        .where(
-            OutboundMessage.state == OutboundState.QUEUED,
-            OutboundMessage.retry_after <= now,
-            or_(
-                OutboundMessage.claim_expires_at.is_(None),
-                OutboundMessage.claim_expires_at < now,
-            ),
-        )
-        .order_by(OutboundMessage.retry_after, OutboundMessage.id)
-        .limit(slots * _CANDIDATES_PER_SLOT)
+
+    def under_cap(row: Row[Any]) -> bool:
+        count = in_flight.get(row.domain, 0)
+        if max_per_domain is not None and count >= max_per_domain:
+            return False
+        in_flight[row.domain] = count + 1
+        return True
+
+    claimed = leases.claim(
+        session,
+        leases.DELIVERY,
+        owner=owner,
+        lease_seconds=lease_seconds,
+        limit=slots,
+        now=now,
+        columns=_CLAIM_COLUMNS,
+        candidates=slots * _CANDIDATES_PER_SLOT,
+        take=under_cap,
     )
-    if is_postgres(session.get_bind().engine):
-        # Rows another node is claiming right now are skipped, not waited for (DESIGN §9).
-        query = query.with_for_update(skip_locked=True)
-    expires = now + timedelta(seconds=lease_seconds)
-    claims: list[Claim] = []
-    for row in session.scalars(query):
-        if len(claims) >= slots:
-            break
-        if max_per_domain is not None and in_flight.get(row.domain, 0) >= max_per_domain:
-            continue
-        pending = pending_recipients(row)
-        row.claimed_by = owner
-        row.claim_expires_at = expires
-        row.attempts += 1
-        in_flight[row.domain] = in_flight.get(row.domain, 0) + 1
-        claims.append(
-            Claim(
-                id=row.id,
-                queue_id=row.queue_id,
-                kind=row.kind,
-                blob=row.blob,
-                size=row.size,
-                mail_from=row.mail_from,
-                domain=row.domain,
-                rcpt_to=tuple(row.rcpt_to),
-                pending=tuple(pending),
-                attempts=row.attempts,
-                created_at=row.created_at,
-            )
-        )
-    session.flush()
-    return claims
+    return [_snapshot(lease) for lease in claimed]
+
+
+def any_due(sessions: sessionmaker[Session], now: datetime | None = None) -> bool:
+    """Whether a row is due for delivery, asked as a reader: an idle poll takes no write lock."""
+    return leases.any_waiting(sessions, leases.DELIVERY, now)
 
 
 def renew(session: Session, ids: Iterable[int], *, owner: str, lease_seconds: float) -> int:
     """Extend this owner's leases on rows still being delivered; returns how many it kept."""
-    expires = utcnow() + timedelta(seconds=lease_seconds)
-    return _update_own_queued(session, ids, owner, claim_expires_at=expires)
+    return leases.renew(session, leases.DELIVERY, ids, owner=owner, lease_seconds=lease_seconds)
 
 
 def release(session: Session, ids: Iterable[int], *, owner: str) -> int:
-    """Hand rows back unfinished (shutdown): due at once, for this node or another."""
-    return _update_own_queued(session, ids, owner, claimed_by=None, claim_expires_at=None)
+    """Hand rows back unfinished (shutdown): due at once, for this node or another.
+
+    The attempt stays counted: the delivery was under way when it was cut off.
+    """
+    return leases.release(session, leases.DELIVERY, ids, owner=owner)
 
 
-def _update_own_queued(session: Session, ids: Iterable[int], owner: str, **values: object) -> int:
-    """Set ``values`` on those of ``ids`` this owner still holds queued; how many there were."""
-    wanted = list(ids)
-    if not wanted:
-        return 0
-    result = session.execute(
-        update(OutboundMessage)
-        .where(
-            OutboundMessage.id.in_(wanted),
-            OutboundMessage.claimed_by == owner,
-            OutboundMessage.state == OutboundState.QUEUED,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
+# What a Claim is made of, read with the row it is claimed from.
+_CLAIM_COLUMNS: Final = (
+    OutboundMessage.queue_id,
+    OutboundMessage.kind,
+    OutboundMessage.blob,
+    OutboundMessage.size,
+    OutboundMessage.mail_from,
+    OutboundMessage.domain,
+    OutboundMessage.rcpt_to,
+    OutboundMessage.results,
+    OutboundMessage.created_at,
+)
+
+
+def _snapshot(lease: leases.Lease) -> Claim:
+    row = lease.row
+    return Claim(
+        id=lease.id,
+        queue_id=row.queue_id,
+        kind=row.kind,
+        blob=row.blob,
+        size=row.size,
+        mail_from=row.mail_from,
+        domain=row.domain,
+        rcpt_to=tuple(row.rcpt_to),
+        pending=tuple(_pending(row.rcpt_to, row.results)),
+        attempts=lease.attempts,
+        created_at=row.created_at,
     )
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 # --- operator commands ----------------------------------------------------------------------
