@@ -68,3 +68,53 @@ def test_a_file_parses_as_its_bytes(raw: bytes, tmp_path: Path) -> None:
     path.write_bytes(raw)
     with path.open("rb") as stream:
         assert _facts_or_reason(stream) == _facts_or_reason(raw)
+
+
+def _parsed(raw: bytes) -> parsing.ParsedMessage:
+    when = datetime(2026, 11, 22, tzinfo=UTC)
+    return parsing.parse_message(raw, received_at=when, max_depth=5, max_parts=50)
+
+
+def test_each_once_only_header_present_once_is_not_ambiguous() -> None:
+    """Every header RFC 5322 §3.6 allows once, each present once: a sender, nothing repeated."""
+    parsed = _parsed(
+        make_email(
+            cc="dave@client.example",
+            headers={
+                "Sender": "carol@client.example",
+                "Reply-To": "carol@client.example",
+                "Bcc": "richard@acme.example",
+                "In-Reply-To": "<a@client.example>",
+                "References": "<a@client.example>",
+            },
+        )
+    )
+    assert parsed.repeated == ()
+    assert parsed.ambiguity == ""
+    assert parsed.sender is not None
+    assert parsed.sender.address == "carol@client.example"
+
+
+def test_repeated_once_only_headers_are_counted_whatever_their_case() -> None:
+    """Header names match without case; the count is per name, in RFC 5322 §3.6's order."""
+    raw = (
+        b"Subject: first\r\nFrom: a@b.example\r\nTO: x@y.example\r\nSubject: second\r\n"
+        b"to: z@y.example\r\nCC: c@y.example\r\nTo: x@y.example\r\n\r\nbody\r\n"
+    )
+    parsed = _parsed(raw)
+    assert parsed.repeated == (("To", 3), ("Subject", 2))
+    assert parsed.ambiguity == "3 To headers, 2 Subject headers"
+    assert parsed.sender is None
+
+
+def test_headers_allowed_many_times_are_not_ambiguous() -> None:
+    """Trace, Resent-* blocks, Comments and Keywords may repeat (RFC 5322 §3.6)."""
+    raw = (
+        b"Received: from a\r\nReceived: from b\r\nResent-To: r@y.example\r\n"
+        b"Resent-To: q@y.example\r\nComments: one\r\nComments: two\r\nKeywords: k\r\n"
+        b"Keywords: l\r\nDKIM-Signature: v=1\r\nDKIM-Signature: v=1\r\nFrom: a@b.example\r\n"
+        b"\r\nbody\r\n"
+    )
+    parsed = _parsed(raw)
+    assert parsed.repeated == ()
+    assert parsed.sender is not None

@@ -433,14 +433,20 @@ def test_utf8_headers_are_decoded(process: Process, sessions: sessionmaker[Sessi
     assert activity.subject == "Angebot für René"
 
 
-def test_sender_flood_trips_the_loop_guard(
+def test_sender_flood_trips_the_volume_brake(
     process: Process, settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
-    """More messages from one sender than the window allows are quarantined as a loop."""
+    """More messages from one unauthenticated sender than the window allows are held for volume.
+
+    Each message is a different email: the same content again and again is loop evidence,
+    which the loop guard stops in its first rounds (test_loop_guard.py).
+    """
     limit = settings.processing.loop_threshold
-    states = [process(make_email()).state for _ in range(limit + 1)]
+    messages = [process(make_email(subject=f"Order {n}")) for n in range(limit + 1)]
+    states = [m.state for m in messages]
     assert states[:limit] == [MessageState.PROCESSED] * limit
     assert states[-1] is MessageState.QUARANTINED
+    assert messages[-1].reason.startswith("volume: ")
 
 
 async def test_worker_processes_and_resumes_lapsed_claims(

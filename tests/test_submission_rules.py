@@ -139,8 +139,9 @@ class Clock:
         return self.now
 
 
-def test_failures_back_off_then_lock_the_user_and_the_address() -> None:
-    """Each failure doubles the delay; the limit locks both keys until the lockout passes."""
+def test_failures_back_off_then_lock_the_login_from_that_network_and_the_address() -> None:
+    """Each failure doubles the delay; the limit locks the address, and the login from its
+    network (a /24), until the lockout passes. The owner elsewhere still gets in."""
     clock = Clock()
     guard = LoginGuard(
         max_failures=3, window_seconds=60, lockout_seconds=300, backoff_base_seconds=1, clock=clock
@@ -150,7 +151,8 @@ def test_failures_back_off_then_lock_the_user_and_the_address() -> None:
     assert guard.check("127.0.0.1", "richard").allowed
     guard.failed("127.0.0.1", "richard")
     assert not guard.check("127.0.0.1", "richard").allowed
-    assert guard.check("127.0.0.2", "richard").reason == "user locked"
+    assert guard.check("127.0.0.2", "richard").reason == "login from this network locked"
+    assert guard.check("192.0.2.10", "richard").allowed  # his laptop, elsewhere
     assert guard.check("127.0.0.1", "bob").reason == "client address locked"
     assert guard.check("127.0.0.2", "bob").allowed
     clock.now += 301
@@ -167,13 +169,26 @@ def test_failures_outside_the_window_are_forgotten() -> None:
     assert guard.check("127.0.0.1", "richard").allowed
 
 
-def test_success_clears_the_user_but_not_the_address() -> None:
+def test_success_clears_the_login_but_not_the_address() -> None:
     """One valid login from an address does not reset guesses at other users from there."""
     clock = Clock()
     guard = LoginGuard(max_failures=2, window_seconds=60, lockout_seconds=300, clock=clock)
     guard.failed("127.0.0.1", "richard")
-    guard.succeeded("richard")
+    guard.succeeded("richard", "127.0.0.1")
     guard.failed("127.0.0.2", "richard")
     assert guard.check("127.0.0.3", "richard").allowed  # the user's count started over
     guard.failed("127.0.0.1", "bob")
     assert not guard.check("127.0.0.1", "carol").allowed  # the address's count did not
+
+
+@pytest.mark.parametrize("header", ["To", "Cc", "Subject", "Date", "Message-ID", "References"])
+def test_a_repeated_once_only_header_is_refused_at_submission(header: str) -> None:
+    """What capture would quarantine as ambiguous is refused before it is relayed."""
+    value = {"Date": "Mon, 30 Nov 2026 10:00:00 +0000", "Message-ID": "<a@acme.example>"}.get(
+        header, "carol@client.example"
+    )
+    parsed = _parsed(f"From: richard@acme.example\n{header}: {value}\n{header}: {value}\n")
+    reply = check_from_header(RICHARD, parsed)  # type: ignore[arg-type]
+    assert reply is not None
+    assert (reply.code, reply.status) == (550, "5.6.0")
+    assert f"2 {header} headers" in reply.text

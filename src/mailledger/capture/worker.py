@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
-from sqlalchemy import Select, bindparam, or_, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.capture.processor import Prepared, RetryLater, prepare, process_message
+from mailledger.capture.processor import Arrival, Prepared, RetryLater, prepare, process_message
 from mailledger.config import Settings
 from mailledger.dnsauth.resolver import Resolver
 from mailledger.metrics import FinishedSink, Metrics
+from mailledger.store import leases
 from mailledger.store.blobs import BlobStore, BlobStoreError
-from mailledger.store.engine import finds_any, is_postgres, reading
+from mailledger.store.engine import reading
 from mailledger.store.models import (
     MessageRoute,
     MessageState,
@@ -32,9 +32,8 @@ from mailledger.store.models import (
     TraceEntry,
     utcnow,
 )
-from mailledger.verify.authenticate import Authenticator, in_networks
-from mailledger.verify.authresults import stamp
-from mailledger.verify.messageauth import trusts_loopback
+from mailledger.verify.authenticate import Authenticator
+from mailledger.verify.messageauth import Gateway
 
 log = structlog.get_logger("mailledger.worker")
 
@@ -50,18 +49,10 @@ _FACTS = select(
     ReceivedMessage.received_at,
 ).where(ReceivedMessage.id == bindparam("id"))
 _ROUTE_GATEWAYS = (
-    select(MessageRoute.tenant_id, Tenant.gateway_networks)
+    select(MessageRoute.tenant_id, Tenant.gateway_networks, Tenant.gateway_authserv_id)
     .join(Tenant, Tenant.id == MessageRoute.tenant_id)
     .where(MessageRoute.message_id == bindparam("id"))
 )
-
-
-def _claimable(now: datetime) -> Select[int]:
-    """Messages waiting for processing whose claim, if any, has lapsed."""
-    return select(ReceivedMessage.id).where(
-        ReceivedMessage.state == MessageState.RECEIVED,
-        or_(ReceivedMessage.claim_expires_at.is_(None), ReceivedMessage.claim_expires_at < now),
-    )
 
 
 class Worker:
@@ -118,26 +109,14 @@ class Worker:
     def claim_batch(self) -> list[int]:
         """Claim up to ``batch_size`` messages that are unclaimed or whose lease lapsed."""
         settings = self._settings.processing
-        now = utcnow()
-        expires = now + timedelta(seconds=settings.lease_seconds)
-        if not finds_any(self._sessions, _claimable(now)):
-            return []  # an idle poll of each process, without taking the write lock
-        with self._sessions.begin() as session:
-            query = _claimable(now).order_by(ReceivedMessage.id).limit(settings.batch_size)
-            if is_postgres(session.get_bind().engine):
-                query = query.with_for_update(skip_locked=True)
-            ids = list(session.scalars(query))
-            if ids:
-                session.execute(
-                    update(ReceivedMessage)
-                    .where(ReceivedMessage.id.in_(ids))
-                    .values(
-                        claimed_by=self._owner,
-                        claim_expires_at=expires,
-                        attempts=ReceivedMessage.attempts + 1,
-                    )
-                )
-        return ids
+        claimed = leases.claim_waiting(
+            self._sessions,
+            leases.PROCESSING,
+            owner=self._owner,
+            lease_seconds=settings.lease_seconds,
+            limit=settings.batch_size,
+        )
+        return [lease.id for lease in claimed]
 
     def process_one(self, message_id: int) -> None:
         """Process one claimed message in one transaction; failures retry, then end ``failed``."""
@@ -185,11 +164,11 @@ class Worker:
             self._record_error(message_id, f"{type(exc).__name__}: {exc}"[:500])
 
     def _prepare(self, message_id: int) -> Prepared | None:
-        """Parse, run the sender checks and stamp the copy before the write transaction opens.
+        """Parse and authenticate the message before the write transaction opens.
 
-        The checks wait on DNS for up to the time budget, and parsing and writing a blob take
-        CPU and a disk flush; inside the transaction they would hold the database's write lock
-        (SQLite) and stall intake's commits meanwhile. None: nothing to do any more.
+        The sender checks wait on DNS for up to the time budget, and parsing and writing a
+        blob take CPU and a disk flush; inside the transaction they would hold the database's
+        write lock (SQLite) and stall intake's commits meanwhile. None: nothing to do any more.
         """
         with reading(self._sessions) as session:
             connection = session.connection()
@@ -204,21 +183,19 @@ class Worker:
             trace_id=message.trace_id,
             tenant_id=sorted({route.tenant_id for route in routes}),
         )
-        peer, helo, mail_from = message.peer, message.helo, message.mail_from
-        behind_gateway = bool(routes) and all(
-            r.gateway_networks and in_networks(peer, list(r.gateway_networks)) for r in routes
+        gateways = {
+            route.tenant_id: Gateway(tuple(route.gateway_networks), route.gateway_authserv_id)
+            for route in routes
+        }
+        arrival = Arrival(
+            message.blob,
+            message.received_at,
+            message.peer,
+            message.helo,
+            message.mail_from,
+            gateways,
         )
-        prepared = prepare(self._blobs, message.blob, message.received_at, self._settings)
-        if behind_gateway or trusts_loopback(self._settings, peer):
-            return prepared
-        sender = prepared.parsed.sender if prepared.parsed is not None else None
-        if sender is None:
-            return prepared  # unparseable or ambiguous From: quarantined before any check
-        checked = self._authenticator.authenticate(
-            prepared.raw, peer=peer, helo=helo, mail_from=mail_from, from_domain=sender.domain
-        )
-        stamped = stamp(prepared.raw, self._authenticator.authserv_id, checked)
-        return replace(prepared, checked=checked, stamped=self._blobs.put_pieces(stamped))
+        return prepare(self._blobs, self._settings, self._authenticator, arrival)
 
     def _fail(self, session: Session, message: ReceivedMessage, reason: str) -> None:
         message.state = MessageState.FAILED
@@ -278,33 +255,19 @@ class Worker:
             message.claim_expires_at = utcnow() + timedelta(seconds=delay)
 
     def _release(self, message_id: int, *, retry_now: bool) -> None:
+        """Hand one message back: at once and uncounted after a race, later after a fault."""
         delay = 0 if retry_now else self._settings.processing.poll_interval_seconds * 5
         with contextlib.suppress(OperationalError, DBAPIError), self._sessions.begin() as session:
-            session.execute(
-                update(ReceivedMessage)
-                .where(
-                    ReceivedMessage.id == message_id,
-                    ReceivedMessage.claimed_by == self._owner,
-                )
-                .values(
-                    claimed_by=None,
-                    claim_expires_at=utcnow() + timedelta(seconds=delay),
-                    attempts=ReceivedMessage.attempts - (1 if retry_now else 0),
-                )
+            leases.release(
+                session,
+                leases.PROCESSING,
+                [message_id],
+                owner=self._owner,
+                not_before=utcnow() + timedelta(seconds=delay),
+                refund_attempt=retry_now,
             )
 
     def release_claims(self) -> None:
         """Hand back messages claimed but not processed, so they need not wait for the lease."""
         with contextlib.suppress(OperationalError, DBAPIError), self._sessions.begin() as session:
-            session.execute(
-                update(ReceivedMessage)
-                .where(
-                    ReceivedMessage.claimed_by == self._owner,
-                    ReceivedMessage.state == MessageState.RECEIVED,
-                )
-                .values(
-                    claimed_by=None,
-                    claim_expires_at=None,
-                    attempts=ReceivedMessage.attempts - 1,
-                )
-            )
+            leases.release(session, leases.PROCESSING, owner=self._owner, refund_attempt=True)

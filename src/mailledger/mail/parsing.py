@@ -2,7 +2,11 @@
 
 The raw bytes are measured first (``mimebounds``), then parsed once with the ``compat32``
 policy (several times cheaper than ``policy.default`` and not recursive in header folding);
-addresses go through ``routing.addresses`` only, so DMARC, matching and display agree.
+addresses go through ``mail.addresses`` only, so DMARC, matching and display agree.
+
+A header RFC 5322 §3.6 allows once, found more than once, makes the whole header section
+ambiguous: a DKIM signature covers only the last instance (RFC 6376 §5.4.2) while mail
+readers tend to show the first, so no instance is believed and the message has no sender.
 """
 
 from __future__ import annotations
@@ -28,6 +32,21 @@ from mailledger.mail.content import Body, extract_body
 _MSGID = re.compile(r"<([^<>\s]{1,900})>")
 MAX_SUBJECT_CHARS = 998  # RFC 5322 §2.1.1 line limit; longer is folded junk
 
+# RFC 5322 §3.6: the fields a message carries at most once, in the order its table lists them.
+SINGLE_INSTANCE_HEADERS = (
+    "Date",
+    "From",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Bcc",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Subject",
+)
+
 
 class ParseFailure(Exception):  # noqa: N818 - carries a quarantine reason
     """The message cannot be parsed safely; the text is the quarantine reason."""
@@ -46,13 +65,31 @@ class ParsedMessage:
     message_id: str
     in_reply_to: tuple[str, ...]
     references: tuple[str, ...]
+    # Each SINGLE_INSTANCE_HEADERS name found more than once, with its count, in RFC order.
+    repeated: tuple[tuple[str, int], ...]
     # Lowercased header name → raw values, for the auto-reply and bulk rules.
     headers: dict[str, list[str]] = field(repr=False)
     body: Body = field(repr=False)
 
     @property
+    def ambiguity(self) -> str:
+        """The once-only headers found more than once ("2 To headers, 2 Subject headers").
+
+        Empty when every header RFC 5322 §3.6 allows once appears at most once.
+        """
+        return ", ".join(f"{count} {name} headers" for name, count in self.repeated)
+
+    @property
     def sender(self) -> Mailbox | None:
-        """The single From mailbox, or None when From is missing or ambiguous."""
+        """The single From mailbox, or None when From is missing or ambiguous.
+
+        A repeated once-only header (``repeated``) leaves no sender either: the instance a
+        signature covers (the last, RFC 6376 §5.4.2) may not be the one a reader sees, so the
+        parties, thread, dedupe key, subject, date and DMARC alignment of such a message are
+        never decided; it is quarantined as ambiguous, like a message with two From headers.
+        """
+        if self.repeated:
+            return None
         boxes = self.from_list.mailboxes
         if self.from_fields == 1 and len(boxes) == 1 and not self.from_list.invalid:
             return boxes[0]
@@ -72,6 +109,15 @@ def _raw_values(message: Message, name: str) -> list[str]:
     # raw_items keeps 8-bit bytes as surrogates; get_all would turn them into U+FFFD.
     wanted = name.lower()
     return [str(v) for k, v in message.raw_items() if k.lower() == wanted]
+
+
+def _repeated(headers: dict[str, list[str]]) -> tuple[tuple[str, int], ...]:
+    """Each once-only header (RFC 5322 §3.6) with more than one instance, and its count.
+
+    Names are matched without regard to case, as a DKIM signature's h= list is (RFC 6376 §3.5).
+    """
+    counts = ((name, len(headers.get(name.lower(), ()))) for name in SINGLE_INSTANCE_HEADERS)
+    return tuple((name, count) for name, count in counts if count > 1)
 
 
 def _first(message: Message, name: str) -> str:
@@ -167,6 +213,7 @@ def parse_message(
         message_id=message_id_values[0] if message_id_values else "",
         in_reply_to=message_ids(_first(message, "In-Reply-To")),
         references=message_ids(" ".join(_raw_values(message, "References"))),
+        repeated=_repeated(headers),
         headers=headers,
         body=extract_body(message),
     )
@@ -175,8 +222,9 @@ def parse_message(
 def sender_domain(raw: bytes) -> str | None:
     """The From domain from the header section alone, or None when From is not one mailbox.
 
-    The same parser and the same rule as ``parse_message``/``ParsedMessage.sender``, for work
-    that needs only the From domain before the full parse (DMARC lookups ahead of time).
+    The same parser and the same From rule as ``parse_message`` (one From header holding one
+    mailbox), for work that needs only the From domain before the full parse (the relay's DMARC
+    lookups ahead of signing); the other once-only headers are not looked at here.
     """
     headers = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
     values = _raw_values(headers, "From")

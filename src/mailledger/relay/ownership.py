@@ -84,6 +84,11 @@ def check_from_header(login: Login, parsed: ParsedMessage) -> Reply | None:
         return replies.NOT_YOUR_ADDRESS.with_text(
             f"Message has {parsed.from_fields} From headers; exactly one is allowed"
         )
+    if parsed.repeated:
+        # Capture quarantines such mail as ambiguous; the relay must not send it on either.
+        return replies.REPEATED_HEADER.with_text(
+            f"Message has {parsed.ambiguity}; each is allowed once (RFC 5322 §3.6)"
+        )
     boxes, invalid = parsed.from_list.mailboxes, parsed.from_list.invalid
     if invalid:
         return replies.NOT_YOUR_ADDRESS.with_text(f"From {_echo(invalid[0])} cannot be parsed")

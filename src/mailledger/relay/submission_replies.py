@@ -30,3 +30,5 @@ NOT_YOUR_ADDRESS = Reply(550, "5.7.1", "Sender address not yours")
 NULL_SENDER = Reply(550, "5.7.1", "The null sender is not allowed on submission")
 UNPARSEABLE = Reply(550, "5.6.0", "Message could not be parsed")
 NO_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
+# RFC 5322 §3.6: From, To, Subject, Message-ID … appear at most once (capture quarantines them).
+REPEATED_HEADER = Reply(550, "5.6.0", "A header that is allowed once is repeated")

@@ -28,8 +28,11 @@ def message_id_key(message_id: str) -> str:
 def content_key(parsed: ParsedMessage) -> str:
     """A checksum of what a forward or BCC keeps intact: parties, date, subject, text body.
 
-    Forwarders add headers (Received, ARC, X-Forwarded-For) and may rewrite Message-ID, but
-    the author's From, To, Cc, Date, Subject and text are the same email.
+    Forwarders add headers (Received, ARC, X-Forwarded-For), but the author's From, To, Cc,
+    Date, Subject and text are the same email. The checksum stands in for a *missing*
+    Message-ID only (the record step looks it up only then, or against activities recorded
+    without one): two present, different Message-IDs are two emails however alike. Merging
+    wrongly loses an email from the record; keeping a duplicate apart can be undone later.
     """
     digest = hashlib.sha256()
     sender = parsed.sender

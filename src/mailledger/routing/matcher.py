@@ -7,13 +7,12 @@ Staff come first so that a staff member entered by mistake as a contact still co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from mailledger.mail.addresses import domain_of
+from mailledger.mail.freemail import free_mail_domains
 from mailledger.store.models import (
     CompanyDomain,
     Contact,
@@ -57,15 +56,6 @@ class Match:
     staff_id: int | None = None
     contact_id: int | None = None
     company_id: int | None = None
-
-
-@cache
-def free_mail_domains() -> frozenset[str]:
-    """Domains anyone can get an address at, where a domain says nothing about a company."""
-    text = resources.files("mailledger").joinpath("data/freemail.txt").read_text("utf-8")
-    return frozenset(
-        line.strip().lower() for line in text.splitlines() if line.strip() and line[0] != "#"
-    )
 
 
 def match_parties(session: Session, tenant: Tenant, addresses: list[str]) -> dict[str, Match]:

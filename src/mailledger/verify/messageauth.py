@@ -1,25 +1,33 @@
-"""Where one message's authentication verdicts come from: our own checks, a trusted gateway's
-Authentication-Results, or (demo only) loopback trust.
+"""One message's authentication, decided once, before the write transaction.
 
-Our own checks run once per message however many tenants it is for; a gateway is a tenant's
-setting, so its verdict is read per tenant.
+A tenant's copy takes its verdicts from one of three places: our own checks, the tenant's
+trusted gateway (its Authentication-Results, when the peer is inside the gateway's networks),
+or, in the demo only, loopback trust. ``authenticate_message`` is the one place that chooses
+among them and the one place our own checks run: they wait on DNS for up to the time budget,
+and inside the transaction they would hold the database's write lock (SQLite) meanwhile. It
+runs them once however many tenants the message is for, and stamps the stored copy with them.
+Processing then only reads ``MessageAuth.for_tenant``; it never checks anything itself.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import structlog
 
 from mailledger.config import Settings
-from mailledger.mail.parsing import ParsedMessage
 from mailledger.store.blobs import BlobStore
-from mailledger.store.models import ReceivedMessage, Tenant
-from mailledger.verify.authenticate import Authenticator, in_networks, peer_address
+from mailledger.verify.authenticate import (
+    Authenticator,
+    in_networks,
+    peer_address,
+    temperror_outcome,
+)
 from mailledger.verify.authresults import stamp
 from mailledger.verify.results import (
     NONE,
-    PASS,
     ARCResult,
     AuthOutcome,
     DMARCResult,
@@ -56,64 +64,106 @@ def _empty(from_domain: str, why: str, result: str = NONE, gateway: str = "") ->
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """A tenant's trusted gateway: its networks and the authserv-id it stamps (none: no gateway)."""
+
+    networks: tuple[str, ...] = ()
+    authserv_id: str = ""
+
+    def fronts(self, peer: str) -> bool:
+        """Whether mail from this peer came through the gateway."""
+        return bool(self.networks) and in_networks(peer, list(self.networks))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdicts:
+    """The verdicts one tenant's copy is judged on, and where they came from."""
+
+    outcome: AuthOutcome
+    source: str  # OWN, GATEWAY or DEMO
+
+
+@dataclass(frozen=True, slots=True)
 class MessageAuth:
-    """The authentication verdicts of one received message, computed at most once."""
+    """The verdicts of one message for each tenant it is for, decided ahead of processing."""
 
-    def __init__(
-        self,
-        authenticator: Authenticator,
-        settings: Settings,
-        *,
-        blobs: BlobStore,
-        message: ReceivedMessage,
-        raw: bytes,
-        parsed: ParsedMessage,
-        checked: AuthOutcome | None = None,
-        stamped: str | None = None,
-    ) -> None:
-        """``checked``: our verdicts if computed ahead, ``stamped``: the copy stamped with them."""
-        self._authenticator = authenticator
-        self._settings = settings
-        self._blobs = blobs
-        self._message = message
-        self._raw = raw
-        self._parsed = parsed
-        self._own: AuthOutcome | None = None
-        self._checked = checked
-        self._stamped = stamped
-        sender = parsed.sender
-        self.from_domain = sender.domain if sender else ""
+    by_tenant: Mapping[int, Verdicts]
+    # What a tenant without verdicts gets: every check temperror, so it waits and is retried.
+    undecided: AuthOutcome
+    stamped: str | None = None  # blob of the copy stamped with our own verdicts, when we checked
 
-    def for_tenant(self, tenant: Tenant) -> tuple[AuthOutcome, str]:
+    def for_tenant(self, tenant_id: int) -> tuple[AuthOutcome, str]:
         """The verdicts that apply to this tenant's copy, and where they came from."""
-        peer = self._message.peer
-        if trusts_loopback(self._settings, peer):
-            log.warning("DEMO ONLY: loopback mail trusted without authentication", peer=peer)
-            return _empty(self.from_domain, "demo: loopback trusted", PASS, gateway=DEMO), DEMO
-        if tenant.gateway_networks and in_networks(peer, list(tenant.gateway_networks)):
-            outcome = self._authenticator.from_gateway(
-                self._parsed.headers.get("authentication-results", []),
-                tenant.gateway_authserv_id,
-                self.from_domain,
-            )
-            if outcome is None:
-                why = f"gateway {tenant.gateway_authserv_id} added no Authentication-Results"
-                outcome = _empty(self.from_domain, why, gateway=tenant.gateway_authserv_id)
-            return outcome, GATEWAY
-        if self._own is None:
-            self._own = self._checked or self._authenticator.authenticate(
-                self._raw,
-                peer=peer,
-                helo=self._message.helo,
-                mail_from=self._message.mail_from,
-                from_domain=self.from_domain,
-            )
-        return self._own, OWN
+        found = self.by_tenant.get(tenant_id)
+        if found is None:
+            return self.undecided, OWN
+        return found.outcome, found.source
 
-    def stored_copy(self) -> str:
-        """The blob users get: stamped with our Authentication-Results when we checked."""
-        if self._own is None:
-            return self._message.blob
-        if self._stamped is not None:
-            return self._stamped  # written ahead, from the same prepared verdicts
-        return self._blobs.put_pieces(stamp(self._raw, self._authenticator.authserv_id, self._own))
+    def stored_copy(self, source: str, original: str) -> str:
+        """The blob users get: stamped with our Authentication-Results when they decided."""
+        if source == OWN and self.stamped is not None:
+            return self.stamped
+        return original
+
+
+def authenticate_message(
+    authenticator: Authenticator,
+    settings: Settings,
+    blobs: BlobStore,
+    raw: bytes,
+    headers: Mapping[str, list[str]],
+    *,
+    from_domain: str,
+    peer: str,
+    helo: str,
+    mail_from: str,
+    gateways: Mapping[int, Gateway],
+) -> MessageAuth:
+    """Decide the verdicts of every tenant's copy: demo, gateway, or our own checks.
+
+    ``gateways`` names each tenant the message is for, with its gateway setting. Our own
+    checks run only when a tenant's copy needs them, and then once for all of them.
+    """
+    undecided = temperror_outcome(
+        "no verdicts were decided before processing",
+        helo=helo,
+        mail_from=mail_from,
+        from_domain=from_domain,
+    )
+    if trusts_loopback(settings, peer):
+        log.warning("DEMO ONLY: loopback mail trusted without authentication", peer=peer)
+        demo = Verdicts(
+            _empty(from_domain, "demo: loopback trusted, no SPF check ran", gateway=DEMO), DEMO
+        )
+        return MessageAuth(dict.fromkeys(gateways, demo), undecided)
+    by_tenant = {
+        tenant_id: Verdicts(_from_gateway(authenticator, headers, gateway, from_domain), GATEWAY)
+        for tenant_id, gateway in gateways.items()
+        if gateway.fronts(peer)
+    }
+    checked = [tenant_id for tenant_id in gateways if tenant_id not in by_tenant]
+    if not checked:
+        return MessageAuth(by_tenant, undecided)
+    own = authenticator.authenticate(
+        raw, peer=peer, helo=helo, mail_from=mail_from, from_domain=from_domain
+    )
+    by_tenant.update(dict.fromkeys(checked, Verdicts(own, OWN)))
+    stamped = blobs.put_pieces(stamp(raw, authenticator.authserv_id, own))
+    return MessageAuth(by_tenant, undecided, stamped)
+
+
+def _from_gateway(
+    authenticator: Authenticator,
+    headers: Mapping[str, list[str]],
+    gateway: Gateway,
+    from_domain: str,
+) -> AuthOutcome:
+    """The gateway's Authentication-Results, or nothing verified when it added none."""
+    outcome = authenticator.from_gateway(
+        headers.get("authentication-results", []), gateway.authserv_id, from_domain
+    )
+    if outcome is None:
+        why = f"gateway {gateway.authserv_id} added no Authentication-Results"
+        outcome = _empty(from_domain, why, gateway=gateway.authserv_id)
+    return outcome

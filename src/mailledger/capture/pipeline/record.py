@@ -1,0 +1,211 @@
+"""Recording: one email, one activity, however many paths it arrived by (DESIGN §5).
+
+The same email forwarded by Richard, BCC'd to log@ and forwarded by Bob is found by its
+Message-ID (or a content checksum when it has none) and merged: each path becomes a source of
+the one activity, and the parties a later path names are added to it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Select, bindparam, insert, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from mailledger.capture.pipeline.context import Context, Party
+from mailledger.capture.pipeline.decisions import Decision, Recorded
+from mailledger.capture.pipeline.threads import thread_for
+from mailledger.routing import dedupe
+from mailledger.routing.matcher import Match
+from mailledger.store.models import (
+    Activity,
+    ActivitySource,
+    Attachment,
+    OutboundMessage,
+    Participant,
+    ReceivedMessage,
+)
+
+
+def _oldest_activity_by(key: InstrumentedAttribute[str]) -> Select[int]:
+    """The tenant's oldest activity whose ``key`` column equals ``value``."""
+    return (
+        select(Activity.id)
+        .where(Activity.tenant_id == bindparam("tenant_id"), key == bindparam("value"))
+        .order_by(Activity.id)
+        .limit(1)
+    )
+
+
+# Statements built once: building one costs more than running it on SQLite.
+_BY_DEDUPE_KEY = _oldest_activity_by(Activity.dedupe_key)
+_BY_CONTENT_KEY = _oldest_activity_by(Activity.content_key)
+# A message with a Message-ID may still be the copy of an activity recorded without one.
+_BY_CONTENT_KEY_WITHOUT_ID = _BY_CONTENT_KEY.where(Activity.message_id == "")
+_PARTICIPANTS_OF = select(Participant.role, Participant.address).where(
+    Participant.activity_id == bindparam("activity_id")
+)
+# Run on the connection, not the session: the ORM's bulk insert costs more than the insert.
+_INSERT_SOURCE = insert(ActivitySource)
+_INSERT_ATTACHMENT = insert(Attachment)
+_INSERT_PARTICIPANT = insert(Participant)
+_NEW_ACTIVITY = insert(Activity).returning(Activity.id)
+
+
+class Record:
+    """Find the same email's activity or create it; add this path as a source, and parties."""
+
+    name = "record"
+
+    def run(self, context: Context) -> Decision:
+        """Record or merge the copy; the last step, so it always decides."""
+        mail, route = context.mail, context.route
+        activity, merged = _find_or_create(context)
+        if merged:
+            mail.trace("record", "merged", f"merged into activity {activity} (source {route.rcpt})")
+        else:
+            mail.trace("record", "captured", f"activity {activity} ({context.direction.value})")
+        _add_participants(mail.session, activity, context.parties, context.matches, merged=merged)
+        _link_relayed(mail.session, mail.message, activity)
+        return Recorded(activity, merged)
+
+
+def _find_or_create(context: Context) -> tuple[int, bool]:
+    """Find the same email's activity (Message-ID, then checksum) or create it.
+
+    The checksum stands in for a missing Message-ID only: two present, different Message-IDs
+    are two emails however alike their content (the same short reply sent twice), so a
+    message with an ID matches by checksum only activities recorded without one.
+    """
+    mail, route = context.mail, context.route
+    parsed = mail.parsed
+    checksum = dedupe.content_key(parsed)
+    key = dedupe.message_id_key(parsed.message_id) if parsed.message_id else checksum
+    by_content = _BY_CONTENT_KEY_WITHOUT_ID if parsed.message_id else _BY_CONTENT_KEY
+    # Two lookups, each on its own index, then the older match: with one OR query SQLite
+    # searched (tenant_id, content_key) on tenant_id alone, every activity of the tenant
+    # per message (found by `make bench`: processing slowed as the tenant grew). Ids only:
+    # the whole activity is loaded when there is one to merge into, which is rare.
+    connection = mail.session.connection()
+    found = [
+        connection.execute(
+            lookup, {"tenant_id": context.tenant.id, "value": value}
+        ).scalar_one_or_none()
+        for lookup, value in ((_BY_DEDUPE_KEY, key), (by_content, checksum))
+    ]
+    existing = min((a for a in found if a is not None), default=None)
+    activity = existing
+    if activity is None:
+        activity = _new_activity(context, key, checksum)
+    connection.execute(
+        _INSERT_SOURCE,
+        [
+            {
+                "activity_id": activity,
+                "message_id": mail.message.id,
+                "route_id": route.id,
+                "kind": route.kind,
+                "staff_id": route.staff_id,
+            }
+        ],
+    )
+    mail.message.auth = context.verdicts
+    return activity, existing is not None
+
+
+def _new_activity(context: Context, key: str, checksum: str) -> int:
+    """Insert the activity and its attachments; returns the activity's id."""
+    mail, tenant = context.mail, context.tenant
+    parsed, sender, message = mail.parsed, mail.sender, mail.message
+    subject_lower = parsed.subject.lower()
+    keywords = mail.settings.processing.privacy_keywords
+    external_keys = [p.key for p in context.external]
+    connection = mail.session.connection()
+    activity = connection.execute(
+        _NEW_ACTIVITY,
+        {
+            "tenant_id": tenant.id,
+            "dedupe_key": key,
+            "content_key": checksum,
+            "direction": context.direction,
+            "staff_id": context.owner,
+            "thread_id": thread_for(connection, tenant, parsed, external_keys),
+            "subject": parsed.subject,
+            "from_address": sender.address,
+            "from_name": sender.name[:200],
+            "message_id": parsed.message_id[:998],
+            "in_reply_to": " ".join(parsed.in_reply_to),
+            "references": " ".join(parsed.references),
+            "occurred_at": parsed.date or message.received_at,
+            "text_body": parsed.body.text,
+            "html_body": parsed.body.html,
+            "private": any(word.lower() in subject_lower for word in keywords),
+            "auth": dict(context.verdicts),
+            "raw_blob": mail.auth.stored_copy(context.verdict_source, message.blob),
+        },
+    ).scalar_one()
+    attachments = [
+        {
+            "activity_id": activity,
+            "filename": part.filename,
+            "content_type": part.content_type[:255],
+            "size": part.size,
+            "blob": mail.blobs.put_pieces(part.pieces),
+            "content_id": part.content_id[:255],
+            "inline": part.inline,
+        }
+        for part in parsed.body.parts
+    ]
+    if attachments:
+        connection.execute(_INSERT_ATTACHMENT, attachments)
+    return int(activity)
+
+
+def _add_participants(
+    session: Session,
+    activity: int,
+    parties: list[Party],
+    matches: dict[str, Match],
+    *,
+    merged: bool,
+) -> None:
+    """Add each party once per role; a merged path may name parties the first one did not."""
+    have: set[tuple[str, str]] = set()
+    if merged:
+        have = {
+            (role, address)
+            for role, address in session.connection().execute(
+                _PARTICIPANTS_OF, {"activity_id": activity}
+            )
+        }
+    rows = []
+    for party in parties:
+        if (party.role, party.key) in have:
+            continue
+        match = matches[party.key]
+        rows.append(
+            {
+                "activity_id": activity,
+                "role": party.role,
+                "address": party.key,
+                "name": party.mailbox.name[:200],
+                "kind": match.kind,
+                "staff_id": match.staff_id,
+                "contact_id": match.contact_id,
+                "company_id": match.company_id,
+            }
+        )
+        have.add((party.role, party.key))
+    if rows:
+        session.connection().execute(_INSERT_PARTICIPANT, rows)
+
+
+def _link_relayed(session: Session, message: ReceivedMessage, activity: int) -> None:
+    """Point the relay's queued copies of a submitted message at its activity."""
+    if message.submitted_by_staff_id is None:
+        return
+    # The relayed copies share the submitted message's queue id.
+    session.execute(
+        update(OutboundMessage)
+        .where(OutboundMessage.queue_id == message.queue_id)
+        .values(activity_id=activity)
+        .execution_options(synchronize_session=False)
+    )
