@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import re
 import ssl
@@ -27,6 +26,7 @@ from mailledger.smtp.protocol import rewrite_reply
 from mailledger.store.blobs import BlobFile, BlobStore, BlobStoreError
 from mailledger.store.inbox import Intake, IntakeError, Route, SessionFacts
 from mailledger.store.models import MessageRoute, ReceivedMessage, RouteKind, TraceEntry
+from mailledger.testing.dialogue import Dialogue
 from mailledger.testing.intake import hold_first_write
 from mailledger.testing.mail import make_email
 from mailledger.testing.smtp import Transaction, running_server, send_raw_async
@@ -376,34 +376,6 @@ async def test_source_address_binding(
 
 
 # --- the dialogue, byte by byte -------------------------------------------------------
-
-
-class Dialogue:
-    """A raw SMTP client for steps smtplib will not take (half a DATA, bare commands)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> Dialogue:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
-
-    async def reply(self) -> str:
-        """The last line of the next reply (multi-line replies read to the end)."""
-        while True:
-            line = (await asyncio.wait_for(self.reader.readline(), 10)).decode()
-            if len(line) < 4 or line[3] != "-":
-                return line.rstrip("\r\n")
-
-    async def say(self, line: bytes) -> str:
-        self.writer.write(line + b"\r\n")
-        return await self.reply()
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
 
 
 async def test_bare_replies_get_enhanced_codes(settings: Settings, demo: DemoAddresses) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP
 
+from mailledger.smtp.commandloop import CommandLoopSMTP
 from mailledger.smtp.dataread import BlockDataSMTP, DataScanner, DataState
 from mailledger.smtp.spool import SpooledMessage
 from mailledger.store.blobs import BlobFile, BlobStore
@@ -167,6 +168,31 @@ async def test_smuggled_terminator_is_content_and_pipelined_commands_survive() -
     assert b"250 OK" in out.split(b"250 stored", 1)[1]  # the NOOP after it
     _, got = await _converse(BlockDataSMTP, [HEAD + stream + TAIL], None)
     assert got == [(b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@x>\r\n",) * 2]
+
+
+# Command lines that take each of aiosmtpd's early refusals, all ended with CRLF.
+COMMANDS = (
+    b"\r\n"  # empty: bad syntax
+    b" NOOP\r\n"  # empty command word: not recognized
+    b"N\xc3\x96OP\r\n"  # not ASCII: bad syntax
+    b"NOOP \xc3\xa9\r\n"  # non-ASCII argument without SMTPUTF8: strict ASCII mode
+    b"HELP\r\nHELP MAIL\r\nHELP FROB\r\nVRFY <a@client.test>\r\nVRFY\r\nEXPN list\r\n"
+    b"MAIL FROM:<" + b"a" * 600 + b"@client.test>\r\n"  # over the command size limit
+    b"NOOP " + b"x" * 3000 + b"\r\n"  # over the stream limit: read to its end first
+    b"FROB\r\nRSET\r\nRSET x\r\nHELO\r\nNOOP\r\n"
+)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+async def test_command_loop_answers_as_aiosmtpd_on_crlf_lines(name: str) -> None:
+    """With only CRLF line ends, our command loop answers exactly as aiosmtpd's, in one piece
+    or cut at every few bytes."""
+    whole = HEAD + CASES[name] + COMMANDS + TAIL
+    for step in (len(whole), 13):
+        pieces = [whole[i : i + step] for i in range(0, len(whole), step)]
+        expected = await _converse(SMTP, pieces, 1005)
+        got = await _converse(CommandLoopSMTP, pieces, 1005)
+        assert got == expected, (name, step)
 
 
 def _random_stream(rng: random.Random) -> bytes:

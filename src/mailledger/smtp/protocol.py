@@ -25,8 +25,9 @@ from mailledger.config import Settings, TLSSettings
 from mailledger.logs import get_logger
 from mailledger.mail import replies
 from mailledger.mail.replies import Reply
-from mailledger.smtp.dataread import BlockDataSMTP
+from mailledger.smtp.commandloop import CommandLoopSMTP
 from mailledger.smtp.session import CaptureEnvelope, format_peer
+from mailledger.smtp.smtputf8 import path_refusal
 from mailledger.store.blobs import BlobFile
 
 log = get_logger(__name__)
@@ -163,10 +164,12 @@ class SessionGate:
         return sum(1 for session in self.sessions if session.in_data)
 
 
-class CaptureSMTP(BlockDataSMTP):
+class CaptureSMTP(CommandLoopSMTP):
     """aiosmtpd's SMTP with our trace id, replies, limits and graceful shutdown.
 
-    DATA is read in blocks (``dataread``), with aiosmtpd's semantics kept exactly.
+    DATA is read in blocks (``dataread``), with aiosmtpd's semantics kept exactly; command
+    lines end with CRLF only, and a session's time and idle commands are capped
+    (``commandloop``); a non-ASCII path needs SMTPUTF8 (``smtputf8``).
     """
 
     def __init__(
@@ -202,9 +205,23 @@ class CaptureSMTP(BlockDataSMTP):
         # aiosmtpd keeps these limits in a class-level dict that every EHLO grows; one per
         # connection keeps one session's EHLOs from loosening another's limits.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self.max_session_seconds = settings.capture.max_session_seconds
+        self.max_junk_commands = settings.capture.max_junk_commands
 
     def _create_envelope(self) -> Envelope:
         return CaptureEnvelope()
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        """The handler's hook, after aiosmtpd's checks; a path that needs SMTPUTF8 without
+        it never reaches the handler (RFC 6531 §3.4)."""
+        if command in ("MAIL", "RCPT") and self.envelope is not None:
+            refusal = path_refusal(
+                str(args[0]), smtputf8=bool(self.envelope.smtp_utf8), sender=command == "MAIL"
+            )
+            if refusal is not None:
+                log.info("path refused", command=command, reply=str(refusal))
+                return str(refusal)
+        return await super()._call_handler_hook(command, *args)
 
     async def push(self, status: AnyStr) -> None:
         """Send a reply, completing aiosmtpd's bare ones with an enhanced status code."""
