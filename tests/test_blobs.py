@@ -121,3 +121,42 @@ def test_spooled_first_bytes_come_from_the_file_past_the_head(tmp_path: Path) ->
     assert spooled.first_bytes(24) == b"Subject: x\r\nX-More: y\r\n\r"
     assert spooled.first_bytes(1000) == b"Subject: x\r\nX-More: y\r\n\r\nbody\r\n"
     assert (spooled.crlf, spooled.lf, spooled.cr, spooled.nul) == (4, 4, 4, False)
+
+
+def _with_prefix(prefix: str, tag: bytes) -> bytes:
+    """Bytes whose SHA-256 starts with ``prefix``: a blob bound for that fan-out directory."""
+    n = 0
+    while True:
+        data = b"%s %d\r\n" % (tag, n)
+        if hashlib.sha256(data).hexdigest().startswith(prefix):
+            return data
+        n += 1
+
+
+@pytest.mark.parametrize("kind", ["bytes", "file"])
+def test_a_directory_this_store_did_not_sync_is_synced_in_root_before_a_blob_in_it_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Another writer's fan-out directory may not be durable yet: its entry in root is synced.
+
+    Another writer (the processing step's stamped copies, a second process) can make a
+    directory and not yet have synced the root when our blob lands in it; seeing the
+    directory there proves nothing about a power loss. Once synced, it costs nothing more.
+    """
+    store = BlobStore(tmp_path / "blobs")
+    first, second = _with_prefix("ab", b"first"), _with_prefix("ab", b"second")
+    (store.root / "ab").mkdir(parents=True)  # made by another writer, root not yet synced
+    synced = _fsyncs(monkeypatch)
+
+    def blob(data: bytes) -> bytes | blobs_module.BlobFile:
+        if kind == "bytes":
+            return data
+        file = store.new_file()
+        file.write(data)
+        return file
+
+    assert store.put_many([blob(first)]) == [hashlib.sha256(first).hexdigest()]
+    assert sorted(synced) == sorted([str(store.root / "ab"), str(store.root)])
+    synced.clear()
+    assert store.put_many([blob(second)]) == [hashlib.sha256(second).hexdigest()]
+    assert synced == [str(store.root / "ab")]

@@ -103,6 +103,43 @@ class DNSTempError(Exception):
         self.result = result
 
 
+class DNSBudgetExhaustedError(Exception):
+    """This message has asked every DNS question it may (``[verify] max_dns_queries``).
+
+    Like :class:`DNSTempError` it is not a ``dkim.DKIMException``, so it passes through dkimpy
+    to the caller, which records the checks left as not done; pyspf gets a ``PermError``.
+    """
+
+
+# The questions still allowed in the current context (thread or task); None: no cap. One
+# mutable cell so every lookup made inside ``query_budget`` draws on the same count.
+_query_budget: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "mailledger_dns_query_budget", default=None
+)
+
+
+@contextlib.contextmanager
+def query_budget(limit: int) -> Iterator[None]:
+    """Cap the DNS questions sent inside this block: the bound on one message's checks.
+
+    Only questions that go to the network count; cached and malformed ones are free.
+    """
+    token = _query_budget.set([limit])
+    try:
+        yield
+    finally:
+        _query_budget.reset(token)
+
+
+def _spend_query() -> None:
+    remaining = _query_budget.get()
+    if remaining is None:
+        return
+    if remaining[0] <= 0:
+        raise DNSBudgetExhaustedError("DNS query limit for this message reached")
+    remaining[0] -= 1
+
+
 def text_bytes(record: str) -> bytes:
     """The exact bytes of a TXT record held in a :class:`DNSResult`."""
     return record.encode("utf-8", "surrogateescape")
@@ -327,10 +364,15 @@ class Resolver:
     def query_sync(
         self, name: str, rdtype: str | int, *, lifetime: float | None = None
     ) -> DNSResult:
-        """Blocking lookup, for pyspf, dkimpy and other code already in a worker thread."""
+        """Blocking lookup, for pyspf, dkimpy and other code already in a worker thread.
+
+        Inside :func:`query_budget`, a question past the cap raises
+        :class:`DNSBudgetExhaustedError`.
+        """
         q = self._to_ask(name, rdtype)
         if isinstance(q, DNSResult):
             return q
+        _spend_query()
         try:
             answer = self._sync.resolve(
                 q.qname,
@@ -432,7 +474,11 @@ class Resolver:
         malformed name) give ``[]``, which pyspf counts as a void lookup (RFC 7208 §4.6.4);
         a temporary error raises ``spf.TempError``.
         """
-        result = self.query_sync(name, qtype, lifetime=timeout)
+        try:
+            result = self.query_sync(name, qtype, lifetime=timeout)
+        except DNSBudgetExhaustedError as exc:
+            # Like pyspf's own lookup limits (RFC 7208 §4.6.4): the record asks too much.
+            raise spf.PermError(str(exc)) from exc
         if result.status == "temperror":
             raise spf.TempError(f"DNS {result.detail or 'temporary failure'}")
         if result.status != "ok":

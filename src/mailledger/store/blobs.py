@@ -5,6 +5,12 @@ fsynced, so once ``put`` returns the bytes survive a crash or power loss (DESIGN
 ``put_many`` does the same for a batch with one directory fsync per directory instead of one
 per blob: intake's group commit stores many messages at once, and a directory fsync costs a
 journal commit.
+
+A blob's name is durable only when its fan-out directory's own entry in the root is durable
+too. Finding the directory there proves nothing: another writer (the processing step storing
+a stamped copy, another process on the same directory) may have made it and not yet synced
+the root. So the root is synced the first time this store puts a blob in each fan-out
+directory, whoever made it; after that the directory is known durable and costs nothing.
 """
 
 from __future__ import annotations
@@ -89,6 +95,8 @@ class BlobStore:
         self._root = str(self.root)
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        # Fan-out directories whose entry in the root this store has synced itself.
+        self._durable_dirs: set[str] = set()
 
     def path(self, digest: str) -> Path:
         """Where the blob with this digest lives."""
@@ -128,10 +136,11 @@ class BlobStore:
         A blob is bytes, a tuple of pieces stored one after another, or a ``BlobFile``.
 
         Each blob's bytes are fsynced and renamed into place, then every directory a blob was
-        renamed into (or found in) is fsynced once, and the root too when a fan-out directory
-        was created. A digest is returned only once all of that succeeded for its blob. The
-        fsyncs of a batch run side by side: the filesystem folds concurrent fsyncs into one
-        journal commit, where one after another each waits for its own.
+        renamed into (or found in) is fsynced once, and the root too when this store has not
+        yet synced that fan-out directory's entry in it (made now, or by another writer). A
+        digest is returned only once all of that succeeded for its blob. The fsyncs of a batch
+        run side by side: the filesystem folds concurrent fsyncs into one journal commit, where
+        one after another each waits for its own.
         """
         placed = self._map(self._try_place, blobs)
         results: list[str | BlobStoreError] = []
@@ -141,16 +150,19 @@ class BlobStore:
             if isinstance(outcome, OSError):
                 results.append(self._error(outcome))
                 continue
-            digest, directory, created = outcome
+            digest, directory = outcome
             results.append(digest)
             dirs.setdefault(directory, []).append(index)
-            if created:
+            if directory not in self._durable_dirs:
                 dirs.setdefault(self._root, []).append(index)
-        synced = self._map(_try_fsync_dir, list(dirs))
-        for error, indexes in zip(synced, dirs.values(), strict=True):
+        errors = dict(zip(dirs, self._map(_try_fsync_dir, list(dirs)), strict=True))
+        for directory, error in errors.items():
             if error is not None:
-                for index in indexes:
+                for index in dirs[directory]:
                     results[index] = self._error(error)
+        if self._root in errors and errors[self._root] is None:
+            # Every directory a blob went into existed before the root's fsync began.
+            self._durable_dirs.update(d for d in dirs if d != self._root)
         return results
 
     def _map(self, func: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
@@ -162,7 +174,7 @@ class BlobStore:
                 self._pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="blob-fsync")
         return list(self._pool.map(func, items))
 
-    def _try_place(self, blob: Blob) -> tuple[str, str, bool] | OSError:
+    def _try_place(self, blob: Blob) -> tuple[str, str] | OSError:
         try:
             if isinstance(blob, BlobFile):
                 return self._adopt(blob)
@@ -170,44 +182,42 @@ class BlobStore:
         except OSError as exc:
             return exc
 
-    def _fan_out(self, digest: str) -> tuple[Path, Path, bool]:
-        """The blob's directory (created if missing), its final path, and whether it was created."""
+    def _fan_out(self, digest: str) -> tuple[Path, Path]:
+        """The blob's directory (created if missing) and its final path."""
         directory = self.root / digest[:2]
-        created = False
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
-            created = True
-        return directory, directory / digest, created
+        return directory, directory / digest
 
-    def _adopt(self, file: BlobFile) -> tuple[str, str, bool]:
+    def _adopt(self, file: BlobFile) -> tuple[str, str]:
         """``_place`` for a blob already written: fsync it and rename it to its digest."""
         file.close()
         digest = file.digest
-        directory, target, created = self._fan_out(digest)
+        directory, target = self._fan_out(digest)
         if target.exists():
             file.discard()
-            return digest, str(directory), created
+            return digest, str(directory)
         fd = os.open(file.path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         file.path.replace(target)
-        return digest, str(directory), created
+        return digest, str(directory)
 
-    def _place(self, pieces: tuple[bytes | memoryview, ...]) -> tuple[str, str, bool]:
+    def _place(self, pieces: tuple[bytes | memoryview, ...]) -> tuple[str, str]:
         """Write one blob under its final name (fsynced, not yet its directory).
 
-        Returns the digest, the directory to fsync, and whether that directory was created.
+        Returns the digest and the directory to fsync.
         """
         hasher = hashlib.sha256()
         for piece in pieces:
             hasher.update(piece)
         digest = hasher.hexdigest()
-        directory, target, created = self._fan_out(digest)
+        directory, target = self._fan_out(digest)
         if target.exists():
             # Possibly renamed by another writer whose directory fsync is still to come.
-            return digest, str(directory), created
+            return digest, str(directory)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
         try:
             try:
@@ -222,7 +232,7 @@ class BlobStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return digest, str(directory), created
+        return digest, str(directory)
 
     def _error(self, exc: OSError) -> BlobStoreError:
         error = BlobStoreError(exc.errno, f"blob store {self.root}: {exc.strerror}")

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from mailledger.config import Settings
-from mailledger.dnsauth.resolver import Resolver
+from mailledger.dnsauth.resolver import DNSBudgetExhaustedError, Resolver, query_budget
 from mailledger.verify import dmarc
 from mailledger.verify.authresults import from_gateway
 from mailledger.verify.results import (
@@ -56,7 +56,10 @@ class Authenticator:
         self.authserv_id = settings.verify.authserv_id or settings.service.hostname
 
     def _txt(self, name: str) -> tuple[str, list[str]]:
-        result = self.resolver.txt_sync(name)
+        try:
+            result = self.resolver.txt_sync(name)
+        except DNSBudgetExhaustedError:
+            return NONE, []  # the message spent its questions: no policy found, never a pass
         status = result.status if result.status in ("ok", TEMPERROR) else NONE
         return status, list(result.texts)
 
@@ -75,12 +78,24 @@ class Authenticator:
     def check(
         self, raw: bytes, *, peer: str, helo: str, mail_from: str, from_domain: str
     ) -> AuthOutcome:
-        """Every check, blocking; call from a worker thread (see ``authenticate``)."""
-        spf_result, helo_result = self._spf(peer_address(peer), mail_from, helo)
-        signed = signed_message(raw)
-        dkim_results = verify_dkim(signed, self.resolver.dkim_dnsfunc)
-        arc_result = verify_arc(signed, self.resolver.dkim_dnsfunc)
-        dmarc_result = dmarc.evaluate(from_domain, spf_result, dkim_results, self._txt)
+        """Every check, blocking; call from a worker thread (see ``authenticate``).
+
+        The DNS questions of all four checks together are capped (``[verify]
+        max_dns_queries``), and DKIM signatures are checked up to ``max_signatures``, the
+        one aligned with From first, then the forwarder's (the envelope sender's domain).
+        """
+        limits = self.settings.verify
+        with query_budget(limits.max_dns_queries):
+            spf_result, helo_result = self._spf(peer_address(peer), mail_from, helo)
+            signed = signed_message(raw)
+            dkim_results = verify_dkim(
+                signed,
+                self.resolver.dkim_dnsfunc,
+                limit=limits.max_signatures,
+                prefer=(from_domain, mail_from.rpartition("@")[2].lower()),
+            )
+            arc_result = verify_arc(signed, self.resolver.dkim_dnsfunc)
+            dmarc_result = dmarc.evaluate(from_domain, spf_result, dkim_results, self._txt)
         return AuthOutcome(spf_result, helo_result, dkim_results, arc_result, dmarc_result)
 
     def authenticate(
@@ -100,13 +115,8 @@ class Authenticator:
             return future.result(timeout=self.settings.verify.time_budget_seconds)
         except FutureTimeout:
             future.cancel()
-            why = "time budget exhausted"
-            return AuthOutcome(
-                SPFResult(TEMPERROR, mail_from, mail_from.rpartition("@")[2], why),
-                SPFResult(TEMPERROR, helo, helo, why),
-                (DKIMResult(TEMPERROR, "", reason=why),),
-                ARCResult(TEMPERROR, reason=why),
-                DMARCResult(TEMPERROR, from_domain, reason=why),
+            return temperror_outcome(
+                "time budget exhausted", helo=helo, mail_from=mail_from, from_domain=from_domain
             )
 
     def from_gateway(
@@ -118,6 +128,17 @@ class Authenticator:
             if first and first[0].lower() == gateway_id.lower():
                 return from_gateway(value, from_domain)
         return None
+
+
+def temperror_outcome(why: str, *, helo: str, mail_from: str, from_domain: str) -> AuthOutcome:
+    """Every check ``temperror``: nothing was decided, so the message waits and is retried."""
+    return AuthOutcome(
+        SPFResult(TEMPERROR, mail_from, mail_from.rpartition("@")[2], why),
+        SPFResult(TEMPERROR, helo, helo, why),
+        (DKIMResult(TEMPERROR, "", reason=why),),
+        ARCResult(TEMPERROR, reason=why),
+        DMARCResult(TEMPERROR, from_domain, reason=why),
+    )
 
 
 def in_networks(peer: str, networks: list[str]) -> bool:

@@ -13,6 +13,8 @@ PASS = "pass"  # noqa: S105 - an RFC 8601 result word, not a password
 FAIL = "fail"
 NONE = "none"
 TEMPERROR = "temperror"
+# DKIM: signed, but not acceptable to us, e.g. past the per-message limit (RFC 8601 §2.7.1).
+POLICY = "policy"
 PERMERROR = "permerror"
 
 

@@ -4,6 +4,11 @@ dkimpy blocks on DNS, so these run in a worker thread. Every signature is checke
 the first: a forwarded message carries the author's signature and the forwarder's, and the
 trust rules look at each (DESIGN §4).
 
+Signatures are checked up to a limit (``[verify] max_signatures``), the relevant first: the
+one aligned with the From domain, then the forwarder's (the envelope sender's domain), then the
+rest in header order. The others are recorded as "not checked (limit)", with the RFC 8601
+result ``policy``: the message was signed, but we did not look (RFC 8601 §2.7.1).
+
 dkimpy is given the header section only; body hashes come from ``bodyhash``, which reads the
 body in pieces and hashes each canonicalization once for all of a message's signatures.
 """
@@ -12,20 +17,33 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 
-from mailledger.dnsauth.resolver import DNSTempError
+from mailledger.dnsauth.orgdomain import organizational_domain
+from mailledger.dnsauth.resolver import DNSBudgetExhaustedError, DNSTempError
 from mailledger.verify.bodyhash import BodyHashes, body_start
-from mailledger.verify.results import FAIL, NONE, PASS, PERMERROR, TEMPERROR, ARCResult, DKIMResult
+from mailledger.verify.results import (
+    FAIL,
+    NONE,
+    PASS,
+    PERMERROR,
+    POLICY,
+    TEMPERROR,
+    ARCResult,
+    DKIMResult,
+)
 
 # dkimpy's DNS hook: TXT text for a name, or None when there is none.
 DNSFunc = Callable[..., bytes | str | None]
-MAX_SIGNATURES = 10  # more is abuse; each costs a DNS lookup and a public-key operation
+DEFAULT_MAX_SIGNATURES = 5  # each costs a DNS lookup and a public-key operation
+NOT_CHECKED = "not checked (limit)"
+# Verdicts listed per message; a header section full of signatures ends in one summary line.
+MAX_LISTED = 100
 MIN_KEY_BITS = 1024  # RFC 8301 §3.2
 
 
@@ -110,51 +128,108 @@ def _covers_body(body: BodyHashes, sig: dict[bytes, bytes]) -> bool:
         return False
 
 
-def _signature_count(signer: dkim.DKIM) -> int:
-    return sum(1 for name, _ in signer.headers if name.lower() == b"dkim-signature")
+_TAG = re.compile(rb"(?:^|;)\s*([a-z]+)\s*=\s*([^;]*)")
+
+
+def _listed_signatures(signer: dkim.DKIM) -> list[dict[bytes, bytes]]:
+    """The tags of every DKIM-Signature, in header order, read without verifying anything."""
+    listed = []
+    for name, value in signer.headers:
+        if name.lower() == b"dkim-signature":
+            unfolded = re.sub(rb"\s+", b" ", bytes(value))
+            listed.append({m.group(1): m.group(2).strip() for m in _TAG.finditer(unfolded)})
+    return listed
+
+
+def _relevance(listed: list[dict[bytes, bytes]], prefer: Sequence[str]) -> list[int]:
+    """Signature indexes, most relevant first: aligned with ``prefer[0]``, then ``prefer[1]``…
+
+    Alignment is relaxed, as DMARC's (RFC 7489 §3.1.1): the same organisational domain.
+    """
+    wanted = [organizational_domain(d) for d in prefer if d]
+
+    def rank(index: int) -> tuple[int, int]:
+        domain = _tag(listed[index], b"d").lower()
+        org = organizational_domain(domain) if domain else ""
+        place = wanted.index(org) if org in wanted else len(wanted)
+        return place, index
+
+    return sorted(range(len(listed)), key=rank)
 
 
 def _split(message: bytes | SignedMessage) -> SignedMessage:
     return message if isinstance(message, SignedMessage) else signed_message(message)
 
 
-def verify_dkim(message: bytes | SignedMessage, dnsfunc: DNSFunc) -> tuple[DKIMResult, ...]:
-    """The verdict of every DKIM signature, in header order (topmost first)."""
+def verify_dkim(
+    message: bytes | SignedMessage,
+    dnsfunc: DNSFunc,
+    *,
+    limit: int = DEFAULT_MAX_SIGNATURES,
+    prefer: Sequence[str] = (),
+) -> tuple[DKIMResult, ...]:
+    """The verdict of every DKIM signature, in header order (topmost first).
+
+    At most ``limit`` are checked, chosen by relevance to the ``prefer`` domains (the From
+    domain, then the forwarder's); the others, and any left when the message's DNS budget
+    runs out, are ``policy`` with the reason "not checked (limit)".
+    """
     split = _split(message)
     try:
         signer = _DKIM(split.headers, minkey=MIN_KEY_BITS)
         signer.body_hashes = split.body
     except (dkim.DKIMException, IndexError) as exc:  # IndexError: a folded first line
         return (DKIMResult(PERMERROR, "", reason=f"unparseable message: {exc}"),)
-    results = []
-    for index in range(min(_signature_count(signer), MAX_SIGNATURES)):
+    listed = _listed_signatures(signer)
+    verdicts: dict[int, DKIMResult] = {}
+    for index in _relevance(listed, prefer)[:limit]:
         try:
-            ok = signer.verify(idx=index, dnsfunc=dnsfunc)
-            error = ""
-        except DNSTempError as exc:
-            ok, error = False, f"temperror: {exc}"
-        except dkim.DKIMException as exc:
-            ok, error = False, str(exc)
-        sig = getattr(signer, "signature_fields", None) or {}
-        domain = _tag(sig, b"d").lower()
-        selector = _tag(sig, b"s")
-        algorithm = _tag(sig, b"a")
-        if not domain:
-            prep = _prepared(signer, index)
-            domain, selector, algorithm = prep
-        if error.startswith("temperror"):
-            result, reason = TEMPERROR, error
-        elif ok:
-            result, reason = PASS, ""
-        elif error and ("missing public key" in error or "public key" in error.lower()):
-            result, reason = PERMERROR, error
-        else:
-            result, reason = FAIL, error or "signature did not verify"
-        covers = _covers_body(split.body, sig) if sig else True
-        if result == PASS and not covers:
-            reason = "l= does not cover the whole body"
-        results.append(DKIMResult(result, domain, selector, algorithm, covers, reason[:200]))
+            verdicts[index] = _verify_one(signer, split.body, index, dnsfunc)
+        except DNSBudgetExhaustedError:
+            break
+    results = [verdicts.get(i) or _not_checked(sig) for i, sig in enumerate(listed)]
+    if len(results) > MAX_LISTED:
+        shown = [r for i, r in enumerate(results) if i in verdicts]
+        shown += [r for i, r in enumerate(results) if i not in verdicts]
+        more = len(results) - (MAX_LISTED - 1)
+        summary = DKIMResult(POLICY, "", reason=f"{more} more signatures {NOT_CHECKED}")
+        results = [*shown[: MAX_LISTED - 1], summary]
     return tuple(results)
+
+
+def _not_checked(sig: dict[bytes, bytes]) -> DKIMResult:
+    return DKIMResult(
+        POLICY, _tag(sig, b"d").lower(), _tag(sig, b"s"), _tag(sig, b"a"), reason=NOT_CHECKED
+    )
+
+
+def _verify_one(signer: dkim.DKIM, body: BodyHashes, index: int, dnsfunc: DNSFunc) -> DKIMResult:
+    """One signature's verdict; ``DNSBudgetExhaustedError`` passes through to the caller."""
+    try:
+        ok = signer.verify(idx=index, dnsfunc=dnsfunc)
+        error = ""
+    except DNSTempError as exc:
+        ok, error = False, f"temperror: {exc}"
+    except dkim.DKIMException as exc:
+        ok, error = False, str(exc)
+    sig = getattr(signer, "signature_fields", None) or {}
+    domain = _tag(sig, b"d").lower()
+    selector = _tag(sig, b"s")
+    algorithm = _tag(sig, b"a")
+    if not domain:
+        domain, selector, algorithm = _prepared(signer, index)
+    if error.startswith("temperror"):
+        result, reason = TEMPERROR, error
+    elif ok:
+        result, reason = PASS, ""
+    elif error and ("missing public key" in error or "public key" in error.lower()):
+        result, reason = PERMERROR, error
+    else:
+        result, reason = FAIL, error or "signature did not verify"
+    covers = _covers_body(body, sig) if sig else True
+    if result == PASS and not covers:
+        reason = "l= does not cover the whole body"
+    return DKIMResult(result, domain, selector, algorithm, covers, reason[:200])
 
 
 def _prepared(signer: dkim.DKIM, index: int) -> tuple[str, str, str]:
@@ -200,6 +275,9 @@ def verify_arc(message: bytes | SignedMessage, dnsfunc: DNSFunc) -> ARCResult:
         cv, instances, reason = arc.verify(dnsfunc=dnsfunc)
     except DNSTempError as exc:
         return ARCResult(TEMPERROR, reason=f"temperror: {exc}")
+    except DNSBudgetExhaustedError as exc:
+        # A chain we could not finish checking vouches for nothing (RFC 8617 §5.2: cv=fail).
+        return ARCResult(FAIL, reason=f"not checked: {exc}")
     except IndexError:  # dkimpy's parser on a folded first line
         cv, instances, reason = dkim.CV_Fail, [], "unparseable message"
     except dkim.DKIMException as exc:
