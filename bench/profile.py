@@ -50,6 +50,7 @@ PARTS = [
         (
             "mailledger/routing",
             "mailledger/capture/processor",
+            "mailledger/capture/pipeline",
             "mailledger/capture/worker",
             "mailledger/smtp/screening",
             "mailledger/forwarding",

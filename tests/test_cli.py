@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,8 @@ url = "sqlite:///{tmp_path / "cli.db"}"
 blob_dir = "{tmp_path / "blobs"}"
 [capture]
 listen = ["127.0.0.1:2626"]
+[metrics]
+listen = "127.0.0.1:0"
 """,
         encoding="utf-8",
     )
@@ -186,13 +188,16 @@ def test_check_config_masks_database_password(
     """The database password never reaches the terminal."""
     path = tmp_path / "pg.toml"
     path.write_text(
-        '[database]\nurl = "postgresql+psycopg://ml:hunter2@db.internal/ml"\n', encoding="utf-8"
+        '[database]\nurl = "postgresql+psycopg://ml:hunter2@127.0.0.1:9/ml"\n', encoding="utf-8"
     )
     runner = Run(path, capsys)
-    out = runner("check-config")
-    assert "hunter2" not in out
-    assert "ml:********@db.internal" in out
-    assert "hunter2" not in runner("check-config", "--json")
+    # Nothing listens on 127.0.0.1:9: the pre-flight reports it (exit 2), the password masked
+    # there too.
+    out = runner("check-config", expect=2)
+    assert "hunter2" not in out + runner.err
+    assert "ml:********@127.0.0.1:9" in out
+    assert "[database] url: cannot connect to postgresql+psycopg://ml:***@127.0.0.1:9" in runner.err
+    assert "hunter2" not in runner("check-config", "--json", expect=2) + runner.err
 
 
 @pytest.mark.parametrize(
@@ -223,13 +228,16 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_config_from_environment(
-    config_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    run: Run,
+    config_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """MAILLEDGER_CONFIG names the file when --config is absent; overrides apply on top."""
     monkeypatch.setenv("MAILLEDGER_CONFIG", str(config_file))
     monkeypatch.setenv("MAILLEDGER_CAPTURE__MAX_RECIPIENTS", "5")
     assert main(["check-config", "--json"]) == 0
-    (data,) = [json.loads(capsys.readouterr().out)]
+    (data,) = json.loads(capsys.readouterr().out)  # a one-element array, like every --json
     assert data["capture"]["listen"] == ["127.0.0.1:2626"]
     assert data["capture"]["max_recipients"] == 5
 
@@ -491,7 +499,7 @@ def test_format_table_aligns_columns() -> None:
     ]
 
 
-def test_python_dash_m(config_file: Path) -> None:
+def test_python_dash_m(run: Run, config_file: Path) -> None:
     """`python -m mailledger` is the same command as the console script."""
     result = subprocess.run(
         [sys.executable, "-m", "mailledger", "--config", str(config_file), "check-config"],
@@ -555,3 +563,162 @@ def test_staff_forwarding_shows_the_code(run: Run, session: Session, tmp_path: P
     assert row["code"] == "612345789"
     assert row["handback"] == "pending"
     assert row["primary_address"] == "richard.smith@gmail.com"
+
+
+# --- finding a message by the IDs people have ----------------------------------------------------
+
+
+def test_messages_found_by_queue_id_and_message_id(
+    run: Run, session: Session, tmp_path: Path
+) -> None:
+    """show, trace, release and delete take a row number, a queue ID or a Message-ID."""
+    run("demo", "init")
+    blobs = BlobStore(tmp_path / "blobs")
+    _, processed_id, quarantined_id = _record(session, blobs)
+    session.commit()
+    for ref in (str(processed_id), "Q1", "q1", "<Q1@client.example>", "Q1@client.example"):
+        (shown,) = run.json("messages", "show", ref)
+        assert shown["id"] == processed_id, ref
+    (entry,) = run.json("messages", "trace", "Q1@client.example")
+    assert entry["decision"] == "spf=pass"
+    run("messages", "show", "<nobody@client.example>", expect=1)
+    assert "no received message <nobody@client.example>" in run.err
+
+    # The same email received twice: its Message-ID names both, and the refusal lists them.
+    again = session.get(ReceivedMessage, quarantined_id)
+    assert again is not None
+    again.message_id = "<Q1@client.example>"
+    session.commit()
+    run("messages", "show", "Q1@client.example", expect=1)
+    assert "names 2 received messages" in run.err
+    assert f"{processed_id} (queue ID Q1" in run.err and f"{quarantined_id} (queue ID Q2" in run.err
+
+    assert "(queue ID Q2) released" in run("quarantine", "release", "Q2")
+    session.expire_all()
+    released = session.get(ReceivedMessage, quarantined_id)
+    assert released is not None and released.state == MessageState.RECEIVED
+    released.state = MessageState.QUARANTINED
+    session.commit()
+    assert "(queue ID Q2) deleted" in run("quarantine", "delete", "q2")
+    run("quarantine", "delete", "Q2", expect=1)
+
+
+# --- lists say when they stop ------------------------------------------------------------------
+
+
+def _many_messages(session: Session, count: int) -> None:
+    tenant = directory.find_tenant(session, "acme")
+    for number in range(count):
+        message = ReceivedMessage(
+            queue_id=f"M{number:04d}",
+            trace_id="T",
+            blob="c" * 64,
+            size=1,
+            peer="127.0.0.1:5000",
+            mail_from="carol@client.example",
+            rcpt_to=["richard@acme.capture.example"],
+            state=MessageState.QUARANTINED if number % 2 else MessageState.PROCESSED,
+            received_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=number // 3),
+        )
+        message.routes.append(
+            MessageRoute(tenant_id=tenant.id, kind=RouteKind.USER, rcpt=message.rcpt_to[0])
+        )
+        session.add(message)
+    session.commit()
+
+
+def test_lists_say_when_they_stop(run: Run, session: Session) -> None:
+    """A table stops at 50 and says of how many; --all and --json give every row, in order."""
+    run("demo", "init")
+    _many_messages(session, 455)
+    table = run("messages", "list")
+    assert len(table.splitlines()) == 51  # header and 50 rows
+    assert run.err == "showing 50 of 455 (--limit N, --all)\n"
+    assert len(run("messages", "list", "--all").splitlines()) == 456
+    assert run.err == ""
+    run("messages", "list", "--limit", "10")
+    assert run.err == "showing 10 of 455 (--limit N, --all)\n"
+    run("quarantine", "list")
+    assert run.err == "showing 50 of 227 (--limit N, --all)\n"
+
+    every = run.json("messages", "list")  # read in pages of 200 (queries.PAGE_ROWS)
+    assert len(every) == 455
+    assert len({m["id"] for m in every}) == 455
+    keys = [(m["received_at"], m["id"]) for m in every]
+    assert keys == sorted(keys, reverse=True)
+    assert len(run.json("messages", "list", "--limit", "201")) == 201
+    assert len(run.json("quarantine", "list")) == 227
+    lines = run("messages", "list", "--jsonl", "--state", "processed").splitlines()
+    assert len(lines) == 228
+    assert all(json.loads(line)["state"] == "processed" for line in lines)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(run.config), "messages", "list", "--all", "--limit", "3"])
+    assert exit_info.value.code == 2
+    assert run.json("activities", "list") == []
+    assert run("activities", "list", "--jsonl") == ""
+
+
+# --- staff password names the real submission ports --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("submission", "expected"),
+    [
+        ('listen = ["127.0.0.1:2587"]', ["2587 (STARTTLS; listening on 127.0.0.1:2587)"]),
+        (
+            'listen = []\nlisten_tls = ["0.0.0.0:465"]',
+            ["465 (SSL/TLS; listening on 0.0.0.0:465)"],
+        ),
+        ("listen = []", ["none: submission is off ([submission] listen and listen_tls are empty)"]),
+    ],
+)
+def test_staff_password_prints_the_real_ports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], submission: str, expected: list[str]
+) -> None:
+    """The port printed is the one [submission] listens on; "off" when it listens nowhere."""
+    path = tmp_path / "submission.toml"
+    path.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "p.db"}"\n[submission]\n{submission}\n',
+        encoding="utf-8",
+    )
+    runner = Run(path, capsys)
+    runner("demo", "init")
+    out = runner("staff", "password", "acme", "richard")
+    ports = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("port")]
+    assert ports == expected
+    assert ("submission is off" in runner.err) == expected[0].startswith("none")
+
+
+# --- contact import: --dry-run and progress ----------------------------------------------------
+
+
+def test_contact_import_dry_run_writes_nothing(run: Run, tmp_path: Path) -> None:
+    """--dry-run checks and counts every row (duplicates across batches too), writes nothing."""
+    run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")
+    rows = [f"person{n}@client.example,Person {n}," for n in range(1200)]
+    rows.append("person3@client.example,Again,")  # a duplicate, two batches later
+    rows.append("not an address,Bad,")
+    csv_file = tmp_path / "big.csv"
+    csv_file.write_text("email,name,company\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    out = run("contact", "import", "acme", str(csv_file), "--dry-run", expect=1)
+    assert "dry run: 1200 contact(s) would be imported, 2 row(s) refused" in out
+    assert f"{csv_file}:1202: person3@client.example is already a contact" in run.err
+    assert run.err.count("\n") == 2  # not a terminal: no progress lines
+    assert run.json("contact", "list", "acme") == []
+    out = run("contact", "import", "acme", str(csv_file), expect=1)
+    assert "imported 1200 contact(s), 2 row(s) refused" in out
+    assert len(run.json("contact", "list", "acme")) == 1200
+
+
+def test_contact_import_progress_on_a_terminal(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal, stderr shows rows read and the share of the file after each batch."""
+    run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")
+    csv_file = tmp_path / "some.csv"
+    lines = [f"p{n}@client.example" for n in range(700)]
+    csv_file.write_text("email\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    run("contact", "import", "acme", str(csv_file))
+    assert "\r500 row(s) read (" in run.err
+    assert "\r700 row(s) read (100%): 700 imported, 0 refused\n" in run.err

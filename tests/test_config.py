@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from mailledger import config as config_module
+from mailledger.cli.main import main
 from mailledger.config import ConfigError, Settings, load_settings, masked
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -132,3 +134,52 @@ def test_masked_hides_database_password() -> None:
     shown = masked(settings)["database"]["url"]
     assert "s3cret" not in shown
     assert shown == "postgresql+psycopg://ml:********@db/ml"
+
+
+# --- environment variables that are not settings ----------------------------------------------
+
+
+def test_foreign_variable_is_warned_about_once_and_ignored(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MAILLEDGER_ name without SECTION__KEY (a wrapper's own) warns once; loading goes on."""
+    monkeypatch.setattr(config_module, "_WARNED", set())
+    environ = {"MAILLEDGER_HOME": "/opt/mailledger", "MAILLEDGER_CAPTURE__MAX_RECIPIENTS": "9"}
+    assert load_settings(EXAMPLE, environ=environ).capture.max_recipients == 9
+    assert load_settings(EXAMPLE, environ=environ).capture.max_recipients == 9  # a reload
+    err = capsys.readouterr().err
+    assert err.count("MAILLEDGER_HOME") == 1
+    assert err.startswith("mailledger: warning: ignoring MAILLEDGER_HOME: not a setting")
+    assert "MAILLEDGER_SECTION__KEY" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("MAILLEDGER_CAPTURE__MAX_RECIPENTS", "capture.max_recipents: unknown key"),
+        ("MAILLEDGER_CAPTUR__LISTEN", "captur: unknown key"),
+        ("MAILLEDGER_CAPTURE__LISTEN__EXTRA", "named MAILLEDGER_SECTION__KEY"),
+        ("MAILLEDGER___LISTEN", "named MAILLEDGER_SECTION__KEY"),
+    ],
+)
+def test_misspelt_override_stays_fatal_and_names_the_variable(name: str, says: str) -> None:
+    """A name of the override form that matches no setting is a typo: it stops the load."""
+    with pytest.raises(ConfigError, match=re.escape(says)) as raised:
+        load_settings(None, environ={name: "3"})
+    assert name in str(raised.value)
+
+
+def test_foreign_variable_does_not_stop_a_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the CLI: a command runs (exit 0) beside a foreign MAILLEDGER_ variable."""
+    monkeypatch.setattr(config_module, "_WARNED", set())
+    path = tmp_path / "c.toml"
+    path.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "db.sqlite"}"\n', encoding="utf-8")
+    monkeypatch.setenv("MAILLEDGER_DEPLOYED_BY", "ansible")
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    assert main(["--config", str(path), "db", "current"]) == 0
+    assert capsys.readouterr().err.count("ignoring MAILLEDGER_DEPLOYED_BY") == 1
+    monkeypatch.setenv("MAILLEDGER_DATABASE__URLL", "x")
+    assert main(["--config", str(path), "db", "current"]) == 2
+    assert "MAILLEDGER_DATABASE__URLL" in capsys.readouterr().err

@@ -81,3 +81,58 @@ def test_demo_send_without_a_server_says_so(
     config.write_text('[capture]\nlisten = ["127.0.0.1:9"]\n', encoding="utf-8")
     assert main(["--config", str(config), "demo", "send"]) == 1
     assert "is `mailledger serve` running?" in capsys.readouterr().err
+
+
+async def test_demo_send_to_a_refused_address_says_what_the_server_answered(
+    tmp_path: Path, settings: Settings, demo: DemoAddresses, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused recipient is the server's answer, not a sign that no server runs."""
+    async with running_server(settings) as port:
+        config = tmp_path / "demo.toml"
+        config.write_text(
+            f'[database]\nurl = "{settings.database.url}"\n'
+            f'[capture]\nlisten = ["127.0.0.1:{port}"]\n',
+            encoding="utf-8",
+        )
+        argv = ["--config", str(config), "demo", "send", "--to", "nobody@acme.capture.example"]
+        code = await asyncio.to_thread(main, argv)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "refused nobody@acme.capture.example: 550 5.1.1 No such capture address" in err
+    assert "is `mailledger serve` running?" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv0", "on_path", "expected"),
+    [
+        # `make run`: the script of a virtualenv that is not activated.
+        (".venv/bin/mailledger", False, ".venv/bin/mailledger --config demo.toml demo send"),
+        # The script found on PATH is this one: the bare name works.
+        (".venv/bin/mailledger", True, "  mailledger --config demo.toml demo send"),
+    ],
+)
+def test_demo_init_banner_names_the_command_that_runs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    argv0: str,
+    on_path: bool,
+    expected: str,
+) -> None:
+    """The banner tells the user to run the mailledger they ran, not one that is not on PATH."""
+    script = tmp_path / ".venv" / "bin" / "mailledger"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n", encoding="utf-8")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [argv0])
+    monkeypatch.setenv("PATH", str(script.parent) if on_path else str(tmp_path / "empty"))
+    (tmp_path / "demo.toml").write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "d.db"}"\n', encoding="utf-8"
+    )
+    assert main(["--config", "demo.toml", "demo", "init"]) == 0
+    out = capsys.readouterr().out
+    assert expected in out
+    if not on_path:
+        assert "\n  mailledger " not in out

@@ -4,6 +4,7 @@ the record that fixes it, and publishing that record makes the check pass."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -517,3 +518,50 @@ def test_keygen_rotate_list_retire_commands(
     assert code == 0, text
     code, text = _cli(config, capsys, "dkim", "list", "acme")
     assert "one" in text and "two" in text
+
+
+def test_check_command_tells_a_dns_failure_from_a_wrong_record(
+    dns_server: DNSServer,
+    key: DkimKey,
+    config: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Exit 1 means "a record is wrong"; DNS failing (SERVFAIL, time-out) is exit 2, said apart."""
+    _clean(dns_server, key)
+    assert _cli(config, capsys, "dns", "check", "acme")[0] == 0
+
+    dns_server.servfail(f"_dmarc.{DOMAIN}")
+    capsys.readouterr()
+    code = main(["--config", str(config), "dns", "check", "acme"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert any(line.startswith("error    dmarc") for line in captured.out.splitlines())
+    assert "DNS failed for 1 of 4 record(s)" in captured.err
+    assert "says nothing about whether they are right" in captured.err
+
+    dns_server.heal()
+    dns_server.timeout(CAPTURE, "MX")
+    code, text = _cli(config, capsys, "dns", "check", "acme", "--json")
+    assert code == 2
+    assert '"lookup_failed": true' in text and "timeout" in text
+
+    dns_server.heal()
+    dns_server.remove(f"_dmarc.{DOMAIN}", "TXT")
+    code, text = _cli(config, capsys, "dns", "check", "acme")
+    assert code == 1 and "DNS failed" not in text
+
+
+def test_name_server_that_is_not_an_address_is_a_configuration_error(
+    config: Path, capsys: pytest.CaptureFixture[str], demo: DemoAddresses
+) -> None:
+    """`nameservers = ["not-an-ip"]` is exit 2 with the line check-config prints, no traceback."""
+    broken = config.with_name("broken.toml")
+    text = config.read_text(encoding="utf-8")
+    broken.write_text(
+        re.sub(r"nameservers = .*", 'nameservers = ["not-an-ip"]', text), encoding="utf-8"
+    )
+    for argv in (["dns", "check", "acme"], ["dns", "records", "acme"]):
+        code, out = _cli(broken, capsys, *argv)
+        assert code == 2
+        assert out.startswith("mailledger: [dns] nameservers: 'not-an-ip' is not an IP address")
+        assert "Traceback" not in out

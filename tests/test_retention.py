@@ -126,7 +126,7 @@ def test_retention_run_command(
         encoding="utf-8",
     )
     assert main(["--config", str(config), "retention", "run", "--dry-run", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["quarantined"] == 1
+    assert json.loads(capsys.readouterr().out)[0]["quarantined"] == 1
     assert blobs.path(old.blob).exists()
     assert main(["--config", str(config), "retention", "run"]) == 0
     assert "1 quarantined message(s)" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,6 +65,11 @@ class CaptureSettings(_Section):
     max_mime_parts: int = Field(default=500, ge=1)
     timeout_seconds: float = Field(default=300.0, gt=0)
     max_sessions: int = Field(default=1000, ge=1)
+    # A session is closed with 421 4.4.2 once it has lasted this long, however busy, and after
+    # this many commands that make no progress (NOOP, RSET, HELP, VRFY, EXPN, unknown) since
+    # the last accepted message (Postfix's smtpd_junk_command_limit is 100).
+    max_session_seconds: float = Field(default=1800.0, gt=0)
+    max_junk_commands: int = Field(default=100, ge=1)
 
     @field_validator("listen")
     @classmethod
@@ -76,8 +82,12 @@ class SubmissionSettings(_Section):
     listen_tls: list[str] = Field(default_factory=list)
     max_sessions: int = Field(default=200, ge=1)
     timeout_seconds: float = Field(default=300.0, gt=0)
-    # Failed logins: after max_auth_failures from one client address or for one user within
-    # auth_window_seconds, further attempts are refused for auth_lockout_seconds.
+    # As [capture]'s: the session time cap and the cap on commands without progress.
+    max_session_seconds: float = Field(default=1800.0, gt=0)
+    max_junk_commands: int = Field(default=100, ge=1)
+    # Failed logins: after max_auth_failures from one client address, or for one login from one
+    # source network (/24, /64), within auth_window_seconds, further attempts from there are
+    # refused for auth_lockout_seconds (relay.lockout).
     max_auth_failures: int = Field(default=5, ge=1)
     auth_window_seconds: float = Field(default=900.0, gt=0)
     auth_lockout_seconds: float = Field(default=900.0, gt=0)
@@ -154,9 +164,17 @@ class ProcessingSettings(_Section):
     # when the CPU is short, accepting mail goes first and processing catches up after.
     worker_nice: int = Field(default=10, ge=0, le=19)
     max_attempts: int = Field(default=5, ge=1)
-    # Per-sender loop guard: more than this many messages from one sender in the window.
+    # Volume brake: more than this many messages in the window from one sender nobody
+    # authenticated are held ("volume"); an authenticated sender (staff, or a client whose
+    # own DKIM or DMARC passes) is never counted. Loops are told by loop evidence instead.
     loop_threshold: int = Field(default=50, ge=1)
     loop_window_seconds: float = Field(default=600.0, gt=0)
+    # Loop evidence: one email (its Message-ID, or the same From, To, Date, Subject and
+    # text) arriving at one capture address more often than this within the window.
+    loop_max_arrivals: int = Field(default=3, ge=1)
+    # Loop evidence: our [service] hostname in more Received headers below the newest than
+    # this. Once is one email taking a second path (relayed by us, forwarded back).
+    loop_max_own_hops: int = Field(default=1, ge=0)
     privacy_keywords: list[str] = Field(default_factory=lambda: ["[private]", "[confidential]"])
 
 
@@ -169,6 +187,11 @@ class VerifySettings(_Section):
     )
     # One message's whole SPF, DKIM, ARC and DMARC work; running out is a temperror.
     time_budget_seconds: float = Field(default=20.0, gt=0)
+    # DKIM signatures checked per message, the relevant first (OpenDKIM checks 3); the rest
+    # are recorded as "not checked (limit)".
+    max_signatures: int = Field(default=5, ge=1, le=50)
+    # DNS questions one message may cause across SPF, DKIM, ARC and DMARC.
+    max_dns_queries: int = Field(default=50, ge=10, le=1000)
     # DEMO ONLY: treat mail from 127.0.0.0/8 and ::1 as sent by an authenticated forwarder.
     demo_trust_loopback: bool = False
 
@@ -228,9 +251,34 @@ def _env_value(raw: str) -> Any:
         return raw
 
 
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+# Names warned about in this process: a reload or a second load says nothing new.
+_WARNED: set[str] = set()
+
+
+def _warn_foreign(name: str) -> None:
+    """Say once that a MAILLEDGER_ variable is not one of ours, and go on.
+
+    Wrappers, deploy tools and shells set variables of their own under our prefix (a
+    ``MAILLEDGER_HOME`` in a unit file); refusing to start over them helps nobody. A name
+    with ``__`` is meant as an override, and an unknown one stays an error: it is a typo.
+    """
+    if name in _WARNED:
+        return
+    _WARNED.add(name)
+    sys.stderr.write(
+        f"mailledger: warning: ignoring {name}: not a setting (overrides are named "
+        f"{ENV_PREFIX}SECTION__KEY, the file {CONFIG_ENV})\n"
+    )
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """Put the overrides into ``data``; returns which variable set each (section, key)."""
+    origins: dict[tuple[str, str], str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        if "__" not in name[len(ENV_PREFIX) :]:
+            _warn_foreign(name)
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
         if len(path) != 2 or not all(path):
@@ -239,14 +287,23 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         if not isinstance(section, dict):
             raise ConfigError(f"{name}: [{path[0]}] is not a section")
         section[path[1]] = _env_value(raw)
+        origins[(path[0], path[1])] = name
+    return origins
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, origins: Mapping[tuple[str, str], str] | None = None) -> str:
+    origins = origins or {}
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
+        loc = tuple(str(part) for part in item["loc"])
+        key = ".".join(loc)
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"{key}: {message}")
+        # A key set from the environment is named by its variable, which is what to fix.
+        variables = [
+            v for (section, name), v in origins.items() if loc[:2] in ((section, name), (section,))
+        ]
+        source = f" (from {', '.join(sorted(variables))})" if variables else ""
+        lines.append(f"{key}: {message}{source}")
     return "; ".join(lines)
 
 
@@ -265,12 +322,12 @@ def load_settings(
             raise ConfigError(f"{path}: no such configuration file") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    _apply_env(data, env)
+    origins = _apply_env(data, env)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         where = f"{path}: " if path else ""
-        raise ConfigError(where + _describe(exc)) from exc
+        raise ConfigError(where + _describe(exc, origins)) from exc
 
 
 def masked(settings: Settings) -> dict[str, Any]:

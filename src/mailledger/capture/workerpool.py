@@ -58,7 +58,6 @@ def _child(
     from mailledger.logs import configure_logging  # noqa: PLC0415
     from mailledger.store.blobs import BlobStore  # noqa: PLC0415
     from mailledger.store.engine import make_engine, make_sessionmaker  # noqa: PLC0415
-
     from mailledger.verify.patches import install_patches  # noqa: PLC0415
 
     install_patches()  # a fresh interpreter: the parent's patches are not inherited

@@ -5,16 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from mailledger.cli.kit import (
-    EXIT_OK,
-    command,
-    emit,
-    group,
-    json_flag,
-    limit_flag,
-    session_scope,
-    show,
-)
+from mailledger.cli.kit import EXIT_OK, command, group, json_flag, session_scope, show
+from mailledger.cli.listing import emit_list, list_flags, row_limit
 
 if TYPE_CHECKING:
     from mailledger.config import Settings
@@ -23,13 +15,18 @@ ACTIVITY_COLUMNS = ["id", "tenant", "occurred_at", "direction", "staff", "from",
 
 
 def cmd_activities_list(args: argparse.Namespace, settings: Settings) -> int:
-    """List recorded activities, newest first."""
+    """List recorded activities, newest first; a table stops at --limit and says so."""
     from mailledger.store import directory, queries
 
     with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant) if args.tenant else None
-        rows = queries.activities(session, tenant, limit=args.limit)
-    emit(rows, ACTIVITY_COLUMNS, as_json=args.json, empty="no activities")
+        emit_list(
+            args,
+            queries.iter_activities(session, tenant, limit=row_limit(args)),
+            ACTIVITY_COLUMNS,
+            empty="no activities",
+            total=lambda: queries.count_activities(session, tenant),
+        )
     return EXIT_OK
 
 
@@ -57,6 +54,6 @@ def register(commands: Any) -> None:
     acts = group(commands, "activities", "recorded email")
     sub = command(acts, "list", cmd_activities_list, "list activities, newest first")
     sub.add_argument("--tenant", metavar="T")
-    limit_flag(json_flag(sub))
+    list_flags(sub)
     sub = json_flag(command(acts, "show", cmd_activities_show, "show one activity"))
     sub.add_argument("id", type=int)

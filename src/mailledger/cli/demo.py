@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailledger.cli.kit import EXIT_OK, EXIT_REFUSED, command, err, group, out, session_scope
@@ -107,6 +108,7 @@ def cmd_demo_init(args: argparse.Namespace, settings: Settings) -> int:
     config_hint = f" --config {args.config}" if args.config else ""
     out(
         DEMO_TEXT.format(
+            program=command_name(),
             user_capture=addresses.user_capture,
             log_capture=addresses.log_capture,
             staff=DEMO_STAFF,
@@ -133,14 +135,59 @@ def cmd_demo_send(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with smtplib.SMTP(host, port, timeout=30) as smtp:
             refused = smtp.send_message(message, from_addr=DEMO_CONTACT, to_addrs=[args.to])
+    except smtplib.SMTPRecipientsRefused as exc:
+        refused = exc.recipients
+    except smtplib.SMTPResponseException as exc:
+        # The server is there and said no: say what it said, not that it may be down.
+        err(f"{host}:{port} refused the demo email: {_reply(exc.smtp_code, exc.smtp_error)}")
+        return EXIT_REFUSED
     except (OSError, smtplib.SMTPException) as exc:
         err(f"could not deliver to {host}:{port}: {exc} (is `mailledger serve` running?)")
         return EXIT_REFUSED
     if refused:
-        err(f"refused: {refused}")
+        for rcpt, (code, text) in refused.items():
+            err(f"{host}:{port} refused {rcpt}: {_reply(code, text)}")
         return EXIT_REFUSED
     out(f"sent {message['Message-ID']} to {args.to} via {host}:{port}")
     return EXIT_OK
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    return f"{code} {shown}"
+
+
+def command_name() -> str:
+    """How the user runs this command: ``mailledger`` when it is on PATH, else its real path.
+
+    ``make run`` calls ``.venv/bin/mailledger``, which is on no PATH until the virtualenv is
+    activated, so the banner must not tell the user to run a bare ``mailledger``.
+    """
+    import shutil
+    import sys
+
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if argv0 is not None and argv0.name == "__main__.py":
+        return f"{_shown(Path(sys.executable))} -m mailledger"
+    on_path = shutil.which("mailledger")
+    if argv0 is not None and argv0.name == "mailledger":
+        if on_path is not None and Path(on_path).resolve() == argv0.resolve():
+            return "mailledger"
+        return _shown(argv0)
+    if on_path is not None:
+        return "mailledger"
+    script = Path(sys.executable).with_name("mailledger")
+    return _shown(script) if script.exists() else "mailledger"
+
+
+def _shown(path: Path) -> str:
+    """A path as short as it can be while still runnable from here (never a bare name)."""
+    absolute = path.absolute()
+    try:
+        relative = absolute.relative_to(Path.cwd())
+    except ValueError:
+        return str(absolute)
+    return str(relative) if relative.parent != Path() else f"./{relative}"
 
 
 DEMO_TEXT = """\
@@ -156,7 +203,7 @@ The demo configuration trusts mail from loopback as if an authenticated forwarde
 
 While `mailledger serve` runs, send the demo email with
 
-  mailledger{config} demo send
+  {program}{config} demo send
 
 or by hand, with Python:
 
@@ -183,8 +230,8 @@ swaks --server {host}:{port} --from {contact} --to {user_capture} \\
 
 Then see what happened to it:
 
-  mailledger{config} messages list
-  mailledger{config} activities list --json"""
+  {program}{config} messages list
+  {program}{config} activities list --json"""
 
 
 def register(commands: Any) -> None:

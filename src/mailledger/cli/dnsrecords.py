@@ -1,7 +1,9 @@
 """``mailledger dns records | check``: the records to publish, and their live check.
 
-``dns check`` exits 0 only when every record is right, so monitoring can run it; it is also
-how a DKIM key becomes verified, and how a rotation switches signing to the new key.
+``dns check`` exits 0 only when every record is right, so monitoring can run it: 1 when a
+record is missing or wrong (someone must change DNS), 2 when DNS itself failed (a time-out, a
+SERVFAIL: nothing is known to be wrong, try again). It is also how a DKIM key becomes
+verified, and how a rotation switches signing to the new key.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 from mailledger.cli.kit import (
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_USAGE,
     CommandError,
     command,
+    err,
     group,
     json_flag,
     out,
@@ -28,6 +32,20 @@ if TYPE_CHECKING:
     from mailledger.domains.check import RecordCheck
     from mailledger.domains.records import Publish
     from mailledger.store.models import Tenant
+
+# A DNS failure is neither "all right" nor "records wrong" (monitoring tells the two apart).
+EXIT_LOOKUP_FAILED = 2
+
+
+def _nameservers_usable(settings: Settings) -> bool:
+    """False (after saying why, as check-config would) when [dns] nameservers is unusable."""
+    from mailledger.service.preflight import check_nameservers
+
+    problems = check_nameservers(settings)
+    for problem in problems:
+        err(str(problem))
+    return not problems
+
 
 # --- dns records ------------------------------------------------------------------------------
 
@@ -60,6 +78,8 @@ def cmd_dns_records(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.service and not args.tenant:
         raise CommandError("name a tenant, or give --service for our own records")
+    if not _nameservers_usable(settings):
+        return EXIT_USAGE
     with session_scope(settings) as session:
         records: list[Publish] = []
         title: list[str] = []
@@ -109,10 +129,13 @@ def print_checks(results: list[RecordCheck], title: str) -> None:
 
 
 def cmd_dns_check(args: argparse.Namespace, settings: Settings) -> int:
-    """Look every record up now; exit 0 only when all are right."""
+    """Look every record up now; exit 0 when all are right, 1 when one is wrong, 2 when DNS
+    failed."""
     from mailledger.dnsauth.resolver import Resolver
-    from mailledger.domains.check import all_ok, check_mx, check_tenant
+    from mailledger.domains.check import all_ok, check_mx, check_tenant, lookup_failures
 
+    if not _nameservers_usable(settings):
+        return EXIT_USAGE
     resolver = Resolver(settings.dns)
     with session_scope(settings) as session:
         tenant, domains, capture = _target(session, args.target)
@@ -126,6 +149,15 @@ def cmd_dns_check(args: argparse.Namespace, settings: Settings) -> int:
             out(json.dumps([r.as_dict() for r in results], indent=2, ensure_ascii=False))
         else:
             print_checks(results, f"DNS check of {args.target} (tenant {tenant.name})")
+    failed = lookup_failures(results)
+    if failed:
+        servers = ", ".join(settings.dns.nameservers) or "the system resolver"
+        err(
+            f"DNS failed for {len(failed)} of {len(results)} record(s) (asking {servers}): "
+            "they could not be checked, which says nothing about whether they are right; "
+            "try again, or check [dns] nameservers"
+        )
+        return EXIT_LOOKUP_FAILED
     return EXIT_OK if all_ok(results) else EXIT_REFUSED
 
 
@@ -137,6 +169,11 @@ def register(commands: Any) -> None:
     sub.add_argument("--service", action="store_true", help="our own records (SPF include, MX)")
     sub.add_argument("--format", choices=("text", "zone", "json"), default="text")
     sub = json_flag(
-        command(dns_group, "check", cmd_dns_check, "look the records up now; exit 0 when all ok")
+        command(
+            dns_group,
+            "check",
+            cmd_dns_check,
+            "look the records up now; exit 0 all ok, 1 a record wrong, 2 DNS failed",
+        )
     )
     sub.add_argument("target", metavar="TENANT|DOMAIN")

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from mailledger.config import Settings
 
 Handler = Callable[[argparse.Namespace, "Settings"], int]
+# A command that needs no settings (it must work before a configuration exists).
+SettingsFreeHandler = Callable[[argparse.Namespace], int]
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -150,6 +152,15 @@ def positive(value: str) -> int:
 def command(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
     sub: argparse.ArgumentParser = group.add_parser(name, help=help_text)
     sub.set_defaults(handler=handler)
+    return sub
+
+
+def settings_free_command(
+    group: Any, name: str, handler: SettingsFreeHandler, help_text: str
+) -> argparse.ArgumentParser:
+    """A command run without loading the configuration (``init-config`` writes the first one)."""
+    sub: argparse.ArgumentParser = group.add_parser(name, help=help_text)
+    sub.set_defaults(settings_free_handler=handler)
     return sub
 
 

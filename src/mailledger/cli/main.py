@@ -11,6 +11,9 @@ and a mistyped command answer at once; the chosen command imports what it needs 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from typing import Any
 
 from mailledger.cli import (
     activities,
@@ -29,7 +32,14 @@ from mailledger.cli import (
     staff,
     tenant,
 )
-from mailledger.cli.kit import EXIT_REFUSED, EXIT_USAGE, CommandError, Handler, err
+from mailledger.cli.kit import (
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    CommandError,
+    Handler,
+    SettingsFreeHandler,
+    err,
+)
 
 # In the order ``mailledger --help`` lists them.
 NOUNS = (
@@ -51,6 +61,32 @@ NOUNS = (
 )
 
 
+DISTRIBUTION = "mailledger"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: read from the installed distribution's metadata only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version(DISTRIBUTION)
+        except PackageNotFoundError:
+            found = "unknown (not installed: run `pip install .`)"
+        sys.stdout.write(f"{parser.prog} {found}\n")  # stdout, as argparse's own "version"
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; names follow DESIGN §10."""
     parser = argparse.ArgumentParser(
@@ -63,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         # pydantic (tests/test_cli_startup.py keeps the two equal).
         help="TOML configuration file (default: $MAILLEDGER_CONFIG, else built-ins)",
     )
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for noun in NOUNS:
         noun.register(commands)
@@ -70,8 +107,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mailledger`` console script; returns the exit code."""
+    """Entry point of the ``mailledger`` console script; returns the exit code.
+
+    A reader that goes away (``mailledger messages show 1 | head``) ends the command quietly:
+    the rest of the output has nowhere to go, and a traceback about it helps nobody.
+    """
+    try:
+        try:
+            code = _run(argv)
+        finally:
+            # Inside the try, so that a closed pipe is met here and not at interpreter exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The Python documentation's recipe (signal module, "Note on SIGPIPE"): point stdout
+        # at devnull so the interpreter's own final flush cannot fail again, and exit 1.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_REFUSED
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    plain: SettingsFreeHandler | None = getattr(args, "settings_free_handler", None)
+    if plain is not None:
+        # Commands that read no settings (init-config) work even beside a broken file.
+        return plain(args)
 
     from sqlalchemy.exc import SQLAlchemyError
 

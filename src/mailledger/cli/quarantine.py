@@ -5,30 +5,28 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from mailledger.cli.kit import (
-    EXIT_OK,
-    command,
-    emit,
-    group,
-    json_flag,
-    limit_flag,
-    out,
-    session_scope,
-)
-from mailledger.cli.messages import MESSAGE_COLUMNS
+from mailledger.cli.kit import EXIT_OK, command, group, out, session_scope
+from mailledger.cli.listing import emit_list, list_flags, row_limit
+from mailledger.cli.messages import MESSAGE_COLUMNS, MESSAGE_REF_HELP
 
 if TYPE_CHECKING:
     from mailledger.config import Settings
 
 
 def cmd_quarantine_list(args: argparse.Namespace, settings: Settings) -> int:
-    """List quarantined messages."""
+    """List quarantined messages; a table stops at --limit and says so."""
     from mailledger.store import queries
     from mailledger.store.models import MessageState
 
+    state = MessageState.QUARANTINED
     with session_scope(settings) as session:
-        rows = queries.messages(session, MessageState.QUARANTINED, limit=args.limit)
-    emit(rows, MESSAGE_COLUMNS, as_json=args.json, empty="quarantine is empty")
+        emit_list(
+            args,
+            queries.iter_messages(session, state, limit=row_limit(args)),
+            MESSAGE_COLUMNS,
+            empty="quarantine is empty",
+            total=lambda: queries.count_messages(session, state),
+        )
     return EXIT_OK
 
 
@@ -37,30 +35,33 @@ def cmd_quarantine_release(args: argparse.Namespace, settings: Settings) -> int:
     from mailledger.store import quarantine
 
     with session_scope(settings) as session:
-        quarantine.release(session, args.id, force=args.force)
+        message = quarantine.release(session, args.id, force=args.force)
+        name = f"message {message.id} (queue ID {message.queue_id})"
     how = " (forced: it will be recorded despite the policy)" if args.force else ""
-    out(f"message {args.id} released for processing{how}")
+    out(f"{name} released for processing{how}")
     return EXIT_OK
 
 
 def cmd_quarantine_delete(args: argparse.Namespace, settings: Settings) -> int:
     """Delete a quarantined message and, unless shared, its raw bytes."""
-    from mailledger.store import quarantine
+    from mailledger.store import quarantine, queries
     from mailledger.store.blobs import BlobStore
 
     with session_scope(settings) as session:
-        removed = quarantine.delete(session, BlobStore(settings.storage.blob_dir), args.id)
+        message = queries.get_message(session, args.id)
+        name = f"message {message.id} (queue ID {message.queue_id})"
+        removed = quarantine.delete(session, BlobStore(settings.storage.blob_dir), message.id)
     blob = "and its raw message" if removed else "(its raw bytes are still referenced)"
-    out(f"message {args.id} deleted {blob}")
+    out(f"{name} deleted {blob}")
     return EXIT_OK
 
 
 def register(commands: Any) -> None:
     """Add the ``quarantine`` command group to the CLI."""
     quar = group(commands, "quarantine", "messages held back by a rule")
-    limit_flag(json_flag(command(quar, "list", cmd_quarantine_list, "list quarantined")))
+    list_flags(command(quar, "list", cmd_quarantine_list, "list quarantined"))
     sub = command(quar, "release", cmd_quarantine_release, "process a message again")
-    sub.add_argument("id", type=int)
+    sub.add_argument("id", metavar="MESSAGE", help=MESSAGE_REF_HELP)
     sub.add_argument("--force", action="store_true", help="record it despite the policy")
     sub = command(quar, "delete", cmd_quarantine_delete, "delete a message for good")
-    sub.add_argument("id", type=int)
+    sub.add_argument("id", metavar="MESSAGE", help=MESSAGE_REF_HELP)

@@ -10,35 +10,41 @@ from mailledger.cli.kit import EXIT_OK, command, group, json_flag, out, sessions
 
 if TYPE_CHECKING:
     from mailledger.config import Settings
+    from mailledger.service.retention import RetentionReport
 
 
 def cmd_retention_run(args: argparse.Namespace, settings: Settings) -> int:
     """Delete what ``[retention]`` says has expired; ``--dry-run`` only counts it."""
-    from mailledger.service.retention import run_retention
+    from mailledger.service.retention import RetentionReport, run_retention
     from mailledger.store.blobs import BlobStore
 
     policy = settings.retention
     if not policy.raw_days and not policy.quarantine_days:
-        out("retention is off: [retention] raw_days and quarantine_days are both 0")
+        if args.json:
+            # The same shape as a pass that ran, so a script reads every outcome alike.
+            out(json.dumps([_as_row(False, RetentionReport(dry_run=args.dry_run))]))
+        else:
+            out("retention is off: [retention] raw_days and quarantine_days are both 0")
         return EXIT_OK
     with sessions_scope(settings) as sessions:
         report = run_retention(
             sessions, BlobStore(settings.storage.blob_dir), policy, dry_run=args.dry_run
         )
     if args.json:
-        out(
-            json.dumps(
-                {
-                    "dry_run": report.dry_run,
-                    "raw_messages": report.raw_messages,
-                    "raw_blobs": report.raw_blobs,
-                    "quarantined": report.quarantined,
-                }
-            )
-        )
+        out(json.dumps([_as_row(True, report)]))  # a one-element array, like every --json
     else:
         out(str(report))
     return EXIT_OK
+
+
+def _as_row(enabled: bool, report: RetentionReport) -> dict[str, Any]:
+    return {
+        "enabled": enabled,
+        "dry_run": report.dry_run,
+        "raw_messages": report.raw_messages,
+        "raw_blobs": report.raw_blobs,
+        "quarantined": report.quarantined,
+    }
 
 
 def register(commands: Any) -> None:

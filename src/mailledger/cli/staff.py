@@ -1,7 +1,8 @@
 """``mailledger staff …``: a tenant's users, their capture address and their relay set-up.
 
-``add``, ``list`` and ``forwarding`` manage who a staff member is; ``password``,
-``verify-forwarding`` and ``show`` cover sending through the relay and proving forwarding.
+``add``, ``list``, ``set``, ``disable``, ``enable``, ``remove`` and ``forwarding`` manage who a
+staff member is; ``password``, ``verify-forwarding`` and ``show`` cover sending through the
+relay and proving forwarding.
 """
 
 from __future__ import annotations
@@ -12,18 +13,24 @@ from typing import TYPE_CHECKING, Any
 
 from mailledger.cli.kit import (
     EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
     command,
     emit,
     emit_record,
+    err,
     group,
     json_flag,
     out,
     session_scope,
     sessions_scope,
+    show,
 )
+from mailledger.cli.switches import history_choice, history_flags
 
 if TYPE_CHECKING:
     from mailledger.config import Settings
+    from mailledger.store.removal import RemovalReport
 
 
 def cmd_staff_add(args: argparse.Namespace, settings: Settings) -> int:
@@ -46,7 +53,9 @@ def cmd_staff_list(args: argparse.Namespace, settings: Settings) -> int:
 
     with session_scope(settings) as session:
         rows = queries.staff_members(session, directory.find_tenant(session, args.tenant))
-    columns = ["id", "username", "name", "capture_address", "primary_address", "addresses"]
+    columns = [
+        "id", "username", "name", "capture_address", "primary_address", "addresses", "state"
+    ]  # fmt: skip
     emit(rows, columns, as_json=args.json, empty="no staff")
     return EXIT_OK
 
@@ -74,15 +83,38 @@ def cmd_staff_password(args: argparse.Namespace, settings: Settings) -> int:
     with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant)
         staff = directory.find_staff(session, tenant, args.username)
+        if staff.disabled_at is not None or tenant.disabled_at is not None:
+            who = f"staff member {staff.username}" if staff.disabled_at else f"tenant {tenant.name}"
+            err(f"{who} is disabled; run `mailledger staff enable` or `tenant enable` first")
+            return EXIT_REFUSED
         staff.password_hash = hash_password(password)
         login = capture_address(staff.username, tenant.capture_domain)
-    port = "587 (STARTTLS)" if settings.submission.listen else "465 (SSL/TLS)"
+    ports = submission_ports(settings)
     out(f"SMTP server:  {settings.service.hostname}")
-    out(f"port:         {port}")
+    for port in ports or ["none: submission is off ([submission] listen and listen_tls are empty)"]:
+        out(f"port:         {port}")
     out(f"username:     {login}")
     out(f"password:     {password}")
     out("The password is shown only now; run this command again to replace it.")
+    if not ports:
+        err("submission is off: the password is stored, but nothing accepts it until")
+        err("[submission] listen or listen_tls is set and `mailledger serve` restarted")
     return EXIT_OK
+
+
+def submission_ports(settings: Settings) -> list[str]:
+    """The ports the relay listens on, as a mail client's settings name them."""
+    from mailledger.config import split_listen
+
+    ports = []
+    for kinds, addresses in (
+        ("STARTTLS", settings.submission.listen),
+        ("SSL/TLS", settings.submission.listen_tls),
+    ):
+        for address in addresses:
+            _, port = split_listen(address)
+            ports.append(f"{port} ({kinds}; listening on {address})")
+    return ports
 
 
 def cmd_staff_verify_forwarding(args: argparse.Namespace, settings: Settings) -> int:
@@ -122,12 +154,12 @@ def cmd_staff_show(args: argparse.Namespace, settings: Settings) -> int:
 
     from mailledger.forwarding import handback
     from mailledger.mail.addresses import capture_address
-    from mailledger.store import directory
+    from mailledger.store import directory, queries
     from mailledger.store.models import ForwardingConfirmation, StaffAddress
 
     with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant)
-        staff = directory.find_staff(session, tenant, args.username)
+        staff = directory.find_staff(session, tenant, args.username, include_removed=True)
         addresses = session.scalars(
             select(StaffAddress).where(StaffAddress.staff_id == staff.id).order_by(StaffAddress.id)
         ).all()
@@ -145,6 +177,7 @@ def cmd_staff_show(args: argparse.Namespace, settings: Settings) -> int:
             "username": staff.username,
             "name": staff.name,
             "capture_address": capture_address(staff.username, tenant.capture_domain),
+            **queries.staff_state(staff),
             "primary_address": staff.primary_address,
             "addresses": [a.address + ("" if a.verified else " (unverified)") for a in addresses],
             "relay_login": capture_address(staff.username, tenant.capture_domain),
@@ -165,6 +198,111 @@ def cmd_staff_show(args: argparse.Namespace, settings: Settings) -> int:
         for key, value in observed.items():
             shown = ", ".join(value) if isinstance(value, list) else value
             out(f"  {key}: {shown or '-'}")
+    return EXIT_OK
+
+
+def cmd_staff_set(args: argparse.Namespace, settings: Settings) -> int:
+    """Change a staff member's name, primary address or own addresses."""
+    from mailledger.store import directory, queries
+
+    if (
+        args.name is None
+        and args.primary is None
+        and not args.add_address
+        and not args.remove_address
+    ):
+        err("say what to set: --name, --primary, --add-address or --remove-address")
+        return EXIT_USAGE
+    with session_scope(settings) as session:
+        tenant = directory.find_tenant(session, args.tenant)
+        staff = directory.find_staff(session, tenant, args.username)
+        directory.set_staff(
+            session,
+            staff,
+            name=args.name,
+            primary=args.primary,
+            add_addresses=args.add_address or [],
+            remove_addresses=args.remove_address or [],
+        )
+        (record,) = [
+            r for r in queries.staff_members(session, tenant) if r["username"] == staff.username
+        ]
+    if args.json:
+        show([record], {}, as_json=True)
+    else:
+        emit_record(record, {})
+    return EXIT_OK
+
+
+def cmd_staff_disable(args: argparse.Namespace, settings: Settings) -> int:
+    """Refuse the staff member's capture address at RCPT; everything else stays."""
+    return _switch(args, settings, disable=True)
+
+
+def cmd_staff_enable(args: argparse.Namespace, settings: Settings) -> int:
+    """Accept the staff member's capture address again."""
+    return _switch(args, settings, disable=False)
+
+
+def _switch(args: argparse.Namespace, settings: Settings, *, disable: bool) -> int:
+    from mailledger.mail.addresses import capture_address
+    from mailledger.store import directory, queries
+
+    with session_scope(settings) as session:
+        tenant = directory.find_tenant(session, args.tenant)
+        staff = directory.find_staff(session, tenant, args.username)
+        change = directory.disable_staff if disable else directory.enable_staff
+        changed = change(session, staff)
+        address = capture_address(staff.username, tenant.capture_domain)
+        record = {"username": staff.username, "capture_address": address}
+        record |= queries.staff_state(staff)
+    if args.json:
+        show([record], {}, as_json=True)
+    elif disable:
+        what = "disabled" if changed else "was already disabled"
+        out(f"{staff.username} {what}: mail to {address} is refused (550 5.1.1)")
+    else:
+        what = "enabled" if changed else "was not disabled"
+        out(f"{staff.username} {what}: mail to {address} is accepted")
+    return EXIT_OK
+
+
+def cmd_staff_remove(args: argparse.Namespace, settings: Settings) -> int:
+    """Remove a staff member who left; the history is kept or removed, as asked."""
+    from mailledger.store import directory
+    from mailledger.store.blobs import BlobStore
+    from mailledger.store.removal import History, remove_staff
+
+    choice = history_choice(args)
+    if choice is None:
+        err(
+            f"say what happens to {args.username}'s history: --keep-history keeps the "
+            "activities they brought in, --remove-history deletes those only they brought in "
+            "(and their raw mail)"
+        )
+        return EXIT_USAGE
+    with session_scope(settings) as session:
+        tenant = directory.find_tenant(session, args.tenant)
+        staff = directory.find_staff(session, tenant, args.username)
+        username = staff.username
+        report = remove_staff(session, BlobStore(settings.storage.blob_dir), staff, History(choice))
+    return print_removal(args, f"staff member {username}", report)
+
+
+def print_removal(args: argparse.Namespace, who: str, report: RemovalReport) -> int:
+    """What a removal did, counted (``contact remove`` prints the same way)."""
+    from dataclasses import asdict
+
+    if args.json:
+        out(json.dumps([asdict(report)], indent=2))
+        return EXIT_OK
+    out(f"{who} removed; {report.summary()}")
+    if report.relay_password_revoked or report.forwarding_checks_revoked:
+        out(
+            f"revoked: relay password {'yes' if report.relay_password_revoked else 'not set'}, "
+            f"{report.forwarding_checks_revoked} forwarding proof(s)"
+        )
+    out(f"{report.addresses_freed} address(es) freed")
     return EXIT_OK
 
 
@@ -198,3 +336,27 @@ def register(commands: Any) -> None:
     sub = json_flag(command(staff, "show", cmd_staff_show, "one staff member in full"))
     sub.add_argument("tenant")
     sub.add_argument("username")
+    sub = json_flag(command(staff, "set", cmd_staff_set, "change name or addresses"))
+    sub.add_argument("tenant")
+    sub.add_argument("username")
+    sub.add_argument("--name", metavar="N")
+    sub.add_argument("--primary", metavar="A", help="where forwarding confirmations go")
+    sub.add_argument("--add-address", action="append", metavar="A")
+    sub.add_argument("--remove-address", action="append", metavar="A")
+    for name, handler, text in (
+        ("disable", cmd_staff_disable, "refuse the capture address (550 5.1.1)"),
+        ("enable", cmd_staff_enable, "accept the capture address again"),
+    ):
+        sub = json_flag(command(staff, name, handler, text))
+        sub.add_argument("tenant")
+        sub.add_argument("username")
+    sub = json_flag(
+        command(staff, "remove", cmd_staff_remove, "remove one who left, keeping or not history")
+    )
+    sub.add_argument("tenant")
+    sub.add_argument("username")
+    history_flags(
+        sub,
+        keep="keep the activities they brought in",
+        remove="also delete the activities only they brought in, and their raw mail",
+    )

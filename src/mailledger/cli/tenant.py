@@ -1,14 +1,29 @@
-"""``mailledger tenant add | list | gateway``: the customer companies mailledger serves."""
+"""``mailledger tenant add | list | show | set | disable | enable | gateway``: the customer
+companies mailledger serves, and their policies."""
 
 from __future__ import annotations
 
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from mailledger.cli.kit import EXIT_OK, command, emit, group, json_flag, out, session_scope
+from mailledger.cli.kit import (
+    EXIT_OK,
+    EXIT_USAGE,
+    command,
+    emit,
+    err,
+    group,
+    json_flag,
+    out,
+    session_scope,
+    show,
+)
+from mailledger.cli.switches import on_off
 
 if TYPE_CHECKING:
     from mailledger.config import Settings
+
+POLICIES = ("create_unknown_contacts", "record_internal", "strip_plus_tags")
 
 
 def cmd_tenant_add(args: argparse.Namespace, settings: Settings) -> int:
@@ -31,6 +46,71 @@ def cmd_tenant_list(args: argparse.Namespace, settings: Settings) -> int:
         rows = queries.tenants(session)
     columns = ["id", "name", "capture_domain", "customer_domains", "staff"]
     emit(rows, columns, as_json=args.json, empty="no tenants")
+    return EXIT_OK
+
+
+def cmd_tenant_show(args: argparse.Namespace, settings: Settings) -> int:
+    """One tenant in full: domains, policies, gateway, state and counts."""
+    from mailledger.store import directory, queries
+
+    with session_scope(settings) as session:
+        record = queries.tenant(session, directory.find_tenant(session, args.tenant))
+    show([record], {}, as_json=args.json)
+    return EXIT_OK
+
+
+def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
+    """Switch the tenant's policies on or off."""
+    from mailledger.store import directory, queries
+
+    values = {name: getattr(args, name) for name in POLICIES}
+    if all(value is None for value in values.values()):
+        err("say what to set: " + ", ".join(f"--{n.replace('_', '-')} on|off" for n in POLICIES))
+        return EXIT_USAGE
+    with session_scope(settings) as session:
+        tenant = directory.find_tenant(session, args.tenant)
+        changed = directory.set_tenant_policies(session, tenant, directory.TenantPolicies(**values))
+        record = queries.tenant(session, tenant)
+    if args.json:
+        show([record], {}, as_json=True)
+        return EXIT_OK
+    for name in POLICIES:
+        state = "on" if record[name] else "off"
+        note = " (changed)" if name in changed else ""
+        out(f"{name.replace('_', '-')}: {state}{note}")
+    return EXIT_OK
+
+
+def cmd_tenant_disable(args: argparse.Namespace, settings: Settings) -> int:
+    """Refuse every capture address of the tenant at RCPT; its records stay."""
+    from mailledger.store import directory, queries
+
+    with session_scope(settings) as session:
+        tenant = directory.find_tenant(session, args.tenant)
+        changed = directory.disable_tenant(session, tenant)
+        record = queries.tenant(session, tenant)
+    if args.json:
+        show([record], {}, as_json=True)
+    elif changed:
+        out(f"tenant {record['name']} disabled: mail to {record['capture_domain']} is refused")
+    else:
+        out(f"tenant {record['name']} was already disabled (since {record['disabled_at']})")
+    return EXIT_OK
+
+
+def cmd_tenant_enable(args: argparse.Namespace, settings: Settings) -> int:
+    """Accept the tenant's capture addresses again."""
+    from mailledger.store import directory, queries
+
+    with session_scope(settings) as session:
+        tenant = directory.find_tenant(session, args.tenant)
+        changed = directory.enable_tenant(session, tenant)
+        record = queries.tenant(session, tenant)
+    if args.json:
+        show([record], {}, as_json=True)
+    else:
+        what = "enabled" if changed else "was not disabled"
+        out(f"tenant {record['name']} {what}: mail to {record['capture_domain']} is accepted")
     return EXIT_OK
 
 
@@ -62,6 +142,34 @@ def register(commands: Any) -> None:
     sub.add_argument("--capture-domain", required=True, metavar="D")
     sub.add_argument("--customer-domain", action="append", metavar="D")
     json_flag(command(tenant, "list", cmd_tenant_list, "list tenants"))
+    sub = json_flag(command(tenant, "show", cmd_tenant_show, "one tenant in full"))
+    sub.add_argument("tenant")
+    sub = json_flag(command(tenant, "set", cmd_tenant_set, "switch the tenant's policies"))
+    sub.add_argument("tenant")
+    sub.add_argument(
+        "--create-unknown-contacts",
+        type=on_off,
+        metavar="on|off",
+        help="make a contact of an unknown outside party",
+    )
+    sub.add_argument(
+        "--record-internal",
+        type=on_off,
+        metavar="on|off",
+        help="record mail between staff members only",
+    )
+    sub.add_argument(
+        "--strip-plus-tags",
+        type=on_off,
+        metavar="on|off",
+        help="read name+tag@ as name@ when matching mail and adding addresses",
+    )
+    sub = json_flag(
+        command(tenant, "disable", cmd_tenant_disable, "refuse all its capture addresses")
+    )
+    sub.add_argument("tenant")
+    sub = json_flag(command(tenant, "enable", cmd_tenant_enable, "accept its mail again"))
+    sub.add_argument("tenant")
     sub = command(tenant, "gateway", cmd_tenant_gateway, "trust a filtering MTA in front")
     sub.add_argument("tenant")
     sub.add_argument("--network", action="append", metavar="CIDR")

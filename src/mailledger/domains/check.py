@@ -5,12 +5,17 @@ domain's MX), each ``ok``, ``missing``, ``wrong`` or ``error`` (we could not loo
 a one-line reason and the zone-file line that fixes it. Lookups go through the one resolver
 with its timeouts, so a dead name server gives "could not look up …: timeout", never a hang.
 This check is also the only place a DKIM key becomes verified for signing.
+
+"A record is wrong" and "we could not look" are different problems for whoever runs the
+check: the first needs a DNS change, the second needs nothing but another try (or a working
+name server). A verdict that DNS itself failed (time-out, SERVFAIL) says so in
+``lookup_failed``, and ``mailledger dns check`` gives it an exit status of its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from sqlalchemy.orm import Session
@@ -56,6 +61,8 @@ class RecordCheck:
     status: Status
     reason: str
     fix: str = ""
+    # DNS failed (time-out, SERVFAIL): the record's state is unknown, not wrong.
+    lookup_failed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -71,6 +78,7 @@ class RecordCheck:
             "status": self.status,
             "reason": self.reason,
             "fix": self.fix,
+            "lookup_failed": self.lookup_failed,
         }
 
 
@@ -86,7 +94,12 @@ class SpfOutcome:
 def _lookup_failure(kind: str, domain: str, result: DNSResult) -> RecordCheck:
     detail = result.detail or result.status
     return RecordCheck(
-        kind, domain, result.name, "error", f"could not look up {result.name}: {detail}"
+        kind,
+        domain,
+        result.name,
+        "error",
+        f"could not look up {result.name}: {detail}",
+        lookup_failed=True,
     )
 
 
@@ -127,7 +140,7 @@ def check_spf(resolver: Resolver, domain: str, settings: Settings) -> SpfOutcome
         text = records[0]
     walk = walk_record(resolver, domain, text)
     if walk.failures:
-        check = RecordCheck("spf", domain, domain, "error", walk.failures[0])
+        check = RecordCheck("spf", domain, domain, "error", walk.failures[0], lookup_failed=True)
         return SpfOutcome(check, False, "SPF not evaluated")
     if any(c.term.name == "all" and c.term.qualifier == "+" for c in walk.terms):
         problems.append("+all lets every host on the internet pass as this domain")
@@ -146,7 +159,8 @@ def check_spf(resolver: Resolver, domain: str, settings: Settings) -> SpfOutcome
     problems.extend(walk.problems)
     failures, errors = _evaluate(resolver, domain, settings)
     if errors and not problems:
-        return SpfOutcome(RecordCheck("spf", domain, domain, "error", errors[0]), False, errors[0])
+        check = RecordCheck("spf", domain, domain, "error", errors[0], lookup_failed=True)
+        return SpfOutcome(check, False, errors[0])
     passes = not failures and not errors
     summary = "SPF passes" if passes else "SPF " + ", ".join(failures or errors)
     repaired, _changes = repaired_record(walk, include)
@@ -196,8 +210,14 @@ def check_dkim(
             results.append((key.id, RecordCheck("dkim", domain, name, "error", str(exc))))
             continue
         record_check(key, seen)
+        failed = seen.status == "error"  # judge_key_record: the lookup failed
         results.append(
-            (key.id, RecordCheck("dkim", domain, name, seen.status, seen.reason, seen.fix))
+            (
+                key.id,
+                RecordCheck(
+                    "dkim", domain, name, seen.status, seen.reason, seen.fix, lookup_failed=failed
+                ),
+            )
         )
     active = settle_active(session, tenant, domain)
     checks: list[RecordCheck] = []
@@ -205,9 +225,7 @@ def check_dkim(
         check = seen_check
         if active is not None and key_id == active.id and check.ok:
             note = "; signing switched to it" if key_id != before else "; signing uses it"
-            check = RecordCheck(
-                check.kind, check.domain, check.name, check.status, check.reason + note, check.fix
-            )
+            check = replace(check, reason=check.reason + note)
         checks.append(check)
     usable = active is not None and active.verified_at is not None
     return checks, usable
@@ -380,3 +398,8 @@ def check_tenant(
 def all_ok(results: Iterable[RecordCheck]) -> bool:
     """True when every record is as it should be (exit status 0 for monitoring)."""
     return all(r.ok for r in results)
+
+
+def lookup_failures(results: Iterable[RecordCheck]) -> list[RecordCheck]:
+    """The verdicts DNS could not give (time-out, SERVFAIL): not known to be right or wrong."""
+    return [r for r in results if r.lookup_failed]

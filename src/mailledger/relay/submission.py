@@ -9,9 +9,10 @@ enhanced replies, session limits, graceful stop) with AUTH and its own limits ad
 handler is the one seam with business rules, as on the capture side. An accepted message is
 screened (bare CR or LF: refused), checked against the sender rules (``relay.ownership``),
 DKIM-signed (``relay.signing``), and then, in one transaction committed before ``250``:
-queued for delivery (``relay.outbox``) and stored as a received message on the tenant's log
-route, so the processing worker records it as an outbound activity by the same steps as a
-``log@`` BCC (and merges the two when both arrive).
+queued for delivery (``store.outbox``) and stored as a received message on the tenant's log
+route by the one writer of received messages (``store.inbox.add_received``), so the
+processing worker records it as an outbound activity by the same steps as a ``log@`` BCC
+(and merges the two when both arrive).
 """
 
 from __future__ import annotations
@@ -53,18 +54,10 @@ from mailledger.smtp.protocol import CaptureSMTP, SessionGate
 from mailledger.smtp.session import describe_tls, format_peer, temporary_fault, trace_id_of
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import reading
-from mailledger.store.models import (
-    MessageRoute,
-    MessageState,
-    OutboundKind,
-    ReceivedMessage,
-    RouteKind,
-    Staff,
-    StaffAddress,
-    Tenant,
-    TraceEntry,
-)
-from mailledger.store.outbox import check_outbound_bytes, enqueue, new_queue_id
+from mailledger.store.inbox import Received, Route, SessionFacts, TraceLine, add_received
+from mailledger.store.models import OutboundKind, RouteKind, Staff, StaffAddress, Tenant
+from mailledger.store.outbox import check_outbound_bytes, enqueue
+from mailledger.store.queueids import new_queue_id
 
 log = get_logger(__name__)
 
@@ -175,7 +168,7 @@ class SubmissionHandler:
             # leaves failure handling to the server).
             await asyncio.sleep(delay)
             return answers.AUTH_INVALID
-        self.guard.succeeded(username)
+        self.guard.succeeded(username, client)
         log.info("login", user=login.username)
         return login
 
@@ -309,17 +302,16 @@ class SubmissionHandler:
             )
         else:
             outcome = SigningOutcome(prepared, "not relayed: only the log@ copy")
-        facts = _Facts(
+        facts = SessionFacts(
             peer=format_peer(session.peer),
             helo=str(session.host_name or ""),
             mail_from=str(envelope.mail_from),
             rcpt_to=rcpts,
-            relayed=relayed,
             tls=tls_description(server),
             trace_id=trace_id_of(server),
         )
         try:
-            queue_id = await asyncio.to_thread(self._store, login, facts, outcome)
+            queue_id = await asyncio.to_thread(self._store, login, facts, relayed, outcome)
         except (SQLAlchemyError, OSError, ValueError) as exc:
             log.exception("submitted message not stored", error=type(exc).__name__)
             return str(replies.STORAGE_FAILED)
@@ -334,17 +326,19 @@ class SubmissionHandler:
         )
         return f"{replies.QUEUED} {queue_id}"
 
-    def _store(self, login: Login, facts: _Facts, outcome: SigningOutcome) -> str:
+    def _store(
+        self, login: Login, facts: SessionFacts, relayed: list[str], outcome: SigningOutcome
+    ) -> str:
         """Queue for delivery and store for capture in one transaction; the queue id."""
         with self._sessions.begin() as session:
             queue_id = new_queue_id()
-            if facts.relayed:
+            if relayed:
                 rows = enqueue(
                     session,
                     self._blobs,
                     raw=outcome.raw,
                     mail_from=parse_address(facts.mail_from).address,
-                    rcpt_to=facts.relayed,
+                    rcpt_to=relayed,
                     kind=OutboundKind.RELAY,
                     tenant_id=login.tenant_id,
                     staff_id=login.staff_id,
@@ -355,64 +349,30 @@ class SubmissionHandler:
             # Content-addressed: the same bytes as the queued copy share one blob.
             digest = self._blobs.put(outcome.raw)
             detail = (
-                f"submitted by {login.username}, {len(facts.relayed)} recipient(s) relayed "
+                f"submitted by {login.username}, {len(relayed)} recipient(s) relayed "
                 f"({outcome.signing or 'unsigned'}), {len(outcome.raw)} bytes, "
                 f"peer {facts.peer}, tls {facts.tls}, trace {facts.trace_id}"
             )
-            session.add(
-                ReceivedMessage(
-                    queue_id=queue_id,
-                    trace_id=facts.trace_id,
-                    blob=digest,
-                    size=len(outcome.raw),
-                    peer=facts.peer,
-                    helo=facts.helo,
-                    mail_from=facts.mail_from,
-                    rcpt_to=facts.rcpt_to,
-                    tls=facts.tls,
-                    state=MessageState.RECEIVED,
-                    submitted_by_staff_id=login.staff_id,
-                    routes=[
-                        MessageRoute(
-                            tenant_id=login.tenant_id,
-                            kind=RouteKind.LOG,
-                            staff_id=login.staff_id,
-                            rcpt=login.log_address,
-                        )
-                    ],
-                    trace=[TraceEntry(step="submission", decision="accepted", detail=detail)],
-                )
+            log_route = Route(login.tenant_id, RouteKind.LOG, login.staff_id, login.log_address)
+            add_received(
+                session,
+                [
+                    Received(
+                        queue_id=queue_id,
+                        facts=facts,
+                        routes=[log_route],
+                        blob=digest,
+                        size=len(outcome.raw),
+                        first=TraceLine("submission", "accepted", detail),
+                        submitted_by_staff_id=login.staff_id,
+                    )
+                ],
             )
         return queue_id
 
     async def handle_exception(self, error: Exception) -> str:
         """As on the capture side: a fault is temporary, answered with the trace id."""
         return str(temporary_fault(error))
-
-
-class _Facts:
-    """What the session knew about one submitted message."""
-
-    __slots__ = ("helo", "mail_from", "peer", "rcpt_to", "relayed", "tls", "trace_id")
-
-    def __init__(
-        self,
-        *,
-        peer: str,
-        helo: str,
-        mail_from: str,
-        rcpt_to: list[str],
-        relayed: list[str],
-        tls: str,
-        trace_id: str,
-    ) -> None:
-        self.peer = peer
-        self.helo = helo
-        self.mail_from = mail_from
-        self.rcpt_to = rcpt_to
-        self.relayed = relayed
-        self.tls = tls
-        self.trace_id = trace_id
 
 
 def _is_log_copy(rcpt: str, login: Login) -> bool:
@@ -431,11 +391,18 @@ def _find_login(session: DBSession, username: str) -> tuple[Staff | None, Tenant
         box = parse_address(username)
     except AddressError:
         return None, None
-    tenant = session.scalars(select(Tenant).where(Tenant.capture_domain == box.domain)).first()
+    tenant = session.scalars(
+        select(Tenant).where(Tenant.capture_domain == box.domain, Tenant.disabled_at.is_(None))
+    ).first()
     if tenant is None:
         return None, None
     staff = session.scalars(
-        select(Staff).where(Staff.tenant_id == tenant.id, Staff.username == box.local.lower())
+        select(Staff).where(
+            Staff.tenant_id == tenant.id,
+            Staff.username == box.local.lower(),
+            Staff.disabled_at.is_(None),
+            Staff.removed_at.is_(None),
+        )
     ).first()
     return staff, tenant
 
@@ -478,7 +445,11 @@ class SubmissionSMTP(CaptureSMTP):
     ) -> None:
         # The session timeout is the submission listener's own.
         capture = settings.capture.model_copy(
-            update={"timeout_seconds": settings.submission.timeout_seconds}
+            update={
+                "timeout_seconds": settings.submission.timeout_seconds,
+                "max_session_seconds": settings.submission.max_session_seconds,
+                "max_junk_commands": settings.submission.max_junk_commands,
+            }
         )
         super().__init__(
             handler,

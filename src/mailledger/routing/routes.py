@@ -24,11 +24,17 @@ from mailledger.store.engine import reading
 from mailledger.store.inbox import Route
 from mailledger.store.models import RouteKind, Staff, Tenant
 
-_TENANT = select(Tenant.id, Tenant.capture_domain).where(
+_TENANT = select(Tenant.id, Tenant.capture_domain, Tenant.disabled_at).where(
     Tenant.capture_domain == bindparam("domain")
 )
+# A disabled or removed staff member's capture address is refused like one that never
+# existed (550 5.1.1): the forwarding rule left behind in his mailbox then bounces, which
+# tells whoever still forwards to it, instead of filling the record with mail nobody owns.
 _STAFF = select(Staff.id).where(
-    Staff.tenant_id == bindparam("tenant_id"), func.lower(Staff.username) == bindparam("username")
+    Staff.tenant_id == bindparam("tenant_id"),
+    func.lower(Staff.username) == bindparam("username"),
+    Staff.disabled_at.is_(None),
+    Staff.removed_at.is_(None),
 )
 
 
@@ -63,10 +69,14 @@ class RecipientRouter:
             if tenant is None:
                 return Refusal(replies.RELAY_DENIED)
             address = capture_address(local, tenant.capture_domain)
-            if local == LOG_LOCAL_PART:
-                return Route(tenant.id, RouteKind.LOG, None, address)
+            # postmaster@ and abuse@ stay open on a disabled tenant's domain: they are the
+            # operator's (RFC 5321 §4.5.1), not the tenant's capture addresses.
             if local in OPERATOR_LOCAL_PARTS:
                 return Route(tenant.id, RouteKind.OPERATOR, None, address)
+            if tenant.disabled_at is not None:
+                return Refusal(replies.UNKNOWN_USER)
+            if local == LOG_LOCAL_PART:
+                return Route(tenant.id, RouteKind.LOG, None, address)
             # A +tag on a capture address (richard+crm@…) still reaches Richard.
             username = local.split("+", 1)[0] if "+" in local[1:] else local
             staff_id = connection.execute(

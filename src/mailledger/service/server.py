@@ -31,6 +31,7 @@ from mailledger.relay.delivery import DeliveryWorker
 from mailledger.relay.held import HeldReleaser
 from mailledger.relay.submission import SubmissionHandler, SubmissionListener
 from mailledger.routing.routes import RecipientRouter
+from mailledger.service.preflight import preflight
 from mailledger.service.runtime import ServiceRuntime
 from mailledger.smtp.listener import CaptureListener
 from mailledger.smtp.protocol import build_tls_context
@@ -186,8 +187,19 @@ def _install_signal_handlers(
 
 
 def run_server(settings: Settings, config_path: str | Path | None = None) -> int:
-    """Configure logging and serve until stopped; the exit code for the CLI."""
+    """Configure logging, run the pre-flight, and serve until stopped; the exit code.
+
+    A problem the pre-flight finds (service/preflight.py) stops the start before any port is
+    opened, with one line per problem and exit status 2, instead of a server that accepts
+    mail it cannot keep or logs the same failure for ever.
+    """
     configure_logging(settings.logging)
+    problems = preflight(settings)
+    if problems:
+        for problem in problems:
+            print(f"mailledger: {problem}", file=sys.stderr)
+        print(f"mailledger: {len(problems)} problem(s): not starting", file=sys.stderr)
+        return 2
 
     def _ready(addresses: list[tuple[str, int]]) -> None:
         log.info(

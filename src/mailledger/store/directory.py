@@ -1,13 +1,15 @@
-"""Adding tenants, staff, contacts and companies: the rules the CLI and the demo share.
+"""Tenants, staff, contacts, companies and never-log entries: adding, changing, disabling.
 
-What the operator adds here counts as verified (DESIGN §4: the operator's CLI is trusted).
+The rules the CLI, the demo and the HTTP API share (DESIGN §11: one function behind every
+door). What the operator adds here counts as verified (DESIGN §4: the operator's CLI is
+trusted). Removal with or without history is in ``mailledger.store.removal``.
 """
 
 from __future__ import annotations
 
 import csv
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.mail.addresses import LOG_LOCAL_PART, AddressError, normalize, parse_address
+from mailledger.mail.freemail import free_mail_domains
 from mailledger.store.models import (
     Company,
     CompanyDomain,
@@ -62,13 +65,25 @@ def find_tenant(session: Session, name_or_domain: str) -> Tenant:
     return tenant
 
 
-def find_staff(session: Session, tenant: Tenant, username: str) -> Staff:
-    """A staff member of a tenant by username."""
+def find_staff(
+    session: Session, tenant: Tenant, username: str, *, include_removed: bool = False
+) -> Staff:
+    """A staff member of a tenant by username.
+
+    A removed member (kept only as the name on the kept history) is not found unless
+    ``include_removed``: nothing can be done to him but show him, and the refusal says when
+    he was removed, so a second ``staff remove`` is a clear error.
+    """
     staff = session.scalars(
         select(Staff).where(Staff.tenant_id == tenant.id, Staff.username == username.lower())
     ).one_or_none()
     if staff is None:
         raise DirectoryError(f"tenant {tenant.name!r} has no staff member {username!r}")
+    if staff.removed_at is not None and not include_removed:
+        raise DirectoryError(
+            f"staff member {staff.username!r} of tenant {tenant.name!r} was removed on "
+            f"{staff.removed_at:%Y-%m-%d} (the history was kept)"
+        )
     return staff
 
 
@@ -123,6 +138,11 @@ def add_staff(
     exists = session.scalars(
         select(Staff).where(Staff.tenant_id == tenant.id, Staff.username == username)
     ).first()
+    if exists is not None and exists.removed_at is not None:
+        raise DirectoryError(
+            f"{username!r} was a staff member of tenant {tenant.name!r}, removed with the "
+            "history kept: the name stays on those activities; choose another username"
+        )
     if exists is not None:
         raise DirectoryError(f"tenant {tenant.name!r} already has a staff member {username!r}")
     # Check every address before writing anything, so a refusal leaves no half-made staff.
@@ -168,12 +188,32 @@ def add_company(session: Session, tenant: Tenant, name: str, domains: list[str])
         session.flush()
     known = {d.domain for d in company.domains}
     for value in domains:
-        domain = _domain(value)
+        domain = _domain(value.lstrip("@"))
         if domain not in known:
             session.add(CompanyDomain(company_id=company.id, tenant_id=tenant.id, domain=domain))
             known.add(domain)
     session.flush()
     return company
+
+
+def create_company(session: Session, tenant: Tenant, name: str, domains: list[str]) -> Company:
+    """``add_company`` as operators and the API reach it: a free-mail domain is refused.
+
+    ``add_company`` itself stays the plain write (rows made before this rule exist, and party
+    matching ignores free-mail domains on its own, ``routing.matcher``).
+    """
+    _refuse_free_mail(domains)
+    return add_company(session, tenant, name, domains)
+
+
+def _refuse_free_mail(domains: Iterable[str]) -> None:
+    for value in domains:
+        domain = _domain(value.lstrip("@"))
+        if domain in free_mail_domains():
+            raise DirectoryError(
+                f"{domain} is a free-mail domain: anyone can have an address there, so it "
+                "cannot name a company (add the person as a contact with --company instead)"
+            )
 
 
 def add_contact(
@@ -216,11 +256,7 @@ def add_never_log(
     A pattern with ``@`` is an address (normalized as contact addresses are); without, a
     domain (``example.com`` or ``@example.com``).
     """
-    value = pattern.strip()
-    if "@" in value.lstrip("@"):
-        normalized = _address(value, strip_plus=tenant.strip_plus_tags)
-    else:
-        normalized = _domain(value.lstrip("@"))
+    normalized = _never_log_pattern(tenant, pattern)
     staff_id = staff.id if staff is not None else None
     taken = session.scalars(
         select(NeverLog).where(
@@ -239,10 +275,14 @@ def add_never_log(
 
 @dataclass
 class ImportReport:
-    """What a contact import did: rows imported, and each refused row's line and reason."""
+    """What a contact import did: rows imported, and each refused row's line and reason.
+
+    In a dry run ``imported`` counts the rows that would have gone in.
+    """
 
     imported: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
+    dry_run: bool = False
 
 
 CSV_COLUMNS = ("email", "name", "company")
@@ -255,12 +295,17 @@ def import_contacts(
     lines: Iterable[str],
     *,
     batch_rows: int = IMPORT_BATCH_ROWS,
+    dry_run: bool = False,
+    progress: Callable[[ImportReport], None] | None = None,
 ) -> ImportReport:
     """Import contacts from CSV (``email``, ``name``, ``company``; more addresses after ``;``).
 
     Each row is its own savepoint, so a bad row is reported with its line number and the rest
     still go in; rows are committed in batches so a large file neither holds one transaction
-    open for its whole length nor pays a commit per row.
+    open for its whole length nor pays a commit per row. ``dry_run`` runs every check and
+    rolls each batch back, so nothing is written; addresses seen in earlier batches are
+    remembered, so a duplicate across batches is found all the same. ``progress`` is called
+    after each batch.
     """
     reader = csv.DictReader(lines)
     fields = [f.strip().lower() for f in reader.fieldnames or []]
@@ -272,11 +317,13 @@ def import_contacts(
     if unknown:
         raise DirectoryError(f"unknown CSV column(s): {', '.join(unknown)}")
     reader.fieldnames = fields
-    report = ImportReport()
+    report = ImportReport(dry_run=dry_run)
+    # Only a dry run needs to remember addresses: a real import finds them in the database.
+    seen: set[str] | None = set() if dry_run else None
     rows = iter(reader)
     done = False
     while not done:
-        with sessions.begin() as session:
+        with sessions() as session, session.begin() as transaction:
             tenant = find_tenant(session, tenant_name)
             for _ in range(batch_rows):
                 row = next(rows, None)
@@ -285,18 +332,28 @@ def import_contacts(
                     break
                 line = reader.line_num
                 try:
-                    _import_row(session, tenant, row)
+                    _import_row(session, tenant, row, seen)
                 except (DirectoryError, AddressError) as exc:
                     report.errors.append((line, str(exc)))
                 else:
                     report.imported += 1
+            if dry_run:
+                transaction.rollback()
+        if progress is not None:
+            progress(report)
     return report
 
 
-def _import_row(session: Session, tenant: Tenant, row: dict[str | Any, str | Any]) -> None:
+def _import_row(
+    session: Session, tenant: Tenant, row: dict[str | Any, str | Any], seen: set[str] | None
+) -> None:
     if None in row:
         raise DirectoryError("more fields than the header has columns")
     addresses = [a.strip() for a in (row.get("email") or "").split(";") if a.strip()]
+    normalized = {_address(value, strip_plus=tenant.strip_plus_tags) for value in addresses}
+    if seen is not None and normalized & seen:
+        address = min(normalized & seen)
+        raise DirectoryError(f"{address} is already a contact of tenant {tenant.name!r}")
     with session.begin_nested():
         add_contact(
             session,
@@ -305,6 +362,8 @@ def _import_row(session: Session, tenant: Tenant, row: dict[str | Any, str | Any
             name=(row.get("name") or "").strip(),
             company=(row.get("company") or "").strip() or None,
         )
+    if seen is not None:
+        seen |= normalized
 
 
 def set_gateway(session: Session, tenant: Tenant, networks: list[str], authserv_id: str) -> None:
@@ -323,3 +382,264 @@ def set_gateway(session: Session, tenant: Tenant, networks: list[str], authserv_
     tenant.gateway_networks = parsed
     tenant.gateway_authserv_id = authserv_id.strip().lower() if parsed else ""
     session.flush()
+
+
+# --- changing what exists ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicies:
+    """The tenant's switches (DESIGN §2, §5); ``None`` leaves a switch as it is."""
+
+    create_unknown_contacts: bool | None = None
+    record_internal: bool | None = None
+    strip_plus_tags: bool | None = None
+
+
+def set_tenant_policies(session: Session, tenant: Tenant, policies: TenantPolicies) -> list[str]:
+    """Change the tenant's policies; the names of the switches that changed.
+
+    ``strip_plus_tags`` governs how mail's addresses are matched and new ones stored from now
+    on; contact addresses already stored keep the form they were stored in.
+    """
+    changed = []
+    for name in ("create_unknown_contacts", "record_internal", "strip_plus_tags"):
+        value = getattr(policies, name)
+        if value is not None and getattr(tenant, name) != value:
+            setattr(tenant, name, value)
+            changed.append(name)
+    session.flush()
+    return changed
+
+
+def disable_tenant(session: Session, tenant: Tenant) -> bool:
+    """Refuse every capture address of the tenant at RCPT; False when it already was."""
+    if tenant.disabled_at is not None:
+        return False
+    tenant.disabled_at = utcnow()
+    session.flush()
+    return True
+
+
+def enable_tenant(session: Session, tenant: Tenant) -> bool:
+    """Accept the tenant's capture addresses again; False when it was not disabled."""
+    if tenant.disabled_at is None:
+        return False
+    tenant.disabled_at = None
+    session.flush()
+    return True
+
+
+def disable_staff(session: Session, staff: Staff) -> bool:
+    """Refuse the staff member's capture address at RCPT (550 5.1.1); False if already so.
+
+    Nothing else changes: his activities, addresses and relay password stay, and ``enable``
+    undoes it.
+    """
+    if staff.disabled_at is not None:
+        return False
+    staff.disabled_at = utcnow()
+    session.flush()
+    return True
+
+
+def enable_staff(session: Session, staff: Staff) -> bool:
+    """Accept the staff member's capture address again; False when it was not disabled."""
+    if staff.disabled_at is None:
+        return False
+    staff.disabled_at = None
+    session.flush()
+    return True
+
+
+def set_staff(
+    session: Session,
+    staff: Staff,
+    *,
+    name: str | None = None,
+    primary: str | None = None,
+    add_addresses: Iterable[str] = (),
+    remove_addresses: Iterable[str] = (),
+) -> None:
+    """Change a staff member's name, primary address or own addresses.
+
+    At least one own address must stay: it is how his own mail is recognised as staff mail.
+    """
+    if name is not None:
+        staff.name = name.strip()
+    for value in add_addresses:
+        add_staff_address(session, staff, value)
+    for value in remove_addresses:
+        address = _address(value)
+        row = session.scalars(
+            select(StaffAddress).where(
+                StaffAddress.staff_id == staff.id, StaffAddress.address == address
+            )
+        ).one_or_none()
+        if row is None:
+            raise DirectoryError(f"{address} is not one of {staff.username}'s addresses")
+        session.delete(row)
+    session.flush()
+    left = session.scalar(
+        select(func.count()).select_from(StaffAddress).where(StaffAddress.staff_id == staff.id)
+    )
+    if not left:
+        raise DirectoryError(f"{staff.username} must keep at least one own address")
+    if primary is not None:
+        try:
+            staff.primary_address = parse_address(primary).address
+        except AddressError as exc:
+            raise DirectoryError(str(exc)) from exc
+    session.flush()
+
+
+def find_contact(session: Session, tenant: Tenant, ref: str) -> Contact:
+    """A contact of the tenant by id or by one of its addresses."""
+    text = ref.strip()
+    contact: Contact | None = None
+    if text.isdigit():
+        contact = session.scalars(
+            select(Contact).where(Contact.tenant_id == tenant.id, Contact.id == int(text))
+        ).one_or_none()
+    else:
+        address = _address(text, strip_plus=tenant.strip_plus_tags)
+        contact = session.scalars(
+            select(Contact)
+            .join(ContactAddress, ContactAddress.contact_id == Contact.id)
+            .where(ContactAddress.tenant_id == tenant.id, ContactAddress.address == address)
+        ).one_or_none()
+    if contact is None:
+        raise DirectoryError(f"tenant {tenant.name!r} has no contact {ref!r}")
+    return contact
+
+
+def set_contact(
+    session: Session,
+    tenant: Tenant,
+    contact: Contact,
+    *,
+    name: str | None = None,
+    company: str | None = None,
+    add_addresses: Iterable[str] = (),
+    remove_addresses: Iterable[str] = (),
+) -> None:
+    """Change a contact's name, company (``""`` takes it out of its company) or addresses."""
+    if name is not None:
+        contact.name = name.strip()
+    if company is not None:
+        contact.company_id = add_company(session, tenant, company, []).id if company else None
+    for value in add_addresses:
+        address = _address(value, strip_plus=tenant.strip_plus_tags)
+        taken = session.scalars(
+            select(ContactAddress).where(
+                ContactAddress.tenant_id == tenant.id, ContactAddress.address == address
+            )
+        ).first()
+        if taken is not None:
+            raise DirectoryError(f"{address} is already a contact of tenant {tenant.name!r}")
+        session.add(ContactAddress(contact_id=contact.id, tenant_id=tenant.id, address=address))
+    for value in remove_addresses:
+        address = _address(value, strip_plus=tenant.strip_plus_tags)
+        row = session.scalars(
+            select(ContactAddress).where(
+                ContactAddress.contact_id == contact.id, ContactAddress.address == address
+            )
+        ).one_or_none()
+        if row is None:
+            raise DirectoryError(f"{address} is not an address of contact {contact.id}")
+        session.delete(row)
+    session.flush()
+    left = session.scalar(
+        select(func.count())
+        .select_from(ContactAddress)
+        .where(ContactAddress.contact_id == contact.id)
+    )
+    if not left:
+        raise DirectoryError(
+            f"contact {contact.id} must keep at least one address (remove the contact instead)"
+        )
+    session.expire(contact, ["addresses", "company"])
+
+
+def find_company(session: Session, tenant: Tenant, ref: str) -> Company:
+    """A company of the tenant by id or name."""
+    text = ref.strip()
+    condition = Company.id == int(text) if text.isdigit() else Company.name == text
+    company = session.scalars(
+        select(Company).where(Company.tenant_id == tenant.id, condition)
+    ).one_or_none()
+    if company is None:
+        raise DirectoryError(f"tenant {tenant.name!r} has no company {ref!r}")
+    return company
+
+
+def set_company(
+    session: Session,
+    tenant: Tenant,
+    company: Company,
+    *,
+    name: str | None = None,
+    add_domains: Iterable[str] = (),
+    remove_domains: Iterable[str] = (),
+) -> None:
+    """Rename a company, or give it or take away domains."""
+    if name is not None and name.strip() != company.name:
+        if not name.strip():
+            raise DirectoryError("a company needs a name")
+        clash = session.scalars(
+            select(Company).where(Company.tenant_id == tenant.id, Company.name == name.strip())
+        ).first()
+        if clash is not None:
+            raise DirectoryError(f"tenant {tenant.name!r} already has a company {name!r}")
+        company.name = name.strip()
+    create_company(session, tenant, company.name, list(add_domains))
+    for value in remove_domains:
+        domain = _domain(value.lstrip("@"))
+        row = session.scalars(
+            select(CompanyDomain).where(
+                CompanyDomain.company_id == company.id, CompanyDomain.domain == domain
+            )
+        ).one_or_none()
+        if row is None:
+            raise DirectoryError(f"{domain} is not a domain of company {company.name!r}")
+        session.delete(row)
+    session.flush()
+    session.expire(company, ["domains"])
+
+
+def remove_company(session: Session, company: Company) -> int:
+    """Delete a company and its domains; its contacts stay, without a company. How many."""
+    contacts = session.scalars(select(Contact).where(Contact.company_id == company.id)).all()
+    for contact in contacts:
+        contact.company_id = None
+    session.flush()
+    session.delete(company)
+    session.flush()
+    return len(contacts)
+
+
+def _never_log_pattern(tenant: Tenant, pattern: str) -> str:
+    value = pattern.strip()
+    if "@" in value.lstrip("@"):
+        return _address(value, strip_plus=tenant.strip_plus_tags)
+    return _domain(value.lstrip("@"))
+
+
+def remove_never_log(
+    session: Session, tenant: Tenant, pattern: str, *, staff: Staff | None = None
+) -> str:
+    """Take an address or domain off the tenant's (or one staff member's) never-log list."""
+    normalized = _never_log_pattern(tenant, pattern)
+    row = session.scalars(
+        select(NeverLog).where(
+            NeverLog.tenant_id == tenant.id,
+            NeverLog.staff_id.is_(None) if staff is None else NeverLog.staff_id == staff.id,
+            NeverLog.pattern == normalized,
+        )
+    ).one_or_none()
+    if row is None:
+        scope = f"staff member {staff.username}'s" if staff else f"tenant {tenant.name}'s"
+        raise DirectoryError(f"{normalized} is not on {scope} never-log list")
+    session.delete(row)
+    session.flush()
+    return normalized

@@ -119,6 +119,8 @@ class Tenant(Base):
     # gateway's Authentication-Results (with this authserv-id), which we then believe.
     gateway_networks: Mapped[list[Any]] = mapped_column(default=list)
     gateway_authserv_id: Mapped[str] = mapped_column(String(255), default="")
+    # Set by `tenant disable`: every capture address of the domain is refused at RCPT.
+    disabled_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     customer_domains: Mapped[list[CustomerDomain]] = relationship(
@@ -152,6 +154,11 @@ class Staff(Base):
     # Where forwarding confirmations are handed back to.
     primary_address: Mapped[str] = mapped_column(String(320))
     password_hash: Mapped[str | None] = mapped_column(String(255), default=None)
+    # `staff disable` (undone by `enable`) and `staff remove --keep-history`: either way the
+    # capture address is refused at RCPT; a removed member stays only as the name his kept
+    # activities carry (store/removal.py).
+    disabled_at: Mapped[datetime | None] = mapped_column(default=None)
+    removed_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     tenant: Mapped[Tenant] = relationship(back_populates="staff")

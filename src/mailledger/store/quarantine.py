@@ -25,20 +25,24 @@ class QuarantineError(ValueError):
     """The message is not in a state this action applies to."""
 
 
-def _quarantined(session: Session, message_id: int) -> ReceivedMessage:
-    message = get_message(session, message_id)
+def _quarantined(session: Session, ref: int | str) -> ReceivedMessage:
+    message = get_message(session, ref)
     if message.state != MessageState.QUARANTINED:
-        raise QuarantineError(f"message {message_id} is {message.state.value}, not quarantined")
+        raise QuarantineError(
+            f"message {message.id} (queue ID {message.queue_id}) is {message.state.value}, "
+            "not quarantined"
+        )
     return message
 
 
-def release(session: Session, message_id: int, *, force: bool = False) -> ReceivedMessage:
+def release(session: Session, ref: int | str, *, force: bool = False) -> ReceivedMessage:
     """Put a quarantined message back in the queue; with ``force`` it is recorded regardless.
 
     The processing worker picks up messages in state ``received`` with no live claim, so
-    clearing the state and the claim is all a release needs.
+    clearing the state and the claim is all a release needs. ``ref`` is a row number, a
+    queue ID or a Message-ID (``queries.get_message``).
     """
-    message = _quarantined(session, message_id)
+    message = _quarantined(session, ref)
     previous = message.reason
     message.state = MessageState.RECEIVED
     message.reason = ""
@@ -80,7 +84,7 @@ def blob_in_use(session: Session, digest: str, *, except_message: int | None = N
     return any(session.scalar(select(check)) for check in checks)
 
 
-def delete(session: Session, blobs: BlobStore, message_id: int) -> bool:
+def delete(session: Session, blobs: BlobStore, ref: int | str) -> bool:
     """Delete a quarantined message, its routes and trace, and its raw bytes when unshared.
 
     Returns whether the blob was removed. The file goes inside the transaction, after the
@@ -89,7 +93,7 @@ def delete(session: Session, blobs: BlobStore, message_id: int) -> bool:
     delete. On PostgreSQL one race remains: intake stores bytes before inserting their row, so
     a message with byte-identical content arriving in that instant could lose its blob.
     """
-    message = _quarantined(session, message_id)
+    message = _quarantined(session, ref)
     digest = message.blob
     session.delete(message)
     session.flush()

@@ -6,11 +6,11 @@ once: DESIGN §10 names the keys scripts rely on, and tests hold us to them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from mailledger.mail.addresses import capture_address
@@ -19,9 +19,12 @@ from mailledger.store.models import (
     ActivitySource,
     Company,
     Contact,
+    ContactAddress,
     ForwardingConfirmation,
     MessageRoute,
     MessageState,
+    NeverLog,
+    Participant,
     PartyKind,
     ReceivedMessage,
     Staff,
@@ -32,8 +35,19 @@ from mailledger.store.models import (
 DEFAULT_LIMIT = 50
 
 
+# Rows read per query when a list is streamed (``--all``, ``--json``): memory stays flat
+# however many rows there are.
+PAGE_ROWS = 200
+
+
 class NotFoundError(LookupError):
-    """The row the operator named does not exist."""
+    """The row the operator named does not exist, or a name matches several rows."""
+
+
+def _staff_state(staff: Staff) -> str:
+    if staff.removed_at is not None:
+        return "removed"
+    return "disabled" if staff.disabled_at is not None else "active"
 
 
 def _time(value: datetime | None) -> str | None:
@@ -73,10 +87,37 @@ def tenants(session: Session) -> list[dict[str, Any]]:
             "staff": staff_counts.get(tenant.id, 0),
             "gateway_networks": list(tenant.gateway_networks),
             "gateway_authserv_id": tenant.gateway_authserv_id,
+            "state": "disabled" if tenant.disabled_at is not None else "active",
             "created_at": _time(tenant.created_at),
         }
         for tenant in rows
     ]
+
+
+def _count(session: Session, model: Any, *where: Any) -> int:
+    return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+def tenant(session: Session, row: Tenant) -> dict[str, Any]:
+    """One tenant in full: domains, policies, gateway, state and how much it holds."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "capture_domain": row.capture_domain,
+        "customer_domains": sorted(d.domain for d in row.customer_domains),
+        "state": "disabled" if row.disabled_at is not None else "active",
+        "disabled_at": _time(row.disabled_at),
+        "create_unknown_contacts": row.create_unknown_contacts,
+        "record_internal": row.record_internal,
+        "strip_plus_tags": row.strip_plus_tags,
+        "gateway_networks": list(row.gateway_networks),
+        "gateway_authserv_id": row.gateway_authserv_id,
+        "staff": _count(session, Staff, Staff.tenant_id == row.id, Staff.removed_at.is_(None)),
+        "contacts": _count(session, Contact, Contact.tenant_id == row.id),
+        "companies": _count(session, Company, Company.tenant_id == row.id),
+        "activities": _count(session, Activity, Activity.tenant_id == row.id),
+        "created_at": _time(row.created_at),
+    }
 
 
 def staff_members(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
@@ -95,9 +136,19 @@ def staff_members(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
             "capture_address": capture_address(staff.username, tenant.capture_domain),
             "primary_address": staff.primary_address,
             "addresses": sorted(a.address for a in staff.addresses),
+            "state": _staff_state(staff),
         }
         for staff in rows
     ]
+
+
+def staff_state(staff: Staff) -> dict[str, Any]:
+    """Whether the staff member's capture address is open, and since when it is not."""
+    return {
+        "state": _staff_state(staff),
+        "disabled_at": _time(staff.disabled_at),
+        "removed_at": _time(staff.removed_at),
+    }
 
 
 def contacts(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
@@ -117,6 +168,70 @@ def contacts(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
         }
         for contact in rows
     ]
+
+
+def contact(session: Session, row: Contact) -> dict[str, Any]:
+    """One contact in full, with how many activities it takes part in."""
+    activities = session.scalar(
+        select(func.count(func.distinct(Participant.activity_id))).where(
+            Participant.contact_id == row.id
+        )
+    )
+    return {
+        "id": row.id,
+        "name": row.name,
+        "company": row.company.name if row.company else None,
+        "addresses": [a.address for a in row.addresses],
+        "activities": int(activities or 0),
+        "created_at": _time(row.created_at),
+    }
+
+
+def company(session: Session, row: Company) -> dict[str, Any]:
+    """One company in full, with its contacts."""
+    members = session.scalars(
+        select(Contact)
+        .where(Contact.company_id == row.id)
+        .options(selectinload(Contact.addresses))
+        .order_by(Contact.id)
+    )
+    return {
+        "id": row.id,
+        "name": row.name,
+        "domains": sorted(d.domain for d in row.domains),
+        "contacts": [
+            {"id": c.id, "name": c.name, "addresses": [a.address for a in c.addresses]}
+            for c in members
+        ],
+        "created_at": _time(row.created_at),
+    }
+
+
+def never_log(
+    session: Session, tenant: Tenant, staff: Staff | None = None, *, every_scope: bool = False
+) -> list[dict[str, Any]]:
+    """The tenant-wide never-log list, one staff member's, or (``every_scope``) all of them."""
+    query = select(NeverLog).where(NeverLog.tenant_id == tenant.id)
+    if staff is not None:
+        query = query.where(NeverLog.staff_id == staff.id)
+    elif not every_scope:
+        query = query.where(NeverLog.staff_id.is_(None))
+    rows = session.scalars(query.order_by(NeverLog.staff_id, NeverLog.pattern)).all()
+    names = _staff_names(session, {r.staff_id for r in rows if r.staff_id is not None})
+    return [
+        {
+            "id": row.id,
+            "pattern": row.pattern,
+            "kind": "address" if "@" in row.pattern else "domain",
+            "staff": names.get(row.staff_id) if row.staff_id is not None else None,
+        }
+        for row in rows
+    ]
+
+
+def contact_addresses_count(session: Session, tenant: Tenant) -> int:
+    """How many contact addresses the tenant has; what an import adds to."""
+    return _count(session, ContactAddress, ContactAddress.tenant_id == tenant.id)
 
 
 def companies(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
@@ -248,11 +363,47 @@ def activities(
     session: Session, tenant: Tenant | None = None, limit: int = DEFAULT_LIMIT
 ) -> list[dict[str, Any]]:
     """The newest activities first, of one tenant or of all."""
-    query = _activity_query().order_by(Activity.occurred_at.desc(), Activity.id.desc())
+    return list(iter_activities(session, tenant, limit=limit))
+
+
+def count_activities(session: Session, tenant: Tenant | None = None) -> int:
+    """How many activities there are, of one tenant or of all; what a list is out of."""
+    where = [Activity.tenant_id == tenant.id] if tenant is not None else []
+    return _count(session, Activity, *where)
+
+
+def iter_activities(
+    session: Session, tenant: Tenant | None = None, *, limit: int | None = DEFAULT_LIMIT
+) -> Iterator[dict[str, Any]]:
+    """The newest activities first, read a page at a time; every one when ``limit`` is None."""
+    query = _activity_query()
     if tenant is not None:
         query = query.where(Activity.tenant_id == tenant.id)
-    rows = session.scalars(query.limit(limit)).all()
-    return _activity_dicts(session, rows)
+    for rows in _pages(session, query, Activity.occurred_at, Activity.id, limit):
+        yield from _activity_dicts(session, rows)
+
+
+def _pages(
+    session: Session, query: Select[Any], at: Any, key: Any, limit: int | None
+) -> Iterator[Sequence[Any]]:
+    """Rows newest first in pages, each after the last one seen (keyset: no OFFSET rescans)."""
+    left = limit
+    last: tuple[Any, Any] | None = None
+    while left is None or left > 0:
+        size = PAGE_ROWS if left is None else min(PAGE_ROWS, left)
+        page = query.order_by(at.desc(), key.desc()).limit(size)
+        if last is not None:
+            page = page.where(or_(at < last[0], and_(at == last[0], key < last[1])))
+        rows = session.scalars(page).all()
+        if not rows:
+            return
+        yield rows
+        if left is not None:
+            left -= len(rows)
+        if len(rows) < size:
+            return
+        tail = rows[-1]
+        last = (getattr(tail, at.key), getattr(tail, key.key))
 
 
 def activity(session: Session, activity_id: int) -> dict[str, Any]:
@@ -320,28 +471,74 @@ def messages(
     session: Session, state: MessageState | None = None, limit: int = DEFAULT_LIMIT
 ) -> list[dict[str, Any]]:
     """Received messages, newest first, optionally in one state."""
-    query = (
-        select(ReceivedMessage)
-        .options(selectinload(ReceivedMessage.routes))
-        .order_by(ReceivedMessage.received_at.desc(), ReceivedMessage.id.desc())
-    )
+    return list(iter_messages(session, state, limit=limit))
+
+
+def count_messages(session: Session, state: MessageState | None = None) -> int:
+    """How many received messages there are, optionally in one state."""
+    where = [ReceivedMessage.state == state] if state is not None else []
+    return _count(session, ReceivedMessage, *where)
+
+
+def iter_messages(
+    session: Session, state: MessageState | None = None, *, limit: int | None = DEFAULT_LIMIT
+) -> Iterator[dict[str, Any]]:
+    """Received messages newest first, a page at a time; every one when ``limit`` is None."""
+    query = select(ReceivedMessage).options(selectinload(ReceivedMessage.routes))
     if state is not None:
         query = query.where(ReceivedMessage.state == state)
-    rows = session.scalars(query.limit(limit)).all()
-    return _message_dicts(session, rows)
+    for rows in _pages(session, query, ReceivedMessage.received_at, ReceivedMessage.id, limit):
+        yield from _message_dicts(session, rows)
 
 
-def get_message(session: Session, message_id: int) -> ReceivedMessage:
-    """A received message by id, or NotFoundError."""
-    message = session.get(ReceivedMessage, message_id)
-    if message is None:
-        raise NotFoundError(f"no received message {message_id}")
-    return message
+# Row numbers are small; queue ids are 20 hex digits (store/queueids.py) and may happen to be
+# all digits, so a number this long is never taken for a row number.
+_ROW_NUMBER_DIGITS = 18
 
 
-def message(session: Session, message_id: int) -> dict[str, Any]:
+def get_message(session: Session, ref: int | str) -> ReceivedMessage:
+    """A received message by row number, queue ID or Message-ID (``<…>`` optional).
+
+    The names people have: the row number the CLI lists, the queue ID of the ``250`` reply
+    and every log line, the Message-ID the sender knows. A Message-ID several messages carry
+    (the same email received twice) is refused with their row numbers, so the operator picks.
+    """
+    text = str(ref).strip()
+    if text.isdigit() and len(text) <= _ROW_NUMBER_DIGITS:
+        found = session.get(ReceivedMessage, int(text))
+        if found is not None:
+            return found
+    by_queue = session.scalars(
+        select(ReceivedMessage).where(ReceivedMessage.queue_id == text.upper())
+    ).one_or_none()
+    if by_queue is not None:
+        return by_queue
+    bare = text.removeprefix("<").removesuffix(">").strip()
+    if bare:
+        matches = session.scalars(
+            select(ReceivedMessage)
+            .where(ReceivedMessage.message_id.in_((f"<{bare}>", bare)))
+            .order_by(ReceivedMessage.id)
+        ).all()
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            listed = ", ".join(
+                f"{m.id} (queue ID {m.queue_id}, {m.state.value}, {_time(m.received_at)})"
+                for m in matches
+            )
+            raise NotFoundError(
+                f"Message-ID <{bare}> names {len(matches)} received messages: {listed}; "
+                "name one by its row number or queue ID"
+            )
+    raise NotFoundError(
+        f"no received message {text} (looked for it as row number, queue ID and Message-ID)"
+    )
+
+
+def message(session: Session, ref: int | str) -> dict[str, Any]:
     """One received message in full: session facts, routes, processing state and trace."""
-    row = get_message(session, message_id)
+    row = get_message(session, ref)
     data = _message_dicts(session, [row])[0]
     data.update(
         {
@@ -360,9 +557,9 @@ def message(session: Session, message_id: int) -> dict[str, Any]:
     return data
 
 
-def trace(session: Session, message_id: int) -> list[dict[str, Any]]:
+def trace(session: Session, ref: int | str) -> list[dict[str, Any]]:
     """What each processing step decided about a message, oldest first."""
-    return [_trace_dict(entry) for entry in get_message(session, message_id).trace]
+    return [_trace_dict(entry) for entry in get_message(session, ref).trace]
 
 
 def forwarding_confirmations(session: Session, staff: Staff) -> list[dict[str, Any]]:
