@@ -1,8 +1,9 @@
 """The benchmark's world: DNS zones, signing keys, a seeded database, and realistic mail.
 
-The same shape as tests/test_trust.py: Carol at client.example signs with RSA-2048 or Ed25519,
-Gmail (127.0.0.10) forwards to Richard's capture address with its ARC seal, gmail.com's SPF is
-a five-lookup include chain like the real one, and client.example publishes DMARC p=reject.
+The same shape as tests/integration/test_trust.py: Carol at client.example signs with RSA-2048
+or Ed25519, Gmail (127.0.0.10) forwards to Richard's capture address with its ARC seal,
+gmail.com's SPF is a five-lookup include chain like the real one, and client.example publishes
+DMARC p=reject.
 Every message has its own Message-ID, so nothing is merged as a duplicate.
 """
 

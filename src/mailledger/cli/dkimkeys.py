@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from mailledger.store.models import DkimKey, Tenant
 
 # ``mailledger.domains.keys.ALGORITHMS`` for ``--algorithm``, copied so that building the
-# parser needs no cryptography or SQLAlchemy (tests/test_cli_startup.py keeps the two equal).
+# parser needs no cryptography or SQLAlchemy (tests/unit/test_cli_startup.py keeps the two equal).
 ALGORITHMS = ("rsa", "ed25519")
 
 

@@ -28,7 +28,7 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 
 # ``--limit`` when none is given: ``mailledger.store.queries.DEFAULT_LIMIT``, copied so that
-# building the parser needs no SQLAlchemy (tests/test_cli_startup.py keeps the two equal).
+# building the parser needs no SQLAlchemy (tests/unit/test_cli_startup.py keeps the two equal).
 DEFAULT_LIMIT = 50
 
 

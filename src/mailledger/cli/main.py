@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         metavar="FILE",
         # The variable is mailledger.config.CONFIG_ENV, named here so that --help loads no
-        # pydantic (tests/test_cli_startup.py keeps the two equal).
+        # pydantic (tests/unit/test_cli_startup.py keeps the two equal).
         help="TOML configuration file (default: $MAILLEDGER_CONFIG, else built-ins)",
     )
     parser.add_argument("--version", action=_VersionAction)

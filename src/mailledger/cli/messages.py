@@ -19,7 +19,7 @@ MESSAGE_COLUMNS = ["id", "queue_id", "received_at", "state", "mail_from", "rcpt_
 MESSAGE_REF_HELP = "row number, queue ID or Message-ID (<…> optional)"
 
 # The values of ``mailledger.store.models.MessageState`` for ``--state``, copied so that
-# building the parser needs no SQLAlchemy (tests/test_cli_startup.py keeps the two equal).
+# building the parser needs no SQLAlchemy (tests/unit/test_cli_startup.py keeps the two equal).
 MESSAGE_STATES = ("received", "processed", "quarantined", "failed")
 
 

@@ -47,7 +47,7 @@ QUEUE_COLUMNS = [
 RESULT_COLUMNS = ["rcpt", "status", "reply", "at", "attempt"]
 
 # The values of ``mailledger.store.models.OutboundState`` for ``--state``, copied so that
-# building the parser needs no SQLAlchemy (tests/test_cli_startup.py keeps the two equal).
+# building the parser needs no SQLAlchemy (tests/unit/test_cli_startup.py keeps the two equal).
 OUTBOUND_STATES = ("queued", "held", "delivered", "bounced", "expired")
 
 

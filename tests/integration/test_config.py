@@ -13,7 +13,7 @@ from mailledger import config as config_module
 from mailledger.cli.main import main
 from mailledger.config import ConfigError, Settings, load_settings, masked
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 EXAMPLE = CONFIG_DIR / "mailledger.example.toml"
 DEMO = CONFIG_DIR / "demo.toml"
 KEY_LINE = re.compile(r"^(# )?(\w+) = (.*)$")

@@ -29,7 +29,7 @@ from mailledger.dnsauth.resolver import (
 )
 from mailledger.testing.dnsserver import DNSServer
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture

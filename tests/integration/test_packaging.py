@@ -16,7 +16,7 @@ from mailledger.cli.main import main
 from mailledger.config import load_settings
 from mailledger.service.shipped import SHIPPED, shipped_text
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 # SHA-256 of the Apache License 2.0 as published at apache.org/licenses/LICENSE-2.0.txt.
 APACHE_2_SHA256 = "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"

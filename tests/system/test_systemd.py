@@ -22,7 +22,7 @@ import pytest
 
 from mailledger.store.migrate import upgrade
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
 SERVICE = UNITS / "mailledger.service"
 INSTALLED_BINARY = "/opt/mailledger/bin/mailledger"
