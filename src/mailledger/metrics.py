@@ -12,14 +12,23 @@ hold several servers in tests, and nothing of a library we import leaks into our
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger import __version__
 from mailledger.mail import replies
 from mailledger.mail.replies import Reply
 from mailledger.store.engine import reading
@@ -103,6 +112,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The standard process_* series (CPU, memory, open files, start time) of this process.
+        ProcessCollector(registry=r)
+        self.build_info = Gauge(
+            "mailledger_build_info",
+            "Always 1; the labels say which mailledger and Python this node runs.",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
         self.accepted = Counter(
             "mailledger_messages_accepted",
             "Messages stored and answered 250, by listener.",

@@ -677,3 +677,41 @@ async def test_spool_on_a_full_disk_is_452_and_the_session_goes_on(
     assert status(later.data) == "250 2.0.0"
     assert message_count(sessions) == 1
     assert spool_files(settings) == []
+
+
+async def test_message_id_is_kept_at_intake_even_for_mail_quarantined_before_parsing(
+    settings: Settings,
+    demo: DemoAddresses,
+    sessions: sessionmaker[Session],
+) -> None:
+    """The ID a sender knows finds every message: read at intake, kept through quarantine."""
+    depth = settings.capture.max_mime_depth + 5
+    head = (
+        b"From: carol@client.example\r\nTo: richard@acme.example\r\nSubject: deep\r\n"
+        b"Message-ID: <bomb-1@client.example>\r\n"
+    )
+    body = b"".join(
+        f"Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n".encode()
+        for i in range(depth)
+    )
+    bomb = head + body + b"Content-Type: text/plain\r\n\r\nhi\r\n"
+    # Past the spool threshold: the head is read from the file the listener wrote.
+    large = (
+        make_email(message_id="large-1@client.example", body="x" * 78 + "\r\n")
+        + (b"y" * 76 + b"\r\n") * 16_000
+    )
+    async with running_server(settings) as port:
+        first = await send_raw_async(port, CONTACT, [demo.user_capture], bomb)
+        second = await send_raw_async(port, CONTACT, [demo.user_capture], large)
+        rows = [stored(sessions, queue_id_of(tx)) for tx in (first, second)]
+        assert [row.message_id for row in rows] == [
+            "bomb-1@client.example",
+            "large-1@client.example",
+        ]
+        for _ in range(200):  # processing runs in the server: wait for its verdict
+            row = stored(sessions, queue_id_of(first))
+            if row.state.value != "received":
+                break
+            await asyncio.sleep(0.05)
+    assert row.reason.startswith("mime-too-deep")
+    assert row.message_id == "bomb-1@client.example"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import platform
+import re
 import shutil
 import time
 from datetime import timedelta
@@ -12,11 +14,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+import mailledger
 from mailledger.cli.demo import DemoAddresses
 from mailledger.config import Settings
 from mailledger.mail import replies
 from mailledger.mail.replies import Reply
-from mailledger.metrics import reason_of
+from mailledger.metrics import Metrics, reason_of
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import MessageState, ReceivedMessage, utcnow
 from mailledger.testing.mail import make_email, store_received
@@ -45,6 +48,19 @@ async def wait_finished(sessions: sessionmaker[Session], count: int) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("messages were not processed in time")
+
+
+def test_build_info_and_process_series_are_exported() -> None:
+    """An operator sees which version runs, and the standard process_* series."""
+    text = Metrics().exposition().decode()
+    version = re.search(
+        r'^mailledger_build_info\{python="([^"]+)",version="([^"]+)"\} 1\.0$', text, re.M
+    )
+    assert version is not None, text
+    assert version.group(2) == mailledger.__version__
+    assert version.group(1) == platform.python_version()
+    assert re.search(r"^process_cpu_seconds_total \d", text, re.M)
+    assert re.search(r"^process_resident_memory_bytes \d", text, re.M)
 
 
 def test_reason_labels_come_from_the_reply_table() -> None:

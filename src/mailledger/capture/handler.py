@@ -16,6 +16,7 @@ from mailledger.config import CaptureSettings
 from mailledger.logs import get_logger
 from mailledger.mail import replies
 from mailledger.mail.addresses import AddressError, parse_address
+from mailledger.mail.headerscan import message_id_in_head
 from mailledger.metrics import Metrics
 from mailledger.routing.routes import RecipientRouter, Refusal
 from mailledger.smtp import screening
@@ -166,7 +167,11 @@ class CaptureHandler:
         )
         try:
             content = raw.file if isinstance(raw, SpooledMessage) else raw
-            queue_id = await self._intake.store(facts, list(routes), content)
+            limit = self._capture.max_header_bytes + 4  # screening passed: the head fits
+            head = raw.first_bytes(limit) if isinstance(raw, SpooledMessage) else raw[:limit]
+            queue_id = await self._intake.store(
+                facts, list(routes), content, message_id=message_id_in_head(head, limit)
+            )
         except InsufficientStorageError as exc:
             mlog.warning("message not stored", error=str(exc), size=len(raw))
             self._metrics.message_refused("data", replies.INSUFFICIENT_STORAGE)

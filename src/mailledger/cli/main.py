@@ -61,9 +61,6 @@ NOUNS = (
 )
 
 
-DISTRIBUTION = "mailledger"
-
-
 class _VersionAction(argparse.Action):
     """``--version``: read from the installed distribution's metadata only when asked."""
 
@@ -77,13 +74,9 @@ class _VersionAction(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        from importlib.metadata import PackageNotFoundError, version
+        from mailledger import __version__  # the one source; pyproject reads it too
 
-        try:
-            found = version(DISTRIBUTION)
-        except PackageNotFoundError:
-            found = "unknown (not installed: run `pip install .`)"
-        sys.stdout.write(f"{parser.prog} {found}\n")  # stdout, as argparse's own "version"
+        sys.stdout.write(f"{parser.prog} {__version__}\n")  # stdout, as argparse's "version"
         parser.exit()
 
 

@@ -42,6 +42,7 @@ from mailledger.domains.signing import SigningOutcome, sign_outgoing
 from mailledger.logs import get_logger
 from mailledger.mail import replies
 from mailledger.mail.addresses import AddressError, capture_address, normalize, parse_address
+from mailledger.mail.headerscan import message_id_in_head
 from mailledger.mail.parsing import ParsedMessage, ParseFailure, parse_message
 from mailledger.mail.replies import Reply
 from mailledger.relay import submission_replies as answers
@@ -141,7 +142,9 @@ class SubmissionHandler:
         self._settings = settings
         self._resolver = resolver
         sub = settings.submission
+        # Failure counts live in the database, shared by every node on it (relay.lockout).
         self.guard = guard or LoginGuard(
+            sessions,
             max_failures=sub.max_auth_failures,
             window_seconds=sub.auth_window_seconds,
             lockout_seconds=sub.auth_lockout_seconds,
@@ -152,23 +155,34 @@ class SubmissionHandler:
 
     async def authenticate(self, client: str, username: str, password: str) -> Login | Reply:
         """The login for these credentials, or the refusal to send (never no answer)."""
-        verdict = self.guard.check(client, username)
-        if not verdict.allowed:
-            log.warning("login refused: locked", user=username[:100], why=verdict.reason)
-            return answers.AUTH_LOCKED
+        # The guard reads and writes the shared failure counts: off the event loop, as the
+        # credential lookup.
         try:
+            verdict = await asyncio.to_thread(self.guard.check, client, username)
+            if not verdict.allowed:
+                log.warning("login refused: locked", user=username[:100], why=verdict.reason)
+                return answers.AUTH_LOCKED
             login = await asyncio.to_thread(self._check_credentials, username, password)
         except SQLAlchemyError as exc:
             log.exception("login lookup failed", error=type(exc).__name__)
             return answers.AUTH_UNAVAILABLE
         if login is None:
-            delay = self.guard.failed(client, username)
+            try:
+                delay = await asyncio.to_thread(self.guard.failed, client, username)
+            except SQLAlchemyError as exc:
+                # Uncounted, the guess still waits the longest back-off before its answer.
+                log.exception("login failure not counted", error=type(exc).__name__)
+                delay = self.guard.backoff_cap_seconds
             log.warning("login failed", user=username[:100], backoff_seconds=delay)
             # The back-off: the next guess from here waits for this answer (RFC 4954 §4
             # leaves failure handling to the server).
             await asyncio.sleep(delay)
             return answers.AUTH_INVALID
-        self.guard.succeeded(username, client)
+        try:
+            await asyncio.to_thread(self.guard.succeeded, username, client)
+        except SQLAlchemyError as exc:
+            # The password was right: the old failures just expire with their window.
+            log.exception("login failures not forgotten", error=type(exc).__name__)
         log.info("login", user=login.username)
         return login
 
@@ -365,6 +379,7 @@ class SubmissionHandler:
                         size=len(outcome.raw),
                         first=TraceLine("submission", "accepted", detail),
                         submitted_by_staff_id=login.staff_id,
+                        message_id=message_id_in_head(outcome.raw),
                     )
                 ],
             )

@@ -94,6 +94,9 @@ class Received:
     first: TraceLine
     # The login that submitted it through the relay (DESIGN §6); None for capture.
     submitted_by_staff_id: int | None = None
+    # Read from the header section at intake (mail.headerscan), so every message can be found
+    # by the ID its sender knows, also one quarantined before a full parse.
+    message_id: str = ""
 
 
 def add_received(session: Session, messages: Sequence[Received]) -> list[int]:
@@ -140,6 +143,7 @@ def _message_row(message: Received) -> dict[str, object]:
         "tls": facts.tls,
         "state": MessageState.RECEIVED,
         "submitted_by_staff_id": message.submitted_by_staff_id,
+        "message_id": message.message_id,
     }
 
 
@@ -170,6 +174,7 @@ class _Pending:
     queue_id: str
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[str]
+    message_id: str = ""
     digest: str = field(default="")
 
     def received(self) -> Received:
@@ -181,6 +186,7 @@ class _Pending:
             blob=self.digest,
             size=len(self.raw),
             first=TraceLine("intake", "stored", _trace_detail(self)),
+            message_id=self.message_id,
         )
 
 
@@ -230,8 +236,17 @@ class Intake:
         """Why a message of this size must be refused for lack of space, or None."""
         return None if self.space is None else self.space.shortage(incoming_bytes)
 
-    async def store(self, facts: SessionFacts, routes: list[Route], raw: bytes | BlobFile) -> str:
+    async def store(
+        self,
+        facts: SessionFacts,
+        routes: list[Route],
+        raw: bytes | BlobFile,
+        *,
+        message_id: str = "",
+    ) -> str:
         """Store one message for its routes; returns the queue id once it is committed.
+
+        ``message_id`` is the ID read from its header section (``mail.headerscan``).
 
         Raises ``IntakeError`` if it could not be stored; then nothing of it was committed.
         """
@@ -242,7 +257,9 @@ class Intake:
         if (short := self.shortage(len(raw))) is not None:
             raise InsufficientStorageError(f"below the free-space reserve: {short}")
         loop = asyncio.get_running_loop()
-        pending = _Pending(facts, list(routes), raw, new_queue_id(), loop, loop.create_future())
+        pending = _Pending(
+            facts, list(routes), raw, new_queue_id(), loop, loop.create_future(), message_id
+        )
         self._queue.put(pending)
         # shield: a session that goes away mid-store must not cancel the future under the
         # writer; the message may still be committed, and the sender will retry (a duplicate
