@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.config import Settings
 from mailledger.dnsauth.resolver import Resolver
-from mailledger.relay.delivery import DeliveryWorker
+from mailledger.relay.worker import DeliveryWorker
 from mailledger.store import outbox
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import OutboundKind, OutboundMessage, OutboundState
@@ -557,7 +557,7 @@ async def test_stop_hands_back_a_delivery_in_flight(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """stop() waits for a delivery in flight, then cuts it off and releases its claim."""
-    monkeypatch.setattr("mailledger.relay.delivery.STOP_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr("mailledger.relay.worker.STOP_GRACE_SECONDS", 0.2)
     port, hosts = recorders
     hosts[MX1].data_delay = 3
     relay = make_relay(port, lease_seconds=30)

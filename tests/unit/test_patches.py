@@ -11,7 +11,7 @@ IMPORT_EVERYTHING = textwrap.dedent(
     import dkim, dkim.crypto, spf
     before = (dkim.crypto.int2str, dkim.RSASSA_PKCS1_v1_5_sign, spf.DNSLookup)
     import mailledger.service.server, mailledger.cli.main, mailledger.capture.worker
-    import mailledger.domains.signing, mailledger.verify.signatures, mailledger.relay.delivery
+    import mailledger.domains.signing, mailledger.verify.signatures, mailledger.relay.worker
     after_import = (dkim.crypto.int2str, dkim.RSASSA_PKCS1_v1_5_sign, spf.DNSLookup)
     from mailledger.verify.patches import install_patches
     install_patches()

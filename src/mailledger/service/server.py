@@ -27,9 +27,9 @@ from mailledger.dnsauth.resolver import Resolver
 from mailledger.forwarding.handback import HandbackRunner
 from mailledger.logs import configure_logging, get_logger
 from mailledger.metrics import Metrics
-from mailledger.relay.delivery import DeliveryWorker
 from mailledger.relay.held import HeldReleaser
 from mailledger.relay.submission import SubmissionHandler, SubmissionListener
+from mailledger.relay.worker import DeliveryWorker
 from mailledger.routing.routes import RecipientRouter
 from mailledger.service.preflight import preflight
 from mailledger.service.runtime import ServiceRuntime

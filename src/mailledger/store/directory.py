@@ -412,22 +412,23 @@ def set_tenant_policies(session: Session, tenant: Tenant, policies: TenantPolici
     return changed
 
 
-def disable_tenant(session: Session, tenant: Tenant) -> bool:
-    """Refuse every capture address of the tenant at RCPT; False when it already was."""
-    if tenant.disabled_at is not None:
+def _set_disabled(session: Session, record: Tenant | Staff, disabled: bool) -> bool:
+    """Set or clear ``disabled_at``; False when the record already was in that state."""
+    if (record.disabled_at is not None) == disabled:
         return False
-    tenant.disabled_at = utcnow()
+    record.disabled_at = utcnow() if disabled else None
     session.flush()
     return True
+
+
+def disable_tenant(session: Session, tenant: Tenant) -> bool:
+    """Refuse every capture address of the tenant at RCPT; False when it already was."""
+    return _set_disabled(session, tenant, disabled=True)
 
 
 def enable_tenant(session: Session, tenant: Tenant) -> bool:
     """Accept the tenant's capture addresses again; False when it was not disabled."""
-    if tenant.disabled_at is None:
-        return False
-    tenant.disabled_at = None
-    session.flush()
-    return True
+    return _set_disabled(session, tenant, disabled=False)
 
 
 def disable_staff(session: Session, staff: Staff) -> bool:
@@ -436,20 +437,12 @@ def disable_staff(session: Session, staff: Staff) -> bool:
     Nothing else changes: his activities, addresses and relay password stay, and ``enable``
     undoes it.
     """
-    if staff.disabled_at is not None:
-        return False
-    staff.disabled_at = utcnow()
-    session.flush()
-    return True
+    return _set_disabled(session, staff, disabled=True)
 
 
 def enable_staff(session: Session, staff: Staff) -> bool:
     """Accept the staff member's capture address again; False when it was not disabled."""
-    if staff.disabled_at is None:
-        return False
-    staff.disabled_at = None
-    session.flush()
-    return True
+    return _set_disabled(session, staff, disabled=False)
 
 
 def set_staff(
