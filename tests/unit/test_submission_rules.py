@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.mail.parsing import parse_message
 from mailledger.relay import credentials
@@ -139,12 +140,19 @@ class Clock:
         return self.now
 
 
-def test_failures_back_off_then_lock_the_login_from_that_network_and_the_address() -> None:
+def test_failures_back_off_then_lock_the_login_from_that_network_and_the_address(
+    sessions: sessionmaker[Session],
+) -> None:
     """Each failure doubles the delay; the limit locks the address, and the login from its
     network (a /24), until the lockout passes. The owner elsewhere still gets in."""
     clock = Clock()
     guard = LoginGuard(
-        max_failures=3, window_seconds=60, lockout_seconds=300, backoff_base_seconds=1, clock=clock
+        sessions,
+        max_failures=3,
+        window_seconds=60,
+        lockout_seconds=300,
+        backoff_base_seconds=1,
+        clock=clock,
     )
     assert guard.failed("127.0.0.1", "richard") == 1
     assert guard.failed("127.0.0.1", "richard") == 2
@@ -159,20 +167,24 @@ def test_failures_back_off_then_lock_the_login_from_that_network_and_the_address
     assert guard.check("127.0.0.1", "richard").allowed
 
 
-def test_failures_outside_the_window_are_forgotten() -> None:
+def test_failures_outside_the_window_are_forgotten(sessions: sessionmaker[Session]) -> None:
     """Only failures within the window count towards the lock."""
     clock = Clock()
-    guard = LoginGuard(max_failures=2, window_seconds=60, lockout_seconds=300, clock=clock)
+    guard = LoginGuard(
+        sessions, max_failures=2, window_seconds=60, lockout_seconds=300, clock=clock
+    )
     guard.failed("127.0.0.1", "richard")
     clock.now += 61
     guard.failed("127.0.0.1", "richard")
     assert guard.check("127.0.0.1", "richard").allowed
 
 
-def test_success_clears_the_login_but_not_the_address() -> None:
+def test_success_clears_the_login_but_not_the_address(sessions: sessionmaker[Session]) -> None:
     """One valid login from an address does not reset guesses at other users from there."""
     clock = Clock()
-    guard = LoginGuard(max_failures=2, window_seconds=60, lockout_seconds=300, clock=clock)
+    guard = LoginGuard(
+        sessions, max_failures=2, window_seconds=60, lockout_seconds=300, clock=clock
+    )
     guard.failed("127.0.0.1", "richard")
     guard.succeeded("richard", "127.0.0.1")
     guard.failed("127.0.0.2", "richard")

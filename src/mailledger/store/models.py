@@ -582,6 +582,23 @@ class SenderCount(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class LoginFailure(Base):
+    """Failed relay logins of one key (a source, or a login from a network), for every node.
+
+    ``key`` is ``ip:ADDRESS`` or ``user:LOGIN from:NETWORK`` (see ``store.logins``).
+    """
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    # Failures since window_started_at; set back to 0 when they earn a lock.
+    failures: Mapped[int] = mapped_column(Integer)
+    window_started_at: Mapped[datetime] = mapped_column()
+    locked_until: Mapped[datetime | None] = mapped_column(default=None)
+    # The last failure: a row idle longer than the window and the lockout is pruned.
+    updated_at: Mapped[datetime] = mapped_column(index=True)
+
+
 __all__ = [
     "Activity",
     "ActivitySource",
@@ -596,6 +613,7 @@ __all__ = [
     "DkimKey",
     "ForwardingCheck",
     "ForwardingConfirmation",
+    "LoginFailure",
     "MessageRoute",
     "MessageState",
     "NeverLog",
