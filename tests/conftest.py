@@ -77,6 +77,8 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         "MAILLEDGER_CAPTURE__LISTEN": '["127.0.0.1:0"]',
         # A free port for /metrics and /health, so servers in tests never clash on 9425.
         "MAILLEDGER_METRICS__LISTEN": '"127.0.0.1:0"',
+        # The HTTP API on a port of its own too (tests read it back from serve's http_ready).
+        "MAILLEDGER_HTTP__LISTEN": '"127.0.0.1:0"',
         "MAILLEDGER_PROCESSING__POLL_INTERVAL_SECONDS": "0.05",
         "MAILLEDGER_LOGGING__FORMAT": '"console"',
         # Nothing listens there: a test that needs DNS starts its own server; no lookup ever

@@ -212,6 +212,31 @@ class MetricsSettings(_Section):
         return _check_listen(value) if value else value
 
 
+class HTTPSettings(_Section):
+    # HOST:PORT of the API (and, later, the web pages); "" turns it off. Production puts a
+    # TLS-terminating proxy in front of it.
+    listen: str = "127.0.0.1:8025"
+    # The base of every link we print or mail (attachment and raw-message URLs).
+    public_url: str = "http://127.0.0.1:8025"
+    # Proxies whose X-Forwarded-For/-Proto headers are believed (addresses or networks);
+    # empty: the headers are ignored and the peer is the client.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Requests one API token may make per minute before it is answered 429 with Retry-After.
+    rate_limit_per_minute: int = Field(default=1200, ge=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value) if value else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value.rstrip("/")
+
+
 class RetentionSettings(_Section):
     # Days the raw bytes of finished (processed or failed) messages are kept; 0 keeps them.
     raw_days: int = Field(default=0, ge=0)
@@ -221,6 +246,35 @@ class RetentionSettings(_Section):
     interval_seconds: float = Field(default=3600.0, gt=0)
     # Messages handled per transaction, so one pass never holds a long lock.
     batch_size: int = Field(default=200, ge=1)
+
+
+class WebhookSettings(_Section):
+    # Deliver to loopback, private, link-local, unique-local, multicast or unspecified
+    # addresses; off in production (a tenant's URL must not reach our own network), on in
+    # tests that run their receiver on 127.0.0.1.
+    allow_private_targets: bool = False
+    # Seconds before each attempt of one event to one endpoint, the first included (0: at
+    # once), each spread by a little random jitter; when the list runs out the delivery has
+    # failed and its endpoint is marked failing.
+    retry_schedule_seconds: list[float] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+    )
+    # One attempt (connect, send, the answer) in all, in seconds.
+    timeout_seconds: float = Field(default=15.0, gt=0)
+    # Attempts in flight at once, per node.
+    max_concurrent: int = Field(default=20, ge=1)
+    # A claimed delivery lapses after this long, so another node (or this one, restarted)
+    # takes it over; renewed while the attempt runs.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+
+    @field_validator("retry_schedule_seconds")
+    @classmethod
+    def _schedule(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("delays are seconds, 0 or more")
+        return value
 
 
 class Settings(_Section):
@@ -237,6 +291,8 @@ class Settings(_Section):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    http: HTTPSettings = Field(default_factory=HTTPSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
 
 # (section, key) pairs printed masked by check-config; passwords in URLs are masked separately.

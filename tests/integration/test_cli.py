@@ -82,6 +82,8 @@ blob_dir = "{tmp_path / "blobs"}"
 listen = ["127.0.0.1:2626"]
 [metrics]
 listen = "127.0.0.1:0"
+[http]
+listen = ""
 """,
         encoding="utf-8",
     )

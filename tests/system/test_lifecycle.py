@@ -56,6 +56,8 @@ nameservers = ["127.0.0.1:9"]
 timeout_seconds = 0.5
 [metrics]
 listen = ""
+[http]
+listen = "127.0.0.1:0"
 [logging]
 format = "json"
 level = "info"

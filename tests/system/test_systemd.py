@@ -241,6 +241,8 @@ min_free_bytes = 0
 listen = ["127.0.0.1:0"]
 [metrics]
 listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
 [processing]
 worker_processes = 1
 poll_interval_seconds = 0.05

@@ -32,6 +32,7 @@ from mailledger.capture.pipeline.steps import decide_route
 from mailledger.capture.pipeline.tracer import Tracer
 from mailledger.config import Settings
 from mailledger.mail.parsing import ParsedMessage, ParseFailure, parse_message
+from mailledger.store import webhooks
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import MessageState, ReceivedMessage, Tenant, utcnow
 from mailledger.verify.authenticate import Authenticator
@@ -146,6 +147,11 @@ def process_message(
             trace=trace,
             prepared=prepared,
             final_attempt=final_attempt,
+        )
+    if message.state is MessageState.QUARANTINED:
+        # In this transaction, as the quarantine itself (DESIGN §11).
+        webhooks.message_quarantined(
+            session, message, delay_seconds=settings.webhooks.retry_schedule_seconds[0]
         )
     trace.write()
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from mailledger.cli.kit import EXIT_OK, command, group, json_flag, session_scope, show
+from mailledger.cli.kit import (
+    EXIT_OK,
+    CommandError,
+    command,
+    group,
+    json_flag,
+    out,
+    session_scope,
+    show,
+)
 from mailledger.cli.listing import emit_list, list_flags, row_limit
 
 if TYPE_CHECKING:
@@ -49,6 +58,33 @@ def cmd_activities_show(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_activities_regard(args: argparse.Namespace, settings: Settings) -> int:
+    """Say what an activity is about in the CRM (the API's PATCH regarding), or clear it."""
+    from mailledger.store.feed import FeedError
+    from mailledger.store.models import Activity
+    from mailledger.store.queries import NotFoundError
+    from mailledger.store.regarding import Regarding, set_regarding
+
+    if args.clear == bool(args.type):
+        raise CommandError("give TYPE and REF, or --clear")
+    if args.type and not args.ref:
+        raise CommandError("give the CRM record's REF after its TYPE")
+    value = None if args.clear else Regarding(args.type, args.ref, args.label)
+    with session_scope(settings) as session:
+        row = session.get(Activity, args.id)
+        if row is None:
+            raise NotFoundError(f"no activity {args.id}")
+        try:
+            row = set_regarding(
+                session, row.tenant_id, row.id, value, base_url=settings.http.public_url
+            )
+        except FeedError as exc:
+            raise CommandError(f"{exc.field}: {exc}") from exc
+        shown = f"{row.regarding_type} {row.regarding_ref}".strip()
+    out(f"activity {args.id} regards {shown}" if shown else f"activity {args.id} regards nothing")
+    return EXIT_OK
+
+
 def register(commands: Any) -> None:
     """Add the ``activities`` command group to the CLI."""
     acts = group(commands, "activities", "recorded email")
@@ -57,3 +93,9 @@ def register(commands: Any) -> None:
     list_flags(sub)
     sub = json_flag(command(acts, "show", cmd_activities_show, "show one activity"))
     sub.add_argument("id", type=int)
+    sub = command(acts, "regard", cmd_activities_regard, "link an activity to a CRM record")
+    sub.add_argument("id", type=int, metavar="ID")
+    sub.add_argument("type", nargs="?", default="", metavar="TYPE", help="e.g. opportunity")
+    sub.add_argument("ref", nargs="?", default="", metavar="REF", help="the record's id")
+    sub.add_argument("--label", default="", metavar="L", help="the record's name")
+    sub.add_argument("--clear", action="store_true", help="link it to nothing")

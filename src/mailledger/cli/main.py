@@ -17,6 +17,7 @@ from typing import Any
 
 from mailledger.cli import (
     activities,
+    apitoken,
     company,
     contact,
     database,
@@ -31,6 +32,7 @@ from mailledger.cli import (
     server,
     staff,
     tenant,
+    webhook,
 )
 from mailledger.cli.kit import (
     EXIT_REFUSED,
@@ -58,6 +60,8 @@ NOUNS = (
     dkimkeys,  # dkim
     retention,
     outqueue,  # queue
+    apitoken,  # api-token
+    webhook,
 )
 
 

@@ -268,6 +268,8 @@ def _listen_settings(settings: Settings) -> Iterator[tuple[str, str]]:
             yield "[submission] listen_tls", value
     if settings.metrics.listen:
         yield "[metrics] listen", settings.metrics.listen
+    if settings.http.listen:
+        yield "[http] listen", settings.http.listen
 
 
 def _bind_problem(host: str, port: int) -> str:

@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from mailledger.capture.handler import CaptureHandler
 from mailledger.capture.worker import Worker
 from mailledger.capture.workerpool import WorkerProcesses
@@ -40,11 +42,15 @@ from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.freespace import FreeSpaceGuard, storage_paths
 from mailledger.store.inbox import Intake
 from mailledger.verify.patches import install_patches
+from mailledger.web.app import build_app
+from mailledger.web.serving import HTTPServer
+from mailledger.web.webhooks import WebhookWorker
 
 log = get_logger("mailledger.service.server")  # not "__main__" under python -m
 LOCK_POLL = 0.001  # seconds between tries for the write lock at most
 
 Ready = Callable[[list[tuple[str, int]]], None]
+HTTPReady = Callable[[tuple[str, int]], None]
 
 
 async def serve(  # noqa: PLR0915 - one place wires every part, in start order
@@ -53,10 +59,12 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
     ready: Ready | None = None,
     stop: asyncio.Event | None = None,
     config_path: str | Path | None = None,
+    http_ready: HTTPReady | None = None,
 ) -> None:
     """Run the capture service until ``stop`` is set or SIGTERM/SIGINT arrives.
 
     ``ready`` is called with the bound (host, port) addresses once mail can be sent;
+    ``http_ready`` with the HTTP API's (when ``[http] listen`` is set) once it answers;
     ``config_path`` is the file SIGHUP reloads.
     """
     stop_event = stop if stop is not None else asyncio.Event()
@@ -97,6 +105,7 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
     listener = CaptureListener(settings, handler, tls_context=tls_context, spool=blobs.new_file)
     resolver = Resolver(settings.dns)
     delivery = DeliveryWorker(sessions, blobs, settings, resolver, metrics=metrics)
+    webhook_worker = WebhookWorker(sessions, settings, resolver)
     handback = HandbackRunner(sessions, blobs, settings, on_queued=[delivery.wake])
     held = HeldReleaser(
         sessions,
@@ -114,12 +123,15 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         ),
     )
 
+    http = _http_server(settings, sessions, blobs)
+
     signals = _install_signal_handlers(loop, stop_event)
     intake.start()
     tasks = {
         asyncio.create_task(worker.run(), name="mailledger-worker"): "processing worker",
         asyncio.create_task(handback.run(), name="mailledger-handback"): "hand-back runner",
         asyncio.create_task(delivery.run(), name="mailledger-delivery"): "delivery worker",
+        asyncio.create_task(webhook_worker.run(), name="mailledger-webhooks"): "webhook worker",
         asyncio.create_task(held.run(), name="mailledger-held"): "held-mail releaser",
     }
     try:
@@ -127,6 +139,10 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         addresses = await listener.start()
         if submission is not None:
             addresses += await submission.start()
+        if http is not None:
+            http_address = await http.start()
+            if http_ready is not None:
+                http_ready(http_address)
         runtime.ready(addresses)
         if ready is not None:
             ready(addresses)
@@ -147,11 +163,15 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         if submission is not None:
             await submission.stop(grace)
         await listener.stop(grace)
+        # After the SMTP listeners, which start refusing at once (421) when stopping begins.
+        if http is not None:
+            await http.stop()
         await intake.close()
         await worker.stop()
         await handback.stop()
         await held.stop()
         await delivery.stop()
+        await webhook_worker.stop()
         for task in tasks:
             if not task.done():
                 await task
@@ -170,6 +190,20 @@ def _submission_listener(
         log.warning("submission listeners off: no [tls] cert_file/key_file for STARTTLS")
         return None
     return SubmissionListener(settings, handler, tls_context=tls_context)
+
+
+def _http_server(
+    settings: Settings, sessions: sessionmaker[Session], blobs: BlobStore
+) -> HTTPServer | None:
+    """The API's listener, or None when ``[http] listen`` is empty."""
+    if not settings.http.listen:
+        return None
+    return HTTPServer(
+        build_app(sessions, blobs, settings.http),
+        settings.http.listen,
+        trusted_proxies=settings.http.trusted_proxies,
+        grace_seconds=settings.service.shutdown_grace_seconds,
+    )
 
 
 def _install_signal_handlers(

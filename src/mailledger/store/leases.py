@@ -10,7 +10,7 @@ waited for (DESIGN §9). On SQLite, ``store.engine`` begins every write transact
 write lock only when there is something to claim.
 
 The queues differ only in their table, which rows wait for work, and the order they are taken
-in: those are a :class:`LeasedQueue`, and ``PROCESSING`` and ``DELIVERY`` are the two we have.
+in: those are a :class:`LeasedQueue`: ``PROCESSING``, ``DELIVERY`` and ``WEBHOOKS``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from mailledger.store.models import (
     OutboundMessage,
     OutboundState,
     ReceivedMessage,
+    WebhookDelivery,
+    WebhookDeliveryState,
     utcnow,
 )
 
@@ -41,7 +43,7 @@ def _no_more(_now: datetime) -> Sequence[ColumnElement[bool]]:
 class LeasedQueue:
     """A table whose rows are claimed for work, and which of its rows wait for it."""
 
-    model: type[ReceivedMessage] | type[OutboundMessage]
+    model: type[ReceivedMessage] | type[OutboundMessage] | type[WebhookDelivery]
     # Rows whose work is not finished: the only ones claimed, renewed or handed back.
     unfinished: ColumnElement[bool]
     # The order rows are claimed in.
@@ -71,6 +73,13 @@ DELIVERY: Final = LeasedQueue(
     unfinished=OutboundMessage.state == OutboundState.QUEUED,
     order=(OutboundMessage.retry_after.asc(), OutboundMessage.id.asc()),
     due=lambda now: (OutboundMessage.retry_after <= now,),
+)
+# Webhook deliveries (one event for one endpoint) waiting for their next attempt.
+WEBHOOKS: Final = LeasedQueue(
+    model=WebhookDelivery,
+    unfinished=WebhookDelivery.state == WebhookDeliveryState.PENDING,
+    order=(WebhookDelivery.retry_after.asc(), WebhookDelivery.id.asc()),
+    due=lambda now: (WebhookDelivery.retry_after <= now,),
 )
 
 

@@ -27,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from mailledger.store.feedposition import FeedPosition, install_feed_ddl
+
 
 def utcnow() -> datetime:
     """Now, timezone-aware in UTC; every timestamp we store is UTC."""
@@ -355,6 +357,7 @@ class Activity(Base):
         Index(None, "tenant_id", "message_id"),
         Index(None, "tenant_id", "content_key"),
         Index(None, "tenant_id", "from_address", "created_at"),
+        Index(None, "tenant_id", "feed_position", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -381,10 +384,18 @@ class Activity(Base):
     html_body: Mapped[str] = mapped_column(Text, default="")
     private: Mapped[bool] = mapped_column(Boolean, default=False)
     auth: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # Free reference to an opportunity, ticket…: filled in later by users.
+    # What the activity is about in the CRM (an opportunity, a ticket…), set later by users:
+    # ``regarding`` is its label, ``regarding_type`` and ``regarding_ref`` name it; all "" when
+    # unset (store/regarding.py).
     regarding: Mapped[str] = mapped_column(String(200), default="")
+    regarding_type: Mapped[str] = mapped_column(String(40), default="")
+    regarding_ref: Mapped[str] = mapped_column(String(200), default="")
     raw_blob: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Where the activity sits in the API's feed (store/feed.py): on PostgreSQL the id of the
+    # transaction that created it, on SQLite a counter (store/feedposition.py).
+    feed_position: Mapped[int] = mapped_column(BigInteger, default=FeedPosition())
 
     participants: Mapped[list[Participant]] = relationship(
         back_populates="activity", cascade="all, delete-orphan", order_by="Participant.id"
@@ -582,6 +593,35 @@ class SenderCount(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class ApiToken(Base):
+    """A tenant's API token: only its SHA-256 is kept (store/apitokens.py)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # The token's first characters, shown in lists so a person can tell tokens apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class FeedClock(Base):
+    """SQLite's feed counter: one row, advanced by a trigger on every new activity."""
+
+    __tablename__ = "feed_clock"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+install_feed_ddl(Base.metadata)
+
+
 class LoginFailure(Base):
     """Failed relay logins of one key (a source, or a login from a network), for every node.
 
@@ -599,9 +639,115 @@ class LoginFailure(Base):
     updated_at: Mapped[datetime] = mapped_column(index=True)
 
 
+class EndpointState(enum.StrEnum):
+    ACTIVE = "active"
+    FAILING = "failing"  # a delivery used up the retry schedule; a success makes it active
+    DISABLED = "disabled"  # it answered 410 Gone, or the operator disabled it: nothing is sent
+
+
+class WebhookDeliveryState(enum.StrEnum):
+    PENDING = "pending"  # waiting for its next attempt (retry_after)
+    DELIVERED = "delivered"  # a 2xx answer
+    FAILED = "failed"  # the schedule ran out, or the endpoint is gone or disabled
+
+
+class WebhookEndpoint(Base):
+    """A URL of a tenant's CRM that receives signed events (DESIGN §11)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    # The event types it receives; empty: every type, those added later included.
+    events: Mapped[list[Any]] = mapped_column(default=list)
+    # "whsec_" + base64 of the key (Standard Webhooks); shown once, kept to sign with.
+    secret: Mapped[str] = mapped_column(String(100))
+    # After a rotation the old secret signs too (a second signature) until it expires.
+    previous_secret: Mapped[str] = mapped_column(String(100), default="")
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    state: Mapped[EndpointState] = mapped_column(
+        _enum(EndpointState, "endpoint_state"), default=EndpointState.ACTIVE
+    )
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    state_changed_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEvent(Base):
+    """One event, written in the transaction of the change it reports: the outbox."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # The webhook-id header: the same for every attempt and replay, so receivers dedupe on it.
+    webhook_id: Mapped[str] = mapped_column(String(40), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    # The JSON body exactly as sent and signed: {"type", "timestamp", "data"}.
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint, with its queue state: the row a webhook worker claims."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index(None, "state", "retry_after"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("webhook_events.id", ondelete="CASCADE"),
+        index=True,
+    )
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+    )
+    state: Mapped[WebhookDeliveryState] = mapped_column(
+        _enum(WebhookDeliveryState, "webhook_delivery_state"), default=WebhookDeliveryState.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    retry_after: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    # The delivery this one replays, when an operator asked for it again.
+    replay_of: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("webhook_deliveries.id", ondelete="SET NULL"),
+        default=None,
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookAttempt(Base):
+    """One attempt at a delivery: when, the answer's status, how long, the answer's start."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+        index=True,
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[int | None] = mapped_column(Integer, default=None)  # None: no answer
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    # The first kilobyte of the answer's body, decoded leniently.
+    response: Mapped[str] = mapped_column(Text, default="")
+    # What went wrong without an answer (refused target, time-out, connection reset).
+    error: Mapped[str] = mapped_column(Text, default="")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 __all__ = [
     "Activity",
     "ActivitySource",
+    "ApiToken",
     "Attachment",
     "Base",
     "Company",
@@ -611,6 +757,8 @@ __all__ = [
     "CustomerDomain",
     "Direction",
     "DkimKey",
+    "EndpointState",
+    "FeedClock",
     "ForwardingCheck",
     "ForwardingConfirmation",
     "LoginFailure",
@@ -630,5 +778,10 @@ __all__ = [
     "Tenant",
     "Thread",
     "TraceEntry",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookDeliveryState",
+    "WebhookEndpoint",
+    "WebhookEvent",
     "utcnow",
 ]

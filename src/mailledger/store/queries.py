@@ -270,7 +270,53 @@ def _activity_query() -> Any:
     )
 
 
-def _activity_dicts(session: Session, rows: Sequence[Activity]) -> list[dict[str, Any]]:
+def activity_links(activity_id: int, base_url: str = "") -> dict[str, str]:
+    """Where the API serves an activity and its raw message; relative when no base is given."""
+    here = f"{base_url}/v1/activities/{activity_id}"
+    return {"self": here, "raw": f"{here}/raw"}
+
+
+def regarding_dict(row: Activity) -> dict[str, str] | None:
+    """The CRM record an activity is about, or None when nobody has said yet."""
+    if not row.regarding_type:
+        return None
+    return {"type": row.regarding_type, "id": row.regarding_ref, "label": row.regarding}
+
+
+def _attachment_dicts(activity: Activity, base_url: str) -> list[dict[str, Any]]:
+    # Numbered from 1 in the order they were stored, as /attachments/{n} serves them.
+    here = activity_links(activity.id, base_url)["self"]
+    return [
+        {
+            "n": n,
+            "name": a.filename,
+            "type": a.content_type,
+            "size": a.size,
+            "inline": a.inline,
+            "content_id": a.content_id,
+            "url": f"{here}/attachments/{n}",
+            # The names `--json` has always printed, kept for scripts written against them.
+            "filename": a.filename,
+            "content_type": a.content_type,
+            "blob": a.blob,
+        }
+        for n, a in enumerate(activity.attachments, start=1)
+    ]
+
+
+def activity_dicts(
+    session: Session, rows: Sequence[Activity], *, base_url: str = ""
+) -> list[dict[str, Any]]:
+    """Activities as the CLI, the API and webhooks all show them (DESIGN §10 and §11).
+
+    ``base_url`` is ``[http] public_url``: the links in the object are absolute with it.
+    """
+    return _activity_dicts(session, rows, base_url)
+
+
+def _activity_dicts(
+    session: Session, rows: Sequence[Activity], base_url: str = ""
+) -> list[dict[str, Any]]:
     tenant_names = _tenant_names(session, {a.tenant_id for a in rows})
     staff_ids = {a.staff_id for a in rows if a.staff_id is not None}
     staff_ids |= {s.staff_id for a in rows for s in a.sources if s.staff_id is not None}
@@ -307,8 +353,11 @@ def _activity_dicts(session: Session, rows: Sequence[Activity]) -> list[dict[str
                     )
                 ),
                 "message_id": activity.message_id,
+                "thread": activity.thread_id,
                 "thread_id": activity.thread_id,
                 "occurred_at": _time(activity.occurred_at),
+                "created_at": _time(activity.created_at),
+                "updated_at": _time(activity.updated_at),
                 "private": activity.private,
                 "auth": activity.auth,
                 "participants": [
@@ -324,17 +373,9 @@ def _activity_dicts(session: Session, rows: Sequence[Activity]) -> list[dict[str
                     _source_dict(source, messages, routes, staff_names)
                     for source in activity.sources
                 ],
-                "attachments": [
-                    {
-                        "filename": a.filename,
-                        "content_type": a.content_type,
-                        "size": a.size,
-                        "inline": a.inline,
-                        "content_id": a.content_id,
-                        "blob": a.blob,
-                    }
-                    for a in activity.attachments
-                ],
+                "attachments": _attachment_dicts(activity, base_url),
+                "regarding": regarding_dict(activity),
+                "links": activity_links(activity.id, base_url),
             }
         )
     return result
@@ -373,14 +414,18 @@ def count_activities(session: Session, tenant: Tenant | None = None) -> int:
 
 
 def iter_activities(
-    session: Session, tenant: Tenant | None = None, *, limit: int | None = DEFAULT_LIMIT
+    session: Session,
+    tenant: Tenant | None = None,
+    *,
+    limit: int | None = DEFAULT_LIMIT,
+    base_url: str = "",
 ) -> Iterator[dict[str, Any]]:
     """The newest activities first, read a page at a time; every one when ``limit`` is None."""
     query = _activity_query()
     if tenant is not None:
         query = query.where(Activity.tenant_id == tenant.id)
     for rows in _pages(session, query, Activity.occurred_at, Activity.id, limit):
-        yield from _activity_dicts(session, rows)
+        yield from _activity_dicts(session, rows, base_url)
 
 
 def _pages(
@@ -406,18 +451,23 @@ def _pages(
         last = (getattr(tail, at.key), getattr(tail, key.key))
 
 
-def activity(session: Session, activity_id: int) -> dict[str, Any]:
+def activity_query() -> Select[Any]:
+    """Activities with what their representation needs loaded alongside."""
+    query: Select[Any] = _activity_query()
+    return query
+
+
+def activity(session: Session, activity_id: int, *, base_url: str = "") -> dict[str, Any]:
     """One activity in full, with the trace of every message it was recorded from."""
     row = session.scalars(_activity_query().where(Activity.id == activity_id)).one_or_none()
     if row is None:
         raise NotFoundError(f"no activity {activity_id}")
-    data = _activity_dicts(session, [row])[0]
+    data = _activity_dicts(session, [row], base_url)[0]
     message_ids = sorted({s.message_id for s in row.sources})
     entries = session.scalars(
         select(TraceEntry).where(TraceEntry.message_id.in_(message_ids)).order_by(TraceEntry.id)
     )
     data["text_body"] = row.text_body
-    data["regarding"] = row.regarding
     data["trace"] = [{"message": e.message_id, **_trace_dict(e)} for e in entries]
     return data
 

@@ -77,7 +77,8 @@ def write_config(
 
     Every run names its database, its blob directory and its capture port, and logs JSON
     lines. It binds no fixed port another run could hold: submission is off and metrics go
-    to a free port unless ``submission`` or ``metrics`` say otherwise; DNS goes to
+    to a free port (and so does the HTTP API) unless ``submission``, ``metrics`` or ``http``
+    say otherwise; DNS goes to
     :data:`NO_NAMESERVER` unless ``dns`` does. Each keyword is a section
     (``processing={...}``, ``relay={...}``); its keys are added to those defaults or replace
     them, so ``capture={"timeout_seconds": 30}`` keeps the listen address.
@@ -88,6 +89,7 @@ def write_config(
         "capture": {"listen": [f"127.0.0.1:{capture_port}"]},
         "submission": {"listen": []},
         "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+        "http": {"listen": f"127.0.0.1:{free_port()}"},
         "dns": {"nameservers": [NO_NAMESERVER]},
         "logging": {"format": "json"},
     }

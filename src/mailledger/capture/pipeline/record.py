@@ -15,6 +15,7 @@ from mailledger.capture.pipeline.decisions import Decision, Recorded
 from mailledger.capture.pipeline.threads import thread_for
 from mailledger.routing import dedupe
 from mailledger.routing.matcher import Match
+from mailledger.store import webhooks
 from mailledger.store.models import (
     Activity,
     ActivitySource,
@@ -22,6 +23,7 @@ from mailledger.store.models import (
     OutboundMessage,
     Participant,
     ReceivedMessage,
+    utcnow,
 )
 
 
@@ -61,10 +63,24 @@ class Record:
         activity, merged = _find_or_create(context)
         if merged:
             mail.trace("record", "merged", f"merged into activity {activity} (source {route.rcpt})")
+            # A new source (and maybe parties): the API's updated_at says the activity changed.
+            mail.session.connection().execute(
+                update(Activity).where(Activity.id == activity).values(updated_at=utcnow())
+            )
         else:
             mail.trace("record", "captured", f"activity {activity} ({context.direction.value})")
         _add_participants(mail.session, activity, context.parties, context.matches, merged=merged)
         _link_relayed(mail.session, mail.message, activity)
+        # In this transaction: a rollback takes the event with it (DESIGN §11). A merge always
+        # adds this path as a source, so it is an update.
+        webhooks.activity_changed(
+            mail.session,
+            context.tenant.id,
+            activity,
+            webhooks.ACTIVITY_UPDATED if merged else webhooks.ACTIVITY_CREATED,
+            base_url=mail.settings.http.public_url,
+            delay_seconds=mail.settings.webhooks.retry_schedule_seconds[0],
+        )
         return Recorded(activity, merged)
 
 

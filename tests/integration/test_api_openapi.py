@@ -1,0 +1,106 @@
+"""The served OpenAPI document matches the API: every operation called, answers as documented."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailledger.cli.demo import DemoAddresses
+from mailledger.config import Settings
+from mailledger.store.models import Tenant
+from mailledger.testing.api import bearer, insert_activity, make_token, running_api
+
+METHODS = ("get", "put", "post", "patch", "delete")
+
+
+def _path(template: str, values: dict[str, Any]) -> str:
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", str(value))
+    assert "{" not in template, f"no value for a parameter of {template}"
+    return template
+
+
+def _body(operation: dict[str, Any]) -> Any:
+    content = operation.get("requestBody", {}).get("content", {})
+    return content.get("application/json", {}).get("example")
+
+
+async def test_every_documented_operation_answers_a_documented_status(
+    settings: Settings, sessions: sessionmaker[Session], demo: DemoAddresses
+) -> None:
+    """Each operation, with a token, without one, and for an unknown id, answers only with
+    status codes its description lists, and problems as application/problem+json."""
+    with sessions.begin() as session:
+        acme = session.scalars(select(Tenant).where(Tenant.name == "acme")).one()
+        token = make_token(session, acme)
+        activity = insert_activity(session, acme.id)
+    async with (
+        running_api(settings) as api,
+        httpx.AsyncClient(base_url=api.base_url, timeout=20) as client,
+    ):
+        response = await client.get("/v1/openapi.json")
+        assert response.status_code == 200
+        document = response.json()
+        assert document["openapi"].startswith("3.")
+        calls = 0
+        for template, item in document["paths"].items():
+            for method in METHODS:
+                operation = item.get(method)
+                if operation is None:
+                    continue
+                documented = set(operation["responses"])
+                public = operation.get("security") == []
+                variants = [
+                    ({"activity_id": activity, "n": 1}, bearer(token)),
+                    ({"activity_id": 999999, "n": 1}, bearer(token)),
+                    ({"activity_id": activity, "n": 1}, {}),
+                ]
+                for values, headers in variants:
+                    answer = await client.request(
+                        method.upper(),
+                        _path(template, values),
+                        json=_body(operation),
+                        headers=headers,
+                    )
+                    calls += 1
+                    where = f"{method.upper()} {template} {values} {bool(headers)}"
+                    assert str(answer.status_code) in documented, (
+                        f"{where}: {answer.status_code} is not documented: {answer.text}"
+                    )
+                    if answer.status_code >= 400:
+                        assert answer.headers["content-type"].startswith(
+                            "application/problem+json"
+                        ), where
+                    if not headers and not public:
+                        assert answer.status_code == 401, where
+        assert calls >= 15
+
+
+def test_every_route_is_documented() -> None:
+    """No route of the app is missing from the document (and none documented is missing)."""
+    from starlette.routing import Route
+
+    from mailledger.web.api import activities
+    from mailledger.web.openapi import ROUTES, document
+
+    served = set()
+    for route in [*activities.ROUTES, *ROUTES]:
+        assert isinstance(route, Route)
+        path = route.path.replace(":int}", "}")
+        for method in route.methods or ():
+            if method != "HEAD":
+                served.add((path, method.lower()))
+    described = {
+        (path, method)
+        for path, item in document()["paths"].items()
+        for method in METHODS
+        if method in item
+    }
+    assert served == described
+
+
+pytestmark = pytest.mark.postgres
