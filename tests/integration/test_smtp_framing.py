@@ -389,3 +389,27 @@ async def test_a_path_that_is_not_utf8_is_refused(settings: Settings, demo: Demo
         await client.close()
     assert sender == str(replies.BAD_SENDER_SYNTAX)
     assert rcpt == str(replies.BAD_RECIPIENT_SYNTAX)
+
+
+async def test_utf8_local_parts_match_in_any_unicode_normal_form(
+    settings: Settings, sessions: sessionmaker[Session], demo: DemoAddresses
+) -> None:
+    """jörg typed as o + combining diaeresis reaches jörg (RFC 6532 §3.1: NFC), and a
+    username entered decomposed is stored composed."""
+    decomposed = "jo\u0308rg"
+    with sessions.begin() as session:
+        add_staff(session, find_tenant(session, "acme"), "ma\u0308x", ["max@acme.example"])
+    async with running_server(settings) as port:
+        answers = await transaction(
+            port,
+            f"MAIL FROM:<{CONTACT}> SMTPUTF8",
+            [f"{decomposed}@acme.capture.example", "m\u00e4x@acme.capture.example"],
+        )
+    assert answers == ["250 2.1.0", "550 5.1.1", "250 2.1.5"]  # no jörg yet; mäx composed
+    with sessions.begin() as session:
+        add_staff(session, find_tenant(session, "acme"), "j\u00f6rg", ["jorg@acme.example"])
+    async with running_server(settings) as port:
+        answers = await transaction(
+            port, f"MAIL FROM:<{CONTACT}> SMTPUTF8", [f"{decomposed}@acme.capture.example"]
+        )
+    assert answers == ["250 2.1.0", "250 2.1.5"]

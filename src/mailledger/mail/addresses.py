@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import unicodedata
 from dataclasses import dataclass
 
 import idna
@@ -134,6 +135,16 @@ def parse_address(value: str) -> Mailbox:
     return result.mailboxes[0]
 
 
+def fold_local(local: str) -> str:
+    """A local part as we compare it: Unicode NFC, then lowercase.
+
+    RFC 6532 §3.1 asks for NFC: "jörg" typed as o + U+0308 is the same name as with U+00F6.
+    Lowercasing is our choice for capture addresses and matching (providers treat local parts
+    case-insensitively in practice; RFC 5321 §2.4 lets the receiving host decide).
+    """
+    return unicodedata.normalize("NFC", local).lower()
+
+
 def normalize(address: str | Mailbox, *, strip_plus: bool = True) -> str:
     """The key we store and look up: lowercase, ASCII domain, ``+tag`` and Gmail dots removed.
 
@@ -141,7 +152,7 @@ def normalize(address: str | Mailbox, *, strip_plus: bool = True) -> str:
     own domains, where the provider itself ignores them.
     """
     box = address if isinstance(address, Mailbox) else parse_address(address)
-    local = box.local.lower()
+    local = fold_local(box.local)
     domain = box.domain
     if strip_plus and "+" in local[1:]:
         local = local[: local.index("+", 1)]
@@ -163,4 +174,4 @@ OPERATOR_LOCAL_PARTS = frozenset({"postmaster", "abuse"})
 
 def capture_address(username: str, capture_domain: str) -> str:
     """The address a staff member forwards to."""
-    return f"{username.lower()}@{capture_domain.lower()}"
+    return f"{fold_local(username)}@{capture_domain.lower()}"

@@ -17,6 +17,7 @@ from mailledger.mail.addresses import (
     OPERATOR_LOCAL_PARTS,
     AddressError,
     capture_address,
+    fold_local,
     parse_address,
 )
 from mailledger.mail.replies import Reply
@@ -60,7 +61,7 @@ class RecipientRouter:
             return Refusal(replies.BAD_RECIPIENT_SYNTAX)
         if len(mailbox.local.encode("utf-8")) > self._max_local:
             return Refusal(replies.LOCAL_PART_TOO_LONG)
-        local = mailbox.local.lower()
+        local = fold_local(mailbox.local)
         # A reader: on SQLite a plain session would take the write lock for this lookup, and
         # every RCPT of every session would queue behind intake and processing.
         with reading(self._sessions) as session:

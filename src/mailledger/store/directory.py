@@ -16,7 +16,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.mail.addresses import LOG_LOCAL_PART, AddressError, normalize, parse_address
+from mailledger.mail.addresses import (
+    LOG_LOCAL_PART,
+    AddressError,
+    fold_local,
+    normalize,
+    parse_address,
+)
 from mailledger.mail.freemail import free_mail_domains
 from mailledger.store.models import (
     Company,
@@ -75,7 +81,7 @@ def find_staff(
     he was removed, so a second ``staff remove`` is a clear error.
     """
     staff = session.scalars(
-        select(Staff).where(Staff.tenant_id == tenant.id, Staff.username == username.lower())
+        select(Staff).where(Staff.tenant_id == tenant.id, Staff.username == fold_local(username))
     ).one_or_none()
     if staff is None:
         raise DirectoryError(f"tenant {tenant.name!r} has no staff member {username!r}")
@@ -128,7 +134,7 @@ def add_staff(
     primary: str | None = None,
 ) -> Staff:
     """Create a staff member with their own addresses (each owned by one staff member only)."""
-    username = username.strip().lower()
+    username = fold_local(username.strip())
     if not username or len(username) > 64 or any(c in username for c in '@+ \t,;<>"\\'):
         raise DirectoryError(f"{username!r} cannot be a capture address's local part")
     if username in RESERVED_USERNAMES:
