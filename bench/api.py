@@ -3,7 +3,8 @@
 Seeds one tenant with N activities (each with two participants and a source-less row, as the
 record step inserts them), starts ``python -m mailledger.service.server`` as an operator
 would, and lets C clients page through the feed from random cursors for a fixed time.
-Prints p50/p99/max and requests per second.
+Prints p50/p99/max, requests per second and the server's CPU per request; ``make bench``
+calls ``measure`` for its ``api_*`` figures.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import insert, select
 
+from bench import procstat
 from mailledger.cli.main import main as cli_main
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.feed import Cursor
@@ -103,6 +106,60 @@ async def load(
     return latencies
 
 
+def _percentile(ordered: list[float], p: float) -> float:
+    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 1)
+
+
+def measure(
+    root: Path, activities: int, clients: int, seconds: float, url: str = ""
+) -> dict[str, Any]:
+    """Seed ``activities`` into a database under ``root``, serve it, and load it for ``seconds``.
+
+    Returns the seeding time, p50/p99/max latency in ms, requests per second and the server's
+    CPU milliseconds per request (its whole process tree, read from /proc).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    url = url or f"sqlite:///{root / 'api.db'}"
+    port, smtp = free_port(), free_port()
+    config = write_config(
+        root / "api.toml",
+        database_url=url,
+        blob_dir=root / "api-blobs",
+        capture_port=smtp,
+        http={"listen": f"127.0.0.1:{port}", "rate_limit_per_minute": 10_000_000},
+        logging={"format": "json", "level": "warning"},
+    )
+    if cli_main(["--config", str(config), "db", "upgrade"]) != 0:
+        raise RuntimeError("db upgrade failed")
+    started = time.monotonic()
+    token, cursors = seed(url, activities)
+    seeded = time.monotonic() - started
+    with ServerProcess(server_argv(config), port=smtp, log=root / "api-server.log") as server:
+        for _ in range(100):  # the API starts just after the SMTP banner
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/v1/openapi.json", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        cpu_before = procstat.cpu_seconds(server.pid)
+        latencies = asyncio.run(load(f"http://127.0.0.1:{port}", token, cursors, clients, seconds))
+        cpu = procstat.cpu_seconds(server.pid) - cpu_before
+    latencies.sort()
+    return {
+        "activities": activities,
+        "clients": clients,
+        "seconds": seconds,
+        "seed_seconds": round(seeded, 1),
+        "requests": len(latencies),
+        "requests_per_s": round(len(latencies) / seconds, 1),
+        "p50_ms": _percentile(latencies, 0.50),
+        "p99_ms": _percentile(latencies, 0.99),
+        "max_ms": round(latencies[-1] * 1000, 1),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+        "cpu_ms_per_request": round(cpu * 1000 / len(latencies), 1),
+    }
+
+
 def main() -> int:
     """Seed, serve, measure, print."""
     parser = argparse.ArgumentParser(prog="python -m bench.api")
@@ -112,42 +169,13 @@ def main() -> int:
     parser.add_argument("--database", default="", help="a database URL (default: SQLite)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        url = args.database or f"sqlite:///{root / 'bench.db'}"
-        port, smtp = free_port(), free_port()
-        config = write_config(
-            root / "bench.toml",
-            database_url=url,
-            blob_dir=root / "blobs",
-            capture_port=smtp,
-            http={"listen": f"127.0.0.1:{port}", "rate_limit_per_minute": 10_000_000},
-            logging={"format": "json", "level": "warning"},
-        )
-        if cli_main(["--config", str(config), "db", "upgrade"]) != 0:
-            raise RuntimeError("db upgrade failed")
-        started = time.monotonic()
-        token, cursors = seed(url, args.activities)
-        print(f"seeded {args.activities} activities in {time.monotonic() - started:.1f} s")
-        with ServerProcess(server_argv(config), port=smtp, log=root / "server.log"):
-            for _ in range(100):  # the API starts just after the SMTP banner
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/v1/openapi.json", timeout=5)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.05)
-            latencies = asyncio.run(
-                load(f"http://127.0.0.1:{port}", token, cursors, args.clients, args.seconds)
-            )
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
-
+        got = measure(Path(tmp), args.activities, args.clients, args.seconds, args.database)
+    print(f"seeded {got['activities']} activities in {got['seed_seconds']} s")
     print(
         f"GET /v1/activities?limit=100, {args.clients} clients, {args.seconds:.0f} s: "
-        f"{len(latencies)} requests, {len(latencies) / args.seconds:.0f}/s; "
-        f"p50 {pct(0.50):.1f} ms, p99 {pct(0.99):.1f} ms, max {latencies[-1] * 1000:.1f} ms, "
-        f"mean {statistics.fmean(latencies) * 1000:.1f} ms"
+        f"{got['requests']} requests, {got['requests_per_s']:.0f}/s; "
+        f"p50 {got['p50_ms']} ms, p99 {got['p99_ms']} ms, max {got['max_ms']} ms, "
+        f"mean {got['mean_ms']} ms; server CPU {got['cpu_ms_per_request']} ms a request"
     )
     return 0
 

@@ -3,7 +3,8 @@
 Both servers run as their own processes on this machine, the bare one and ``python -m
 mailledger.service.server`` with the whole path on; the same client sends them the same messages at
 1, 10 and 50 sessions, then 1 KB to 10 MB messages, then relays submitted mail to a recording
-MX, and last a profiler run says where the server's CPU goes. Every figure printed and written
+MX, then a profiler run says where the server's CPU goes, and last 20 API clients page through
+a feed of 100k activities (bench/api.py). Every figure printed and written
 to ``bench/results/latest.json`` is measured in this run.
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from bench import procstat, profile, relayload
+from bench import api, procstat, profile, relayload
 from bench.load import LoadResult, prepare, run_load
 from bench.processed import queue_id, wait_processed
 from bench.results import ms, ratio, table
@@ -59,6 +60,8 @@ FULL = {
     "paced": 400,
     "relay": 200,
     "profile": 300,
+    # (activities seeded, API clients, seconds): GET /v1/activities?limit=100.
+    "api": (100_000, 20, 20.0),
 }
 SMOKE = {
     "sessions": [(1, 3), (10, 10), (50, 50)],
@@ -66,6 +69,7 @@ SMOKE = {
     "paced": 10,
     "relay": 2,
     "profile": 0,
+    "api": (300, 20, 1.0),
 }
 
 
@@ -260,9 +264,22 @@ def main() -> int:
             )
         for recorder in recorders:
             recorder.close()
+        activities, clients, seconds = plan["api"]
+        print(f"API: {clients} clients over {activities} activities…", flush=True)
+        api_load = api.measure(work / "api", activities, clients, seconds)
     if not one:
         raise RuntimeError("the plan has no 10 MB phase")
-    report.update(_summary(sessions_rows, size_rows, one=one, paced=paced, relay=relay, prof=prof))
+    report.update(
+        _summary(
+            sessions_rows,
+            size_rows,
+            one=one,
+            paced=paced,
+            relay=relay,
+            prof=prof,
+            api_load=api_load,
+        )
+    )
     report["seconds"] = round(time.monotonic() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))
@@ -279,6 +296,7 @@ def _summary(
     paced: dict[str, Any],
     relay: dict[str, Any],
     prof: dict[str, Any],
+    api_load: dict[str, Any],
 ) -> dict[str, Any]:
     at = {row["full"]["sessions"]: row for row in sessions_rows}
     top = at[max(at)]
@@ -312,6 +330,11 @@ def _summary(
         "sizes": size_rows,
         "relay": relay,
         "profile": prof,
+        # GET /v1/activities?limit=100 from 20 clients at once, each after a random cursor.
+        "api_p50_ms_20": api_load["p50_ms"],
+        "api_p99_ms_20": api_load["p99_ms"],
+        "api_requests_per_s_20": api_load["requests_per_s"],
+        "api": api_load,
     }
     out["targets"] = {
         "intake_ratio_50 >= 0.60": out["intake_ratio_50"] >= 0.60,
@@ -384,6 +407,13 @@ def _render(report: dict[str, Any]) -> str:
             "server CPU by part (profiler run, 10 KB at 10 sessions): "
             + ", ".join(f"{k} {v}%" for k, v in report["profile"]["share_percent"].items())
         )
+    api_load = report["api"]
+    parts.append(
+        f"API: GET /v1/activities?limit=100 over {api_load['activities']} activities, "
+        f"{api_load['clients']} clients: {api_load['requests_per_s']} requests/s, "
+        f"p50 {api_load['p50_ms']} ms, p99 {api_load['p99_ms']} ms, "
+        f"server CPU {api_load['cpu_ms_per_request']} ms a request"
+    )
     parts.append("")
     for key in (
         "intake_ratio_50",
@@ -397,6 +427,9 @@ def _render(report: dict[str, Any]) -> str:
         "rss_growth_10mb_ratio",
         "rss_hwm_sum_10mb_ratio",
         "rss_growth_10mb_burst_ratio",
+        "api_p50_ms_20",
+        "api_p99_ms_20",
+        "api_requests_per_s_20",
     ):
         parts.append(f"{key} = {report[key]}")
     parts += [f"target {k}: {'met' if v else 'MISSED'}" for k, v in report["targets"].items()]

@@ -149,6 +149,13 @@ class ServiceSettings(_Section):
     node_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     # On SIGTERM, how long a session in DATA may take to finish before it is cut off.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # The sender of our own mail to staff (sign-in links); "" means noreply@<hostname>.
+    system_address: str = ""
+
+    @property
+    def system_sender(self) -> str:
+        """The address our own mail to staff comes from."""
+        return self.system_address or f"noreply@{self.hostname}"
 
 
 class ProcessingSettings(_Section):

@@ -11,8 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.cli.demo import DemoAddresses
 from mailledger.config import Settings
+from mailledger.store import directory
 from mailledger.store.models import Tenant
 from mailledger.testing.api import bearer, insert_activity, make_token, running_api
+from mailledger.testing.received import insert_quarantined
 
 METHODS = ("get", "put", "post", "patch", "delete")
 
@@ -38,6 +40,21 @@ async def test_every_documented_operation_answers_a_documented_status(
         acme = session.scalars(select(Tenant).where(Tenant.name == "acme")).one()
         token = make_token(session, acme)
         activity = insert_activity(session, acme.id)
+        staff = directory.find_staff(session, acme, "richard")
+        contact = directory.add_contact(session, acme, ["openapi@client.example"]).id
+        company = directory.create_company(session, acme, "OpenAPI Co", []).id
+        entry = directory.add_never_log(session, acme, "openapi.example").id
+        message = insert_quarantined(session, acme, staff)
+    ids = {
+        "activity_id": activity,
+        "n": 1,
+        "contact_id": contact,
+        "company_id": company,
+        "entry_id": entry,
+        "username": "richard",
+        "message": message,
+    }
+    unknown = dict.fromkeys(ids, 999999)
     async with (
         running_api(settings) as api,
         httpx.AsyncClient(base_url=api.base_url, timeout=20) as client,
@@ -55,9 +72,9 @@ async def test_every_documented_operation_answers_a_documented_status(
                 documented = set(operation["responses"])
                 public = operation.get("security") == []
                 variants = [
-                    ({"activity_id": activity, "n": 1}, bearer(token)),
-                    ({"activity_id": 999999, "n": 1}, bearer(token)),
-                    ({"activity_id": activity, "n": 1}, {}),
+                    (ids, bearer(token)),
+                    (unknown, bearer(token)),
+                    (ids, {}),
                 ]
                 for values, headers in variants:
                     answer = await client.request(
@@ -84,11 +101,11 @@ def test_every_route_is_documented() -> None:
     """No route of the app is missing from the document (and none documented is missing)."""
     from starlette.routing import Route
 
-    from mailledger.web.api import activities
+    from mailledger.web.api.routing import API_ROUTES
     from mailledger.web.openapi import ROUTES, document
 
     served = set()
-    for route in [*activities.ROUTES, *ROUTES]:
+    for route in [*API_ROUTES, *ROUTES]:
         assert isinstance(route, Route)
         path = route.path.replace(":int}", "}")
         for method in route.methods or ():

@@ -32,6 +32,7 @@ from mailledger.cli import (
     server,
     staff,
     tenant,
+    web,
     webhook,
 )
 from mailledger.cli.kit import (
@@ -62,6 +63,7 @@ NOUNS = (
     outqueue,  # queue
     apitoken,  # api-token
     webhook,
+    web,  # web link
 )
 
 

@@ -210,8 +210,9 @@ def cmd_staff_set(args: argparse.Namespace, settings: Settings) -> int:
         and args.primary is None
         and not args.add_address
         and not args.remove_address
+        and args.admin is None
     ):
-        err("say what to set: --name, --primary, --add-address or --remove-address")
+        err("say what to set: --name, --primary, --add-address, --remove-address or --admin")
         return EXIT_USAGE
     with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant)
@@ -224,9 +225,14 @@ def cmd_staff_set(args: argparse.Namespace, settings: Settings) -> int:
             add_addresses=args.add_address or [],
             remove_addresses=args.remove_address or [],
         )
+        if args.admin is not None:
+            # A tenant admin's web session sees the whole tenant (DESIGN §11).
+            staff.admin = args.admin
+            session.flush()
         (record,) = [
             r for r in queries.staff_members(session, tenant) if r["username"] == staff.username
         ]
+        record["admin"] = staff.admin
     if args.json:
         show([record], {}, as_json=True)
     else:
@@ -343,6 +349,12 @@ def register(commands: Any) -> None:
     sub.add_argument("--primary", metavar="A", help="where forwarding confirmations go")
     sub.add_argument("--add-address", action="append", metavar="A")
     sub.add_argument("--remove-address", action="append", metavar="A")
+    sub.add_argument(
+        "--admin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="make (or with --no-admin, unmake) a tenant admin of the web pages",
+    )
     for name, handler, text in (
         ("disable", cmd_staff_disable, "refuse the capture address (550 5.1.1)"),
         ("enable", cmd_staff_enable, "accept the capture address again"),

@@ -199,7 +199,7 @@ def _http_server(
     if not settings.http.listen:
         return None
     return HTTPServer(
-        build_app(sessions, blobs, settings.http),
+        build_app(sessions, blobs, settings.http, site=settings),
         settings.http.listen,
         trusted_proxies=settings.http.trusted_proxies,
         grace_seconds=settings.service.shutdown_grace_seconds,

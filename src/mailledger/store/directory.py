@@ -199,6 +199,8 @@ def add_company(session: Session, tenant: Tenant, name: str, domains: list[str])
             session.add(CompanyDomain(company_id=company.id, tenant_id=tenant.id, domain=domain))
             known.add(domain)
     session.flush()
+    # The rows were added beside the loaded collection: read it again when next asked.
+    session.expire(company, ["domains"])
     return company
 
 

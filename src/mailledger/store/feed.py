@@ -29,7 +29,12 @@ from mailledger.store.models import (
     Participant,
     Staff,
 )
-from mailledger.store.queries import NotFoundError, activity_dicts, activity_query
+from mailledger.store.queries import (
+    NotFoundError,
+    activity_dicts,
+    activity_query,
+    activity_rows,
+)
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 100
@@ -152,24 +157,22 @@ def _filtered(query: Select[Any], tenant_id: int, filters: ActivityFilters) -> S
     return query
 
 
-def activity_page(
-    session: Session,
+def page_query(
     tenant_id: int,
     *,
     after: Cursor | None = None,
     limit: int = DEFAULT_PAGE,
     filters: ActivityFilters | None = None,
-    base_url: str = "",
-) -> tuple[list[dict[str, Any]], Cursor]:
-    """Up to ``limit`` activities after ``after``, oldest first, and the cursor to go on from.
+) -> Select[Any]:
+    """The rows of one feed page, in feed order: what ``activity_page`` runs.
 
-    An empty page hands back the cursor it was given: the reader asks again later.
+    It walks the (tenant_id, feed_position, id) index from the cursor on and stops after
+    ``limit`` rows; filters are checked on the rows it walks (tests/integration/
+    test_feed_queries.py holds every filter to that plan on SQLite).
     """
-    if not 1 <= limit <= MAX_PAGE:
-        raise FeedError("limit", f"must be between 1 and {MAX_PAGE}")
     start = after or Cursor()
     query = (
-        activity_query()
+        activity_rows()
         .where(Activity.tenant_id == tenant_id)
         .where(Activity.feed_position < FeedHorizon())
         .where(
@@ -183,9 +186,29 @@ def activity_page(
         )
     )
     query = _filtered(query, tenant_id, filters or ActivityFilters())
-    rows = session.scalars(query.order_by(Activity.feed_position, Activity.id).limit(limit)).all()
+    return query.order_by(Activity.feed_position, Activity.id).limit(limit)
+
+
+def activity_page(
+    session: Session,
+    tenant_id: int,
+    *,
+    after: Cursor | None = None,
+    limit: int = DEFAULT_PAGE,
+    filters: ActivityFilters | None = None,
+    base_url: str = "",
+) -> tuple[list[dict[str, Any]], Cursor]:
+    """Up to ``limit`` activities after ``after``, oldest first, and the cursor to go on from.
+
+    An empty page hands back the cursor it was given: the reader asks again later. A page
+    costs a fixed number of queries however many activities it holds (queries.activity_dicts).
+    """
+    if not 1 <= limit <= MAX_PAGE:
+        raise FeedError("limit", f"must be between 1 and {MAX_PAGE}")
+    query = page_query(tenant_id, after=after, limit=limit, filters=filters)
+    rows = session.execute(query).all()
     if not rows:
-        return [], start
+        return [], after or Cursor()
     last = rows[-1]
     return activity_dicts(session, rows, base_url=base_url), Cursor(last.feed_position, last.id)
 

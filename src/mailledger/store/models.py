@@ -161,6 +161,8 @@ class Staff(Base):
     # activities carry (store/removal.py).
     disabled_at: Mapped[datetime | None] = mapped_column(default=None)
     removed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # `staff set … --admin`: the web pages widen this member's view to the whole tenant.
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     tenant: Mapped[Tenant] = relationship(back_populates="staff")
@@ -501,6 +503,7 @@ class OutboundKind(enum.StrEnum):
     HANDBACK = "handback"  # a provider's forwarding confirmation, handed back unmodified
     CHALLENGE = "challenge"  # our own round-trip forwarding check
     DSN = "dsn"  # a delivery status notification we generated (RFC 3464)
+    SYSTEM = "system"  # mail of our own to a staff member: a sign-in link
 
 
 class OutboundMessage(Base):
@@ -608,6 +611,35 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class SigninToken(Base):
+    """A one-time sign-in link for the web pages; only its SHA-256 is kept (store/websessions)."""
+
+    __tablename__ = "signin_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebSession(Base):
+    """A signed-in browser: the cookie's SHA-256, its staff member, and its CSRF token."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class FeedClock(Base):

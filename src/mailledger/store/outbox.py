@@ -324,10 +324,53 @@ def delete(session: Session, blobs: BlobStore, ident: str) -> tuple[list[Outboun
 
 
 def list_rows(
-    session: Session, state: OutboundState | None = None, *, limit: int = 100
+    session: Session,
+    state: OutboundState | None = None,
+    *,
+    limit: int = 100,
+    tenant_id: int | None = None,
 ) -> Sequence[OutboundMessage]:
-    """Queue rows, newest first, optionally in one state."""
+    """Queue rows, newest first, optionally in one state or of one tenant (the API)."""
     query = select(OutboundMessage).order_by(OutboundMessage.id.desc()).limit(limit)
     if state is not None:
         query = query.where(OutboundMessage.state == state)
+    if tenant_id is not None:
+        query = query.where(OutboundMessage.tenant_id == tenant_id)
     return list(session.scalars(query))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def row_dict(row: OutboundMessage) -> dict[str, Any]:
+    """One queue row as plain data, as ``queue list --json`` prints it: the API's shape too."""
+    results = row.results or {}
+    return {
+        "id": row.id,
+        "queue_id": row.queue_id,
+        "kind": row.kind.value,
+        "state": row.state.value,
+        "mail_from": row.mail_from or "<>",
+        "domain": row.domain,
+        "rcpt_to": list(row.rcpt_to),
+        "attempts": row.attempts,
+        "next_try": _iso(row.retry_after) if row.state is OutboundState.QUEUED else None,
+        "last_error": row.last_error,
+        "size": row.size,
+        "signing": row.signing,
+        "activity_id": row.activity_id,
+        "created_at": _iso(row.created_at),
+        "finished_at": _iso(row.finished_at),
+        "results": [
+            {
+                "rcpt": rcpt,
+                "status": results.get(rcpt, {}).get("status", "pending"),
+                "code": results.get(rcpt, {}).get("code"),
+                "reply": results.get(rcpt, {}).get("reply", ""),
+                "at": results.get(rcpt, {}).get("at"),
+                "attempt": results.get(rcpt, {}).get("attempt"),
+            }
+            for rcpt in row.rcpt_to
+        ],
+    }

@@ -25,8 +25,8 @@ class QuarantineError(ValueError):
     """The message is not in a state this action applies to."""
 
 
-def _quarantined(session: Session, ref: int | str) -> ReceivedMessage:
-    message = get_message(session, ref)
+def _quarantined(session: Session, ref: int | str, tenant_id: int | None) -> ReceivedMessage:
+    message = get_message(session, ref, tenant_id=tenant_id)
     if message.state != MessageState.QUARANTINED:
         raise QuarantineError(
             f"message {message.id} (queue ID {message.queue_id}) is {message.state.value}, "
@@ -35,14 +35,17 @@ def _quarantined(session: Session, ref: int | str) -> ReceivedMessage:
     return message
 
 
-def release(session: Session, ref: int | str, *, force: bool = False) -> ReceivedMessage:
+def release(
+    session: Session, ref: int | str, *, force: bool = False, tenant_id: int | None = None
+) -> ReceivedMessage:
     """Put a quarantined message back in the queue; with ``force`` it is recorded regardless.
 
     The processing worker picks up messages in state ``received`` with no live claim, so
     clearing the state and the claim is all a release needs. ``ref`` is a row number, a
-    queue ID or a Message-ID (``queries.get_message``).
+    queue ID or a Message-ID (``queries.get_message``); ``tenant_id`` limits it to one
+    tenant's messages (the API).
     """
-    message = _quarantined(session, ref)
+    message = _quarantined(session, ref, tenant_id)
     previous = message.reason
     message.state = MessageState.RECEIVED
     message.reason = ""
@@ -84,7 +87,9 @@ def blob_in_use(session: Session, digest: str, *, except_message: int | None = N
     return any(session.scalar(select(check)) for check in checks)
 
 
-def delete(session: Session, blobs: BlobStore, ref: int | str) -> bool:
+def delete(
+    session: Session, blobs: BlobStore, ref: int | str, *, tenant_id: int | None = None
+) -> bool:
     """Delete a quarantined message, its routes and trace, and its raw bytes when unshared.
 
     Returns whether the blob was removed. The file goes inside the transaction, after the
@@ -93,7 +98,7 @@ def delete(session: Session, blobs: BlobStore, ref: int | str) -> bool:
     delete. On PostgreSQL one race remains: intake stores bytes before inserting their row, so
     a message with byte-identical content arriving in that instant could lose its blob.
     """
-    message = _quarantined(session, ref)
+    message = _quarantined(session, ref, tenant_id)
     digest = message.blob
     session.delete(message)
     session.flush()

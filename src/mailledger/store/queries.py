@@ -10,13 +10,16 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.sql import Executable
+from sqlalchemy.sql.elements import BindParameter
 
 from mailledger.mail.addresses import capture_address
 from mailledger.store.models import (
     Activity,
     ActivitySource,
+    Attachment,
     Company,
     Contact,
     ContactAddress,
@@ -151,14 +154,22 @@ def staff_state(staff: Staff) -> dict[str, Any]:
     }
 
 
-def contacts(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
-    """A tenant's contacts with their addresses and company."""
-    rows = session.scalars(
+def contacts(
+    session: Session, tenant: Tenant, *, after: int | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """A tenant's contacts with their addresses and company, by id; the API pages them with
+    ``after`` (the last id seen) and ``limit``."""
+    query = (
         select(Contact)
         .where(Contact.tenant_id == tenant.id)
         .options(selectinload(Contact.addresses), selectinload(Contact.company))
         .order_by(Contact.id)
     )
+    if after is not None:
+        query = query.where(Contact.id > after)
+    if limit is not None:
+        query = query.limit(limit)
+    rows = session.scalars(query)
     return [
         {
             "id": contact.id,
@@ -261,13 +272,37 @@ def companies(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
 
 # --- activities -------------------------------------------------------------------------------
 
+# The columns of an activity that its representation shows, and the feed's position: never the
+# bodies, which a page of a hundred activities would read only to drop.
+_SHOWN = (
+    Activity.id,
+    Activity.tenant_id,
+    Activity.direction,
+    Activity.subject,
+    Activity.from_address,
+    Activity.from_name,
+    Activity.staff_id,
+    Activity.message_id,
+    Activity.thread_id,
+    Activity.occurred_at,
+    Activity.created_at,
+    Activity.updated_at,
+    Activity.private,
+    Activity.auth,
+    Activity.regarding,
+    Activity.regarding_type,
+    Activity.regarding_ref,
+    Activity.feed_position,
+)
 
-def _activity_query() -> Any:
-    return select(Activity).options(
-        selectinload(Activity.participants),
-        selectinload(Activity.sources),
-        selectinload(Activity.attachments),
-    )
+
+def activity_rows() -> Select[Any]:
+    """Activities as plain rows of the columns ``activity_dicts`` shows, for lists and feeds.
+
+    Rows, not ORM objects: building and tracking an object per activity and per participant
+    was most of a page's time. Execute with ``session.execute`` (not ``scalars``).
+    """
+    return select(*_SHOWN)
 
 
 def activity_links(activity_id: int, base_url: str = "") -> dict[str, str]:
@@ -276,16 +311,96 @@ def activity_links(activity_id: int, base_url: str = "") -> dict[str, str]:
     return {"self": here, "raw": f"{here}/raw"}
 
 
-def regarding_dict(row: Activity) -> dict[str, str] | None:
+def regarding_dict(row: Any) -> dict[str, str] | None:
     """The CRM record an activity is about, or None when nobody has said yet."""
     if not row.regarding_type:
         return None
     return {"type": row.regarding_type, "id": row.regarding_ref, "label": row.regarding}
 
 
-def _attachment_dicts(activity: Activity, base_url: str) -> list[dict[str, Any]]:
+def activity_dicts(
+    session: Session, rows: Sequence[Any], *, base_url: str = ""
+) -> list[dict[str, Any]]:
+    """Activities as the CLI, the API and webhooks all show them (DESIGN §10 and §11).
+
+    ``rows`` are ``Activity`` objects or rows of ``activity_rows()``: only their columns are
+    read. Participants, sources and attachments come in one query each for all of ``rows``.
+    ``base_url`` is ``[http] public_url``: the links in the object are absolute with it.
+    """
+    return _activity_dicts(session, rows, base_url)
+
+
+def _grouped(session: Session, query: Executable, ids: list[int]) -> dict[int, list[Any]]:
+    """Rows whose first column is an activity id, listed under it in the query's order."""
+    grouped: dict[int, list[Any]] = {}
+    for row in session.execute(query, {"ids": ids}):
+        grouped.setdefault(row[0], []).append(row)
+    return grouped
+
+
+# The children of a page of activities, built once: only the list of ids changes between
+# calls (an expanding parameter), so no statement is rebuilt or re-keyed per page.
+_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
+PARTICIPANTS_OF_IDS = (
+    select(
+        Participant.activity_id,
+        Participant.role,
+        Participant.address,
+        Participant.name,
+        Participant.kind,
+    )
+    .where(Participant.activity_id.in_(_IDS))
+    .order_by(Participant.activity_id, Participant.id)
+)
+SOURCES_OF_IDS = (
+    select(
+        ActivitySource.activity_id,
+        ActivitySource.message_id,
+        ActivitySource.kind,
+        ActivitySource.staff_id,
+        ReceivedMessage.queue_id,
+        ReceivedMessage.mail_from,
+        ReceivedMessage.received_at,
+        MessageRoute.rcpt,
+    )
+    .outerjoin(ReceivedMessage, ReceivedMessage.id == ActivitySource.message_id)
+    .outerjoin(MessageRoute, MessageRoute.id == ActivitySource.route_id)
+    .where(ActivitySource.activity_id.in_(_IDS))
+    .order_by(ActivitySource.activity_id, ActivitySource.id)
+)
+ATTACHMENTS_OF_IDS = (
+    select(
+        Attachment.activity_id,
+        Attachment.filename,
+        Attachment.content_type,
+        Attachment.size,
+        Attachment.inline,
+        Attachment.content_id,
+        Attachment.blob,
+    )
+    .where(Attachment.activity_id.in_(_IDS))
+    .order_by(Attachment.activity_id, Attachment.id)
+)
+
+
+def _children(
+    session: Session, ids: list[int]
+) -> tuple[dict[int, list[Any]], dict[int, list[Any]], dict[int, list[Any]]]:
+    """Participants, sources (with their message and route) and attachments of ``ids``.
+
+    Ordered by row id within an activity, as the relationships on ``Activity`` order them.
+    Selected through the mapped columns, so the session flushes pending changes first (a
+    webhook event is built inside the transaction that recorded the activity).
+    """
+    return (
+        _grouped(session, PARTICIPANTS_OF_IDS, ids),
+        _grouped(session, SOURCES_OF_IDS, ids),
+        _grouped(session, ATTACHMENTS_OF_IDS, ids),
+    )
+
+
+def _attachment_dicts(here: str, rows: list[Any]) -> list[dict[str, Any]]:
     # Numbered from 1 in the order they were stored, as /attachments/{n} serves them.
-    here = activity_links(activity.id, base_url)["self"]
     return [
         {
             "n": n,
@@ -300,42 +415,28 @@ def _attachment_dicts(activity: Activity, base_url: str) -> list[dict[str, Any]]
             "content_type": a.content_type,
             "blob": a.blob,
         }
-        for n, a in enumerate(activity.attachments, start=1)
+        for n, a in enumerate(rows, start=1)
     ]
 
 
-def activity_dicts(
-    session: Session, rows: Sequence[Activity], *, base_url: str = ""
-) -> list[dict[str, Any]]:
-    """Activities as the CLI, the API and webhooks all show them (DESIGN §10 and §11).
-
-    ``base_url`` is ``[http] public_url``: the links in the object are absolute with it.
-    """
-    return _activity_dicts(session, rows, base_url)
+# Participants of these kinds are not the activity's contacts.
+_NOT_CONTACTS = (PartyKind.STAFF, PartyKind.UNMATCHED)
 
 
 def _activity_dicts(
-    session: Session, rows: Sequence[Activity], base_url: str = ""
+    session: Session, rows: Sequence[Any], base_url: str = ""
 ) -> list[dict[str, Any]]:
+    if not rows:
+        return []
+    participants, sources, attachments = _children(session, [a.id for a in rows])
     tenant_names = _tenant_names(session, {a.tenant_id for a in rows})
     staff_ids = {a.staff_id for a in rows if a.staff_id is not None}
-    staff_ids |= {s.staff_id for a in rows for s in a.sources if s.staff_id is not None}
+    staff_ids |= {s.staff_id for found in sources.values() for s in found if s.staff_id}
     staff_names = _staff_names(session, staff_ids)
-    message_ids = {s.message_id for a in rows for s in a.sources}
-    messages = {
-        m.id: m
-        for m in session.scalars(select(ReceivedMessage).where(ReceivedMessage.id.in_(message_ids)))
-    }
-    routes = {
-        r.id: r
-        for r in session.scalars(
-            select(MessageRoute).where(
-                MessageRoute.id.in_({s.route_id for a in rows for s in a.sources})
-            )
-        )
-    }
     result = []
     for activity in rows:
+        parties = participants.get(activity.id, ())
+        links = activity_links(activity.id, base_url)
         result.append(
             {
                 "id": activity.id,
@@ -346,11 +447,7 @@ def _activity_dicts(
                 "from_name": activity.from_name,
                 "staff": staff_names.get(activity.staff_id) if activity.staff_id else None,
                 "contacts": list(
-                    dict.fromkeys(
-                        p.address
-                        for p in activity.participants
-                        if p.kind not in (PartyKind.STAFF, PartyKind.UNMATCHED)
-                    )
+                    dict.fromkeys(p.address for p in parties if p.kind not in _NOT_CONTACTS)
                 ),
                 "message_id": activity.message_id,
                 "thread": activity.thread_id,
@@ -367,36 +464,29 @@ def _activity_dicts(
                         "name": p.name,
                         "kind": p.kind.value,
                     }
-                    for p in activity.participants
+                    for p in parties
                 ],
                 "sources": [
-                    _source_dict(source, messages, routes, staff_names)
-                    for source in activity.sources
+                    _source_dict(source, staff_names) for source in sources.get(activity.id, ())
                 ],
-                "attachments": _attachment_dicts(activity, base_url),
+                "attachments": _attachment_dicts(links["self"], attachments.get(activity.id, [])),
                 "regarding": regarding_dict(activity),
-                "links": activity_links(activity.id, base_url),
+                "links": links,
             }
         )
     return result
 
 
-def _source_dict(
-    source: ActivitySource,
-    messages: dict[int, ReceivedMessage],
-    routes: dict[int, MessageRoute],
-    staff_names: dict[int, str],
-) -> dict[str, Any]:
-    message = messages.get(source.message_id)
-    route = routes.get(source.route_id)
+def _source_dict(source: Any, staff_names: dict[int, str]) -> dict[str, Any]:
+    # queue_id, mail_from and received_at are None when the outer join found no message.
     return {
         "message": source.message_id,
-        "queue_id": message.queue_id if message else None,
+        "queue_id": source.queue_id,
         "kind": source.kind.value,
-        "rcpt": route.rcpt if route else None,
+        "rcpt": source.rcpt,
         "staff": staff_names.get(source.staff_id) if source.staff_id else None,
-        "mail_from": message.mail_from if message else None,
-        "received_at": _time(message.received_at) if message else None,
+        "mail_from": source.mail_from,
+        "received_at": _time(source.received_at),
     }
 
 
@@ -421,17 +511,26 @@ def iter_activities(
     base_url: str = "",
 ) -> Iterator[dict[str, Any]]:
     """The newest activities first, read a page at a time; every one when ``limit`` is None."""
-    query = _activity_query()
+    query = activity_rows()
     if tenant is not None:
         query = query.where(Activity.tenant_id == tenant.id)
-    for rows in _pages(session, query, Activity.occurred_at, Activity.id, limit):
+    for rows in _pages(session, query, Activity.occurred_at, Activity.id, limit, objects=False):
         yield from _activity_dicts(session, rows, base_url)
 
 
 def _pages(
-    session: Session, query: Select[Any], at: Any, key: Any, limit: int | None
+    session: Session,
+    query: Select[Any],
+    at: Any,
+    key: Any,
+    limit: int | None,
+    *,
+    objects: bool = True,
 ) -> Iterator[Sequence[Any]]:
-    """Rows newest first in pages, each after the last one seen (keyset: no OFFSET rescans)."""
+    """Rows newest first in pages, each after the last one seen (keyset: no OFFSET rescans).
+
+    ``objects``: the query selects one ORM entity; otherwise it selects columns, as rows.
+    """
     left = limit
     last: tuple[Any, Any] | None = None
     while left is None or left > 0:
@@ -439,7 +538,8 @@ def _pages(
         page = query.order_by(at.desc(), key.desc()).limit(size)
         if last is not None:
             page = page.where(or_(at < last[0], and_(at == last[0], key < last[1])))
-        rows = session.scalars(page).all()
+        result = session.execute(page)
+        rows: Sequence[Any] = result.scalars().all() if objects else result.all()
         if not rows:
             return
         yield rows
@@ -452,18 +552,20 @@ def _pages(
 
 
 def activity_query() -> Select[Any]:
-    """Activities with what their representation needs loaded alongside."""
-    query: Select[Any] = _activity_query()
-    return query
+    """Activities as ORM objects, for one activity that is read in full or changed.
+
+    ``activity_dicts`` loads what else the representation needs; lists use ``activity_rows``.
+    """
+    return select(Activity)
 
 
 def activity(session: Session, activity_id: int, *, base_url: str = "") -> dict[str, Any]:
     """One activity in full, with the trace of every message it was recorded from."""
-    row = session.scalars(_activity_query().where(Activity.id == activity_id)).one_or_none()
+    row = session.scalars(activity_query().where(Activity.id == activity_id)).one_or_none()
     if row is None:
         raise NotFoundError(f"no activity {activity_id}")
     data = _activity_dicts(session, [row], base_url)[0]
-    message_ids = sorted({s.message_id for s in row.sources})
+    message_ids = sorted({s["message"] for s in data["sources"]})
     entries = session.scalars(
         select(TraceEntry).where(TraceEntry.message_id.in_(message_ids)).order_by(TraceEntry.id)
     )
@@ -484,7 +586,14 @@ def _trace_dict(entry: TraceEntry) -> dict[str, Any]:
     }
 
 
-def _message_dicts(session: Session, rows: Sequence[ReceivedMessage]) -> list[dict[str, Any]]:
+def _of_tenant(tenant_id: int) -> Any:
+    """Messages routed (at least in part) to the tenant: what its API token may see."""
+    return ReceivedMessage.routes.any(MessageRoute.tenant_id == tenant_id)
+
+
+def _message_dicts(
+    session: Session, rows: Sequence[ReceivedMessage], tenant_id: int | None = None
+) -> list[dict[str, Any]]:
     tenant_ids = {r.tenant_id for m in rows for r in m.routes}
     tenant_names = _tenant_names(session, tenant_ids)
     staff_names = _staff_names(session, {r.staff_id for m in rows for r in m.routes if r.staff_id})
@@ -511,6 +620,7 @@ def _message_dicts(session: Session, rows: Sequence[ReceivedMessage]) -> list[di
                     "activity": route.activity_id,
                 }
                 for route in message.routes
+                if tenant_id is None or route.tenant_id == tenant_id
             ],
         }
         for message in rows
@@ -524,21 +634,34 @@ def messages(
     return list(iter_messages(session, state, limit=limit))
 
 
-def count_messages(session: Session, state: MessageState | None = None) -> int:
-    """How many received messages there are, optionally in one state."""
+def count_messages(
+    session: Session, state: MessageState | None = None, *, tenant_id: int | None = None
+) -> int:
+    """How many received messages there are, optionally in one state or of one tenant."""
     where = [ReceivedMessage.state == state] if state is not None else []
+    if tenant_id is not None:
+        where.append(_of_tenant(tenant_id))
     return _count(session, ReceivedMessage, *where)
 
 
 def iter_messages(
-    session: Session, state: MessageState | None = None, *, limit: int | None = DEFAULT_LIMIT
+    session: Session,
+    state: MessageState | None = None,
+    *,
+    limit: int | None = DEFAULT_LIMIT,
+    tenant_id: int | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Received messages newest first, a page at a time; every one when ``limit`` is None."""
+    """Received messages newest first, a page at a time; every one when ``limit`` is None.
+
+    With ``tenant_id`` only the tenant's messages, showing only its own routes (the API).
+    """
     query = select(ReceivedMessage).options(selectinload(ReceivedMessage.routes))
     if state is not None:
         query = query.where(ReceivedMessage.state == state)
+    if tenant_id is not None:
+        query = query.where(_of_tenant(tenant_id))
     for rows in _pages(session, query, ReceivedMessage.received_at, ReceivedMessage.id, limit):
-        yield from _message_dicts(session, rows)
+        yield from _message_dicts(session, rows, tenant_id)
 
 
 # Row numbers are small; queue ids are 20 hex digits (store/queueids.py) and may happen to be
@@ -546,20 +669,26 @@ def iter_messages(
 _ROW_NUMBER_DIGITS = 18
 
 
-def get_message(session: Session, ref: int | str) -> ReceivedMessage:
+def get_message(
+    session: Session, ref: int | str, *, tenant_id: int | None = None
+) -> ReceivedMessage:
     """A received message by row number, queue ID or Message-ID (``<…>`` optional).
 
     The names people have: the row number the CLI lists, the queue ID of the ``250`` reply
     and every log line, the Message-ID the sender knows. A Message-ID several messages carry
     (the same email received twice) is refused with their row numbers, so the operator picks.
+    With ``tenant_id`` (the API) a message of other tenants only is not found at all.
     """
     text = str(ref).strip()
+    mine = [_of_tenant(tenant_id)] if tenant_id is not None else []
     if text.isdigit() and len(text) <= _ROW_NUMBER_DIGITS:
-        found = session.get(ReceivedMessage, int(text))
+        found = session.scalars(
+            select(ReceivedMessage).where(ReceivedMessage.id == int(text), *mine)
+        ).one_or_none()
         if found is not None:
             return found
     by_queue = session.scalars(
-        select(ReceivedMessage).where(ReceivedMessage.queue_id == text.upper())
+        select(ReceivedMessage).where(ReceivedMessage.queue_id == text.upper(), *mine)
     ).one_or_none()
     if by_queue is not None:
         return by_queue
@@ -567,7 +696,7 @@ def get_message(session: Session, ref: int | str) -> ReceivedMessage:
     if bare:
         matches = session.scalars(
             select(ReceivedMessage)
-            .where(ReceivedMessage.message_id.in_((f"<{bare}>", bare)))
+            .where(ReceivedMessage.message_id.in_((f"<{bare}>", bare)), *mine)
             .order_by(ReceivedMessage.id)
         ).all()
         if len(matches) == 1:
@@ -586,10 +715,10 @@ def get_message(session: Session, ref: int | str) -> ReceivedMessage:
     )
 
 
-def message(session: Session, ref: int | str) -> dict[str, Any]:
+def message(session: Session, ref: int | str, *, tenant_id: int | None = None) -> dict[str, Any]:
     """One received message in full: session facts, routes, processing state and trace."""
-    row = get_message(session, ref)
-    data = _message_dicts(session, [row])[0]
+    row = get_message(session, ref, tenant_id=tenant_id)
+    data = _message_dicts(session, [row], tenant_id)[0]
     data.update(
         {
             "helo": row.helo,
@@ -607,9 +736,11 @@ def message(session: Session, ref: int | str) -> dict[str, Any]:
     return data
 
 
-def trace(session: Session, ref: int | str) -> list[dict[str, Any]]:
+def trace(
+    session: Session, ref: int | str, *, tenant_id: int | None = None
+) -> list[dict[str, Any]]:
     """What each processing step decided about a message, oldest first."""
-    return [_trace_dict(entry) for entry in get_message(session, ref).trace]
+    return [_trace_dict(entry) for entry in get_message(session, ref, tenant_id=tenant_id).trace]
 
 
 def forwarding_confirmations(session: Session, staff: Staff) -> list[dict[str, Any]]:

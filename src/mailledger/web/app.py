@@ -6,21 +6,32 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
-from mailledger.config import HTTPSettings
+from mailledger.config import HTTPSettings, Settings
 from mailledger.store.blobs import BlobStore
-from mailledger.web.api import activities
+from mailledger.web.api.routing import API_ROUTES
 from mailledger.web.context import ApiContext
 from mailledger.web.openapi import ROUTES as OPENAPI_ROUTES
+from mailledger.web.pages.routes import ROUTES as PAGE_ROUTES
+from mailledger.web.pages.site import PagesContext
 from mailledger.web.problems import ProblemError, on_error, on_http_exception, on_problem
 from mailledger.web.ratelimit import RateLimiter
 
 
 def build_app(
-    sessions: sessionmaker[Session], blobs: BlobStore, settings: HTTPSettings
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    settings: HTTPSettings,
+    *,
+    site: Settings | None = None,
 ) -> Starlette:
-    """The HTTP application serve() runs; every error it gives is a problem document."""
+    """The HTTP application serve() runs; every API error it gives is a problem document.
+
+    With ``site`` (the whole configuration: the relay and service settings the sign-in mail
+    and the integrations page need) the web pages are served too.
+    """
+    pages = [] if site is None else PAGE_ROUTES
     app = Starlette(
-        routes=[*activities.ROUTES, *OPENAPI_ROUTES],
+        routes=[*API_ROUTES, *OPENAPI_ROUTES, *pages],
         exception_handlers={
             ProblemError: on_problem,
             HTTPException: on_http_exception,
@@ -33,4 +44,8 @@ def build_app(
         settings=settings,
         limiter=RateLimiter(settings.rate_limit_per_minute),
     )
+    # The DNS routes need the whole configuration too (web/api/dnsrecords.py).
+    app.state.site = site
+    if site is not None:
+        app.state.pages = PagesContext(sessions=sessions, blobs=blobs, settings=site)
     return app

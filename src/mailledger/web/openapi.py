@@ -13,28 +13,34 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mailledger.store.feed import DEFAULT_PAGE, MAX_PAGE
+from mailledger.web.openapiresources import RESOURCE_PATHS, RESOURCE_SCHEMAS
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 
 
+PROBLEM_TEXT = {
+    400: "The body is not JSON.",
+    401: "No token, or not a valid one (WWW-Authenticate: Bearer).",
+    403: "The token is read-only.",
+    404: "No such activity in the token's tenant.",
+    409: "The change conflicts with what is there (named in `detail`).",
+    415: "The body is not application/json.",
+    422: "A parameter is wrong; `field` names it.",
+    429: "Over the token's rate limit; see Retry-After.",
+    502: "DNS failed (time-out, SERVFAIL): the records could not be checked; `results` has each.",
+    503: "The server was started without the configuration this needs.",
+}
+
+
 def _problems(*codes: int) -> dict[str, Any]:
-    text = {
-        400: "The body is not JSON.",
-        401: "No token, or not a valid one (WWW-Authenticate: Bearer).",
-        403: "The token is read-only.",
-        404: "No such activity in the token's tenant.",
-        415: "The body is not application/json.",
-        422: "A parameter is wrong; `field` names it.",
-        429: "Over the token's rate limit; see Retry-After.",
-    }
-    return {str(c): {**PROBLEM, "description": text[c]} for c in codes}
+    return {str(c): {**PROBLEM, "description": PROBLEM_TEXT[c]} for c in codes}
 
 
 _ID = {
     "name": "activity_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "integer", "minimum": 1},
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
 }
 
 
@@ -240,6 +246,7 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            **RESOURCE_PATHS,
             "/v1/openapi.json": {
                 "get": {
                     "operationId": "getOpenAPI",
@@ -264,6 +271,7 @@ def document() -> dict[str, Any]:
             },
             "schemas": {
                 "Activity": ACTIVITY_SCHEMA,
+                **RESOURCE_SCHEMAS,
                 "Page": {
                     "type": "object",
                     "required": ["data", "next"],
