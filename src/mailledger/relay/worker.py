@@ -33,6 +33,7 @@ from mailledger.relay.mx import Router
 from mailledger.relay.outcomes import Attempt, Deferred, Delivered, Failed, Outcome
 from mailledger.store import outbox
 from mailledger.store.blobs import BlobStore, BlobStoreError
+from mailledger.store.leasetasks import finish_or_cut_off, hand_back, keep_leases
 from mailledger.store.models import OutboundMessage, OutboundState, utcnow
 from mailledger.store.outbox import Claim
 
@@ -123,34 +124,25 @@ class DeliveryWorker:
             await self._done.wait()
 
     async def _drain(self) -> None:
-        tasks = list(self._tasks.values())
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-        left = list(self._claims)
-        if left:
-            try:
-                await asyncio.to_thread(self._release, left)
-                log.info("handed back unfinished deliveries", rows=left)
-            except (OperationalError, DBAPIError):
-                log.warning("could not hand back deliveries; their leases will lapse", rows=left)
+        await finish_or_cut_off(list(self._tasks.values()), STOP_GRACE_SECONDS)
+        await hand_back(
+            list(self._claims),
+            self._release,
+            log,
+            "could not hand back deliveries; their leases will lapse",
+            done="handed back unfinished deliveries",
+        )
 
     async def _heartbeat(self) -> None:
         # A long delivery (slow host, several MX) must not outlive its lease, or another node
         # would take the row over and send it a second time.
-        interval = max(self._relay.lease_seconds / 3, 0.05)
-        while True:
-            await asyncio.sleep(interval)
-            ids = list(self._claims)
-            if not ids:
-                continue
-            try:
-                await asyncio.to_thread(self._renew, ids)
-            except (OperationalError, DBAPIError) as exc:
-                log.warning("could not renew delivery leases", error=str(exc)[:200])
+        await keep_leases(
+            self._relay.lease_seconds,
+            lambda: list(self._claims),
+            self._renew,
+            log,
+            "could not renew delivery leases",
+        )
 
     def _start(self, claim: Claim) -> None:
         self._claims[claim.id] = claim

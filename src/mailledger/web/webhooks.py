@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailledger.config import Settings
 from mailledger.dnsauth.resolver import Resolver
 from mailledger.store import webhooks
+from mailledger.store.leasetasks import finish_or_cut_off, hand_back, keep_leases
 from mailledger.store.models import WebhookDeliveryState, utcnow
 from mailledger.store.webhooks import RESPONSE_EXCERPT_BYTES, AttemptResult, Job
 from mailledger.web.webhookretry import (
@@ -128,32 +129,23 @@ class WebhookWorker:
             await self._done.wait()
 
     async def _drain(self) -> None:
-        tasks = list(self._tasks.values())
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-        left = sorted(self._held)
-        if left:
-            try:
-                await asyncio.to_thread(self._release, left)
-            except (OperationalError, DBAPIError):
-                log.warning("could not hand back webhook deliveries; leases will lapse", rows=left)
+        await finish_or_cut_off(list(self._tasks.values()), STOP_GRACE_SECONDS)
+        await hand_back(
+            sorted(self._held),
+            self._release,
+            log,
+            "could not hand back webhook deliveries; leases will lapse",
+        )
 
     async def _heartbeat(self) -> None:
         # An attempt must not outlive its lease, or another node would send it a second time.
-        interval = max(self._settings.lease_seconds / 3, 0.05)
-        while True:
-            await asyncio.sleep(interval)
-            ids = sorted(self._held)
-            if not ids:
-                continue
-            try:
-                await asyncio.to_thread(self._renew, ids)
-            except (OperationalError, DBAPIError) as exc:
-                log.warning("could not renew webhook leases", error=str(exc)[:200])
+        await keep_leases(
+            self._settings.lease_seconds,
+            lambda: sorted(self._held),
+            self._renew,
+            log,
+            "could not renew webhook leases",
+        )
 
     def _start(self, job: Job) -> None:
         self._held.add(job.delivery_id)
