@@ -118,3 +118,24 @@ def test_the_limits_are_validated(settings: Settings) -> None:
     for refused in (0, 51):
         with pytest.raises(ValueError, match=r"max_signatures\n  Input should be"):
             type(settings.verify).model_validate({**fields, "max_signatures": refused})
+
+
+def test_a_body_hash_that_is_not_base64_is_a_failed_signature(
+    settings: Settings, dns_server: DNSServer
+) -> None:
+    """``bh=`` with a non-base64 character (length still a multiple of 4) fails the signature.
+
+    dkimpy checks the form of ``b=`` where it means ``bh=``, so such a value reached the body
+    hash comparison and raised ``binascii.Error`` out of verification: the message was
+    "processing failed" instead of carrying ``dkim=fail``.
+    """
+    key = make_key("client.example")
+    dns_server.add(key.record_name, "TXT", key.txt)
+    raw = dkim_sign(make_email(sender="carol@client.example", to="richard@acme.example"), key)
+    head, _, tail = raw.partition(b" bh=")
+    broken = head + b" bh=)" + tail[1:]
+    assert len(tail.split(b";")[0].strip()) % 4 == 0
+    outcome = _check(_authenticator(settings, dns_server), broken)
+    (result,) = outcome.dkim
+    assert result.domain == "client.example"
+    assert result.result != PASS
