@@ -4,7 +4,9 @@ Both servers run as their own processes on this machine, the bare one and ``pyth
 mailledger.service.server`` with the whole path on; the same client sends them the same messages at
 1, 10 and 50 sessions, then 1 KB to 10 MB messages, then relays submitted mail to a recording
 MX, then a profiler run says where the server's CPU goes, and last 20 API clients page through
-a feed of 100k activities (bench/api.py). Every figure printed and written
+a feed of 100k activities (bench/api.py), and mailbox sync backfills a Dovecot mailbox beside
+mbsync (bench/sync_backfill.py), and RSA verification runs through dkimpy's pure Python beside
+OpenSSL (bench/rsa_verify.py). Every figure printed and written
 to ``bench/results/latest.json`` is measured in this run.
 """
 
@@ -25,7 +27,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from bench import api, procstat, profile, relayload
+from bench import api, procstat, profile, relayload, rsa_verify, sync_backfill
 from bench.load import LoadResult, prepare, run_load
 from bench.processed import queue_id, wait_processed
 from bench.results import ms, ratio, table
@@ -62,6 +64,10 @@ FULL = {
     "profile": 300,
     # (activities seeded, API clients, seconds): GET /v1/activities?limit=100.
     "api": (100_000, 20, 20.0),
+    # Messages of ~10 KB backfilled from Dovecot by mailbox sync, beside mbsync.
+    "sync": 2000,
+    # Rounds of dkimpy's RSA verification against ours, per signature and per Gmail forward.
+    "rsa_verify": 15,
 }
 SMOKE = {
     "sessions": [(1, 3), (10, 10), (50, 50)],
@@ -70,6 +76,8 @@ SMOKE = {
     "relay": 2,
     "profile": 0,
     "api": (300, 20, 1.0),
+    "sync": 20,
+    "rsa_verify": 1,
 }
 
 
@@ -267,6 +275,12 @@ def main() -> int:
         activities, clients, seconds = plan["api"]
         print(f"API: {clients} clients over {activities} activities…", flush=True)
         api_load = api.measure(work / "api", activities, clients, seconds)
+        print(f"mailbox sync: backfill of {plan['sync']} messages beside mbsync…", flush=True)
+        sync_load = sync_backfill.measure(work / "sync", plan["sync"])
+        print(sync_backfill.render(sync_load), flush=True)
+        print("RSA verification: dkimpy against OpenSSL…", flush=True)
+        rsa_load = rsa_verify.measure(plan["rsa_verify"])
+        print(rsa_verify.render(rsa_load), flush=True)
     if not one:
         raise RuntimeError("the plan has no 10 MB phase")
     report.update(
@@ -280,6 +294,8 @@ def main() -> int:
             api_load=api_load,
         )
     )
+    report["sync_backfill"] = sync_load
+    report["rsa_verify"] = rsa_load
     report["seconds"] = round(time.monotonic() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))

@@ -24,6 +24,7 @@ from mailledger.logs import configure_logging
 from mailledger.store import directory, webhooks
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, WebhookDelivery, WebhookDeliveryState
+from mailledger.store.secretbox import SecretBox, ensure_key_file
 from mailledger.testing.webhookreceiver import WebhookReceiver
 from mailledger.web.webhooks import WebhookWorker
 
@@ -66,7 +67,10 @@ def main() -> None:
     configure_logging(LoggingSettings(format="json", level="warning"))
     with tempfile.TemporaryDirectory() as tmp, WebhookReceiver() as receiver:
         url = args.database or f"sqlite:///{Path(tmp) / 'bench.db'}"
-        settings = load_settings(None, {"MAILLEDGER_DATABASE__URL": url}).model_copy(
+        key_file = str(Path(tmp) / "secret.key")
+        ensure_key_file(key_file)
+        env = {"MAILLEDGER_DATABASE__URL": url, "MAILLEDGER_SECRETS__KEY_FILE": key_file}
+        settings = load_settings(None, env).model_copy(
             update={
                 "webhooks": WebhookSettings(
                     allow_private_targets=True,
@@ -81,7 +85,9 @@ def main() -> None:
         with sessions.begin() as session:
             seed_demo(session)
             tenant = directory.find_tenant(session, "acme")
-            webhooks.add_endpoint(session, tenant, receiver.url())
+            webhooks.add_endpoint(
+                session, tenant, receiver.url(), box=SecretBox.from_file(key_file)
+            )
             for n in range(args.events):
                 webhooks.emit(
                     session, tenant.id, webhooks.MESSAGE_QUARANTINED, {"n": n, "pad": "x" * 500}

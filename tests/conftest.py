@@ -20,6 +20,7 @@ from mailledger.dnsauth.resolver import Resolver
 from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base
+from mailledger.store.secretbox import ensure_key_file
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.postgres import PostgresServer, find_bindir, start_server
 from mailledger.verify.patches import install_patches
@@ -85,8 +86,11 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         # leaves the machine.
         "MAILLEDGER_DNS__NAMESERVERS": '["127.0.0.1:9"]',
         "MAILLEDGER_DNS__TIMEOUT_SECONDS": "0.5",
+        "MAILLEDGER_SECRETS__KEY_FILE": str(tmp_path / "secret.key"),
     }
-    return load_settings(None, env)
+    loaded = load_settings(None, env)
+    ensure_key_file(loaded.secrets.key_file)
+    return loaded
 
 
 @pytest.fixture

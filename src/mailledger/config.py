@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "MAILLEDGER_"
 CONFIG_ENV = "MAILLEDGER_CONFIG"
@@ -52,6 +59,27 @@ class StorageSettings(_Section):
     # New mail is refused with 452 4.3.1 while the blob directory's file system (and an SQLite
     # database's) has less than this many bytes free, so the disk never fills mid-write.
     min_free_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    # Where blobs live (store/blobbackend.py): "filesystem" (blob_dir), "database" (chunked rows
+    # in [database] url: several nodes then share nothing but the database) or "s3" (an
+    # S3-compatible object store). With "database" or "s3", blob_dir only spools large DATA on
+    # this node while it arrives. `mailledger storage migrate --to …` moves existing blobs.
+    backend: Literal["filesystem", "database", "s3"] = "filesystem"
+    # [storage] backend = "s3": the endpoint (empty: AWS's own), the bucket, its region, a prefix
+    # for every key, and the credentials (empty: boto3's chain: environment, instance role).
+    s3_endpoint_url: str = ""
+    s3_bucket: str = ""
+    s3_region: str = ""
+    s3_prefix: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    # Objects larger than this go up in parts of this size (S3's minimum part is 5 MiB).
+    s3_multipart_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _s3_bucket(self) -> StorageSettings:
+        if self.backend == "s3" and not self.s3_bucket:
+            raise ValueError('backend = "s3" needs s3_bucket')
+        return self
 
 
 class CaptureSettings(_Section):
@@ -149,7 +177,8 @@ class ServiceSettings(_Section):
     node_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     # On SIGTERM, how long a session in DATA may take to finish before it is cut off.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
-    # The sender of our own mail to staff (sign-in links); "" means noreply@<hostname>.
+    # The sender of our own mail to staff (sign-in links); "" means noreply@<hostname>. A
+    # tenant may choose one of its own addresses instead (`tenant set --system-sender`).
     system_address: str = ""
 
     @property
@@ -163,7 +192,11 @@ class ProcessingSettings(_Section):
     # restarted) takes over the work of a node that died.
     lease_seconds: float = Field(default=60.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
+    # Messages claimed at once, and recorded together (a savepoint each): a recording
+    # transaction takes no further message once it has held the database this long (on
+    # SQLite intake's commit, and so the 250, waits for it).
     batch_size: int = Field(default=32, ge=1)
+    transaction_hold_seconds: float = Field(default=0.01, gt=0)
     # 0: process in the server's own process. N: in N processes of their own, so parsing and
     # sender checks run on other cores than the listeners (set it to the number of cores).
     worker_processes: int = Field(default=0, ge=0, le=64)
@@ -249,10 +282,29 @@ class RetentionSettings(_Section):
     raw_days: int = Field(default=0, ge=0)
     # Days quarantined messages are kept before they are deleted; 0 keeps them.
     quarantine_days: int = Field(default=0, ge=0)
+    # Days the webhook delivery log (events delivered or failed for good, their deliveries
+    # and attempts) is kept; an event still to deliver is never deleted. 0 keeps them.
+    webhook_days: int = Field(default=30, ge=0)
     # How often serve() runs the retention pass, in seconds.
     interval_seconds: float = Field(default=3600.0, gt=0)
     # Messages handled per transaction, so one pass never holds a long lock.
     batch_size: int = Field(default=200, ge=1)
+
+
+class ForwardingSettings(_Section):
+    # Forwarding health (forwarding/health.py), only for staff whose forwarding was proven.
+    # Days between round-trip rechecks of a proven forward; 0 turns rechecks off.
+    recheck_days: int = Field(default=7, ge=0)
+    # Hours a recheck has to come back before forwarding counts as broken. Longer than the
+    # relay's default retry schedule (about 16 hours), so a mailbox that is slow to accept the
+    # check (greylisting, an outage) is not taken for a broken forward.
+    deadline_hours: float = Field(default=24.0, gt=0)
+    # Days without forwarded mail, while the staff member sends mail, before forwarding counts
+    # as broken; 0 turns the silence rule off. A week: a working week with a weekend, long
+    # enough that quiet days are no alarm, short enough that lost mail is found in days.
+    silence_days: int = Field(default=7, ge=0)
+    # How often serve() runs the health pass, in seconds (one node of several runs it).
+    interval_seconds: float = Field(default=3600.0, gt=0)
 
 
 class WebhookSettings(_Section):
@@ -284,6 +336,116 @@ class WebhookSettings(_Section):
         return value
 
 
+class SecretsSettings(_Section):
+    # The key that seals secrets we must read back (webhook signing secrets, mailbox
+    # passwords, OAuth tokens): one Fernet key per line, the first seals. `db upgrade` creates
+    # it (mode 0600) when missing. Keep it out of database backups, and back it up apart.
+    key_file: str = "var/secret.key"
+
+
+class SyncSettings(_Section):
+    """``[sync]``: mailbox sync (DESIGN §12), how often, how much at once, and the limits."""
+
+    # A full pass over every folder of an account this often (IDLE brings INBOX sooner).
+    interval_minutes: float = Field(default=30.0, gt=0)
+    # IMAP connections one account may have open at once (Gmail allows 15 in all).
+    connections_per_account: int = Field(default=2, ge=1, le=15)
+    # UIDs per FETCH, and per transaction: the most a crash can make us fetch again.
+    batch_size: int = Field(default=500, ge=1, le=5000)
+    # A larger message is recorded from its headers only, with a note (never fetched whole).
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    # IDLE is re-issued at least this often: RFC 2177 §3 asks for less than 29 minutes.
+    idle_seconds: float = Field(default=1500.0, gt=0, le=29 * 60)
+    # The folder list (which is Sent, did the user add one) is read again this often.
+    folder_refresh_minutes: float = Field(default=60.0, gt=0)
+    # Messages one staff member's accounts may sync per UTC day; none: no limit. Over it the
+    # account waits (`pending`) until the next day, and the rest is fetched then.
+    daily_limit_per_user: int | None = Field(default=None, ge=1)
+    # Mailbox accounts one tenant may connect; none: no limit.
+    max_accounts_per_tenant: int | None = Field(default=None, ge=1)
+    # How often, in seconds, the sync worker looks for accounts that are due.
+    poll_interval_seconds: float = Field(default=5.0, gt=0)
+    # A claimed account lapses after this many seconds so another node takes it over;
+    # renewed while its pass runs.
+    lease_seconds: float = Field(default=120.0, gt=0)
+    # One pass of one account may take this long before it is cut off (and retried later),
+    # so one slow or broken mailbox never holds the others up.
+    pass_timeout_seconds: float = Field(default=1800.0, gt=0)
+    # Accounts synced at once, per node.
+    max_concurrent_accounts: int = Field(default=20, ge=1)
+    # Seconds to wait for an IMAP server to connect or answer before the pass fails.
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+
+class CalendarSettings(_Section):
+    """``[calendar]``: calendar sync (DESIGN §13): the window of days and how often."""
+
+    # Events from this many days back to this many days ahead are synced both ways.
+    days_back: int = Field(default=10, ge=0, le=366)
+    days_ahead: int = Field(default=60, ge=1, le=732)
+    # A pass of every calendar account this often (and on demand: `calendar sync`).
+    interval_minutes: float = Field(default=60.0, gt=0)
+    # How often, in seconds, the calendar worker looks for accounts that are due.
+    poll_interval_seconds: float = Field(default=5.0, gt=0)
+    # A claimed account lapses after this many seconds so another node takes it over.
+    lease_seconds: float = Field(default=120.0, gt=0)
+    # Calendar accounts synced at once, per node.
+    max_concurrent_accounts: int = Field(default=10, ge=1)
+    # Seconds to wait for a CalDAV server to answer one request before the pass fails.
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+
+class OAuthSettings(_Section):
+    """One OAuth 2.0 provider (Google, Microsoft 365): mailbox (XOAUTH2) and calendar sign-ins.
+
+    The endpoints default to the provider's own; tests point them at a local token endpoint.
+    """
+
+    client_id: str = ""
+    client_secret: str = ""
+    auth_url: str = ""
+    token_url: str = ""
+    scopes: list[str] = Field(default_factory=list)
+    # The scopes asked for when a calendar signs in (`calendar add --oauth`); a calendar's
+    # sign-in is its own grant, so a mailbox's token never reaches the calendar or back.
+    calendar_scopes: list[str] = Field(default_factory=list)
+    # Where the provider sends the browser back; empty: [http] public_url +
+    # /accounts/oauth/callback. `account add --oauth` reads the redirected URL pasted back.
+    redirect_uri: str = ""
+
+
+def _google() -> OAuthSettings:
+    return OAuthSettings(
+        auth_url="https://accounts.google.com/o/oauth2/v2/auth",
+        token_url="https://oauth2.googleapis.com/token",  # noqa: S106 - a URL, not a secret
+        scopes=["https://mail.google.com/"],
+        calendar_scopes=["https://www.googleapis.com/auth/calendar"],
+    )
+
+
+def _microsoft() -> OAuthSettings:
+    return OAuthSettings(
+        auth_url="https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
+        token_url="https://login.microsoftonline.com/common/oauth2/v2.0/token",  # noqa: S106
+        scopes=["https://outlook.office.com/IMAP.AccessAsUser.All", "offline_access"],
+    )
+
+
+class OAuthSettingsAll(_Section):
+    """``[oauth.google]`` and ``[oauth.microsoft]``: keys left out keep the provider's defaults."""
+
+    google: OAuthSettings = Field(default_factory=_google)
+    microsoft: OAuthSettings = Field(default_factory=_microsoft)
+
+    @field_validator("google", "microsoft", mode="before")
+    @classmethod
+    def _defaults(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, dict):
+            base = (_google() if info.field_name == "google" else _microsoft()).model_dump()
+            return {**base, **value}
+        return value
+
+
 class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
@@ -300,10 +462,26 @@ class Settings(_Section):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     http: HTTPSettings = Field(default_factory=HTTPSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    forwarding: ForwardingSettings = Field(default_factory=ForwardingSettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
+    oauth: OAuthSettingsAll = Field(default_factory=OAuthSettingsAll)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    calendar: CalendarSettings = Field(default_factory=CalendarSettings)
 
 
 # (section, key) pairs printed masked by check-config; passwords in URLs are masked separately.
-SECRET_KEYS: frozenset[tuple[str, str]] = frozenset({("relay", "smarthost_password")})
+# Sections made of sections ([oauth.google]): their keys are three parts deep.
+NESTED_SECTIONS: frozenset[str] = frozenset({"oauth"})
+
+# A key may be a dotted path inside its section (``google.client_secret`` of [oauth]).
+SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("relay", "smarthost_password"),
+        ("storage", "s3_secret_access_key"),
+        ("oauth", "google.client_secret"),
+        ("oauth", "microsoft.client_secret"),
+    }
+)
 
 
 def _env_value(raw: str) -> Any:
@@ -344,12 +522,18 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[s
             _warn_foreign(name)
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
-        if len(path) != 2 or not all(path):
+        # Three parts reach a nested section: MAILLEDGER_OAUTH__GOOGLE__CLIENT_ID.
+        nested = len(path) == 3 and path[0] in NESTED_SECTIONS
+        if (len(path) != 2 and not nested) or not all(path):
             raise ConfigError(f"{name}: environment overrides are named MAILLEDGER_SECTION__KEY")
         section = data.setdefault(path[0], {})
         if not isinstance(section, dict):
             raise ConfigError(f"{name}: [{path[0]}] is not a section")
-        section[path[1]] = _env_value(raw)
+        if len(path) == 3:
+            section = section.setdefault(path[1], {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{name}: [{path[0]}.{path[1]}] is not a section")
+        section[path[-1]] = _env_value(raw)
         origins[(path[0], path[1])] = name
     return origins
 
@@ -397,8 +581,12 @@ def masked(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain data, with secrets replaced by a mask."""
     data = settings.model_dump()
     for section, key in SECRET_KEYS:
-        if data[section].get(key):
-            data[section][key] = "********"
+        *parents, leaf = key.split(".")
+        holder = data[section]
+        for parent in parents:
+            holder = holder[parent]
+        if holder.get(leaf):
+            holder[leaf] = "********"
     url: str = data["database"]["url"]
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -11,8 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.cli.demo import DemoAddresses
 from mailledger.config import Settings
-from mailledger.store import directory
-from mailledger.store.models import Tenant
+from mailledger.store import calendars, directory
+from mailledger.store.mailaccounts import AccountRequest, add_account
+from mailledger.store.models import Tenant, utcnow
+from mailledger.store.secretbox import SecretBox
 from mailledger.testing.api import bearer, insert_activity, make_token, running_api
 from mailledger.testing.received import insert_quarantined
 
@@ -45,7 +48,41 @@ async def test_every_documented_operation_answers_a_documented_status(
         company = directory.create_company(session, acme, "OpenAPI Co", []).id
         entry = directory.add_never_log(session, acme, "openapi.example").id
         message = insert_quarantined(session, acme, staff)
-    ids = {
+        account = add_account(
+            session,
+            SecretBox.from_file(settings.secrets.key_file),
+            AccountRequest(
+                tenant=acme,
+                username="richard",
+                login="openapi",
+                imap="127.0.0.1:9",
+                password="x",
+            ),
+            now=utcnow(),
+        ).id
+        calendar = calendars.add_account(
+            session,
+            SecretBox.from_file(settings.secrets.key_file),
+            calendars.CalendarRequest(
+                tenant=acme,
+                username="richard",
+                url="http://127.0.0.1:9/",
+                login="openapi",
+                password="x",
+            ),
+            calendar_url="http://127.0.0.1:9/richard/work/",
+            calendar_name="Work",
+            now=utcnow(),
+        )
+        event = calendars.add_event(
+            session,
+            calendar,
+            calendars.EventInput(
+                summary="OpenAPI", start=utcnow(), end=utcnow() + timedelta(hours=1)
+            ),
+            utcnow(),
+        ).id
+    ids: dict[str, Any] = {
         "activity_id": activity,
         "n": 1,
         "contact_id": contact,
@@ -53,6 +90,9 @@ async def test_every_documented_operation_answers_a_documented_status(
         "entry_id": entry,
         "username": "richard",
         "message": message,
+        "account_id": account,
+        "event_id": event,
+        "queue_id": "0123456789ABCDEF0123",  # nobody's: the entry is read in test_api_messages
     }
     unknown = dict.fromkeys(ids, 999999)
     async with (

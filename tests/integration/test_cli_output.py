@@ -60,7 +60,8 @@ def test_json_is_always_an_array_of_objects(
     config.write_text(
         f'[database]\nurl = "{url}"\n[storage]\nblob_dir = "{tmp_path / "blobs"}"\n'
         'min_free_bytes = 0\n[capture]\nlisten = ["127.0.0.1:0"]\n'
-        '[metrics]\nlisten = "127.0.0.1:0"\n',
+        '[metrics]\nlisten = "127.0.0.1:0"\n'
+        "[retention]\nwebhook_days = 0\n",  # every rule off (webhook logs go after 30 days)
         encoding="utf-8",
     )
     assert main(["--config", str(config), "check-config", "--json"]) == 0
@@ -69,10 +70,11 @@ def test_json_is_always_an_array_of_objects(
     assert main(["--config", str(config), "retention", "run", "--json"]) == 0
     off = json.loads(capsys.readouterr().out)
     assert off == [{
-        "enabled": False, "dry_run": False, "raw_messages": 0, "raw_blobs": 0, "quarantined": 0
+        "enabled": False, "dry_run": False, "raw_messages": 0, "raw_blobs": 0, "quarantined": 0,
+        "webhook_events": 0, "webhook_attempts": 0,
     }]  # fmt: skip
     with config.open("a", encoding="utf-8") as handle:
-        handle.write("[retention]\nraw_days = 3\n")
+        handle.write("raw_days = 3\n")  # still inside [retention]
     assert main(["--config", str(config), "retention", "run", "--dry-run", "--json"]) == 0
     [report] = json.loads(capsys.readouterr().out)
     assert report["enabled"] is True and report["dry_run"] is True

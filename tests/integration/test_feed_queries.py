@@ -63,13 +63,8 @@ def test_a_page_finds_its_children_by_index(engine: Engine, statement: Any, tabl
     assert not any(line.startswith("SCAN") for line in plan), plan
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attachments has no index on activity_id yet: "
-    "CREATE INDEX ix_attachments_activity_id ON attachments (activity_id)",
-)
 def test_a_page_finds_its_attachments_by_index(engine: Engine) -> None:
-    """Attachments of a page are looked up by activity id (needs the index named above)."""
+    """Attachments of a page are looked up by activity id (ix_attachments_activity_id)."""
     plan = _plan(engine, queries.ATTACHMENTS_OF_IDS.params(ids=[1, 2, 3]))
     assert not any(line.startswith("SCAN attachments") for line in plan), plan
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect, text
 
-from mailledger.store.engine import make_engine
-from mailledger.store.migrate import alembic_config, current_revision, upgrade
+from mailledger.store import directory
+from mailledger.store.engine import make_engine, make_sessionmaker
+from mailledger.store.migrate import alembic_config, current_revision, downgrade, upgrade
 from mailledger.store.models import Base
+from mailledger.store.secretbox import ensure_key_file
+from mailledger.testing.api import insert_activity
+from mailledger.testing.received import insert_quarantined
 
 
 @pytest.mark.postgres
@@ -47,3 +53,40 @@ def test_one_head() -> None:
     """The revision history is linear: two heads would make `db upgrade head` ambiguous."""
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert len(script.get_heads()) == 1
+
+
+@pytest.mark.postgres
+def test_upgrade_and_downgrade_keep_child_rows(database_url: str, tmp_path: Path) -> None:
+    """Rebuilding a parent table (SQLite batch mode) must not cascade-delete its children.
+
+    Down to 0009 and up again rebuilds ``received_messages``, ``staff``, ``tenants`` and
+    ``webhook_endpoints`` on SQLite; every route, trace line, activity and delivery stays.
+    """
+    key = tmp_path / "secret.key"
+    ensure_key_file(key)
+    upgrade(database_url, secrets_key_file=str(key))
+    engine = make_engine(database_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        with sessions.begin() as session:
+            tenant = directory.add_tenant(session, "acme", "acme.capture.example", ["acme.test"])
+            staff = directory.add_staff(session, tenant, "richard", ["richard@acme.test"])
+            insert_quarantined(session, tenant, staff)
+            insert_activity(session, tenant.id, staff_id=staff.id, subject="kept")
+        before = _child_counts(engine)
+        assert all(before.values()), before
+        downgrade(database_url, "0009", secrets_key_file=str(key))
+        assert _child_counts(engine) == before
+        upgrade(database_url, secrets_key_file=str(key))
+        assert _child_counts(engine) == before
+    finally:
+        engine.dispose()
+
+
+def _child_counts(engine: Engine) -> dict[str, int]:
+    tables = ("message_routes", "trace_entries", "activities", "staff_addresses")
+    with engine.connect() as connection:
+        return {
+            table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+            for table in tables
+        }

@@ -6,12 +6,10 @@ installs it. Every page's screenshot is kept under the test's tmp dir.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -34,61 +32,12 @@ from mailledger.store.models import (
     utcnow,
 )
 from mailledger.testing.api import insert_activity
-from mailledger.web.app import build_app
-from mailledger.web.serving import HTTPServer
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+from mailledger.testing.webpages import CHROMIUM, Browser, RunningPages, chromium_page
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)"
 )
 sync_api = pytest.importorskip("playwright.sync_api")
-
-
-class RunningPages:
-    """The HTTP server with the pages, on its own event loop in a thread, on a loopback port."""
-
-    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, settings: Settings):
-        self.app = build_app(sessions, blobs, settings.http, site=settings)
-        self.settings = settings
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server = HTTPServer(self.app, "127.0.0.1:0", trusted_proxies=[], grace_seconds=1)
-        self.url = ""
-
-    def __enter__(self) -> RunningPages:
-        self.thread.start()
-        host, port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        self.url = f"http://{host}:{port}"
-        # Mailed links must point at this server: its port is known only now.
-        http = self.settings.http.model_copy(update={"public_url": self.url})
-        self.app.state.pages.settings = self.settings.model_copy(update={"http": http})
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@dataclass
-class Browser:
-    """One Chromium page, with what it said on the console and what it threw."""
-
-    page: Any
-    shots: Path
-    console: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def shot(self, name: str) -> Path:
-        path = self.shots / f"{name}.png"
-        self.page.screenshot(path=str(path), full_page=True)
-        return path
 
 
 @dataclass
@@ -124,20 +73,8 @@ def world(
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Browser]:
     """Headless Debian Chromium; console messages and page errors are collected."""
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = chromium.new_context(viewport={"width": 1000, "height": 900})
-        page = context.new_page()
-        found = Browser(page, shots)
-        page.on("console", lambda m: found.console.append(f"{m.type}: {m.text}"))
-        page.on("pageerror", lambda e: found.errors.append(str(e)))
-        try:
-            yield found
-        finally:
-            context.close()
-            chromium.close()
+    with chromium_page(tmp_path / "screenshots") as found:
+        yield found
 
 
 def _queued_link(world: World, address: str) -> str:

@@ -38,6 +38,7 @@ from mailledger.store.models import (
     WebhookEvent,
 )
 from mailledger.store.regarding import Regarding, set_regarding
+from mailledger.store.secretbox import SecretBox
 from mailledger.testing.mail import make_email, store_received
 from mailledger.testing.webhookreceiver import Answer, Request, WebhookReceiver
 from mailledger.verify.authenticate import Authenticator
@@ -102,13 +103,20 @@ def process(
 
 
 def add_endpoint(
-    sessions: sessionmaker[Session], url: str, events: list[str] | None = None
+    sessions: sessionmaker[Session], settings: Settings, url: str, events: list[str] | None = None
 ) -> tuple[int, str]:
-    """An endpoint of the demo tenant; its id and secret."""
+    """An endpoint of the demo tenant; its id and secret (kept sealed with the test's key)."""
     with sessions.begin() as session:
         tenant = directory.find_tenant(session, "acme")
-        endpoint, secret = webhooks.add_endpoint(session, tenant, url, events or [])
+        endpoint, secret = webhooks.add_endpoint(
+            session, tenant, url, events or [], box=box_of(settings)
+        )
         return endpoint.id, secret
+
+
+def box_of(settings: Settings) -> SecretBox:
+    """The box of the test's ``[secrets] key_file`` (the settings fixture creates it)."""
+    return SecretBox.from_file(settings.secrets.key_file)
 
 
 @contextlib.asynccontextmanager
@@ -175,7 +183,7 @@ async def test_activity_created_is_delivered_signed_with_the_list_representation
     receiver: WebhookReceiver,
 ) -> None:
     """A recorded email reaches the CRM once, verifiable, carrying `activities list --json`."""
-    _, secret = add_endpoint(sessions, receiver.url())
+    _, secret = add_endpoint(sessions, settings, receiver.url())
     process(make_email(message_id="hook-1@client.example"))
     async with running(sessions, settings):
         [request] = await received(receiver, 1)
@@ -210,7 +218,7 @@ async def test_a_merge_is_an_update_with_the_new_source(
     receiver: WebhookReceiver,
 ) -> None:
     """The same email arriving by a second path sends activity.updated with both sources."""
-    _, secret = add_endpoint(sessions, receiver.url())
+    _, secret = add_endpoint(sessions, settings, receiver.url())
     raw = make_email(message_id="twice@client.example")
     process(raw)
     process(raw)
@@ -234,7 +242,7 @@ async def test_a_changed_regarding_is_an_update_and_a_repeated_one_is_not(
     receiver: WebhookReceiver,
 ) -> None:
     """Linking an activity to a CRM record sends activity.updated once, in that transaction."""
-    _, secret = add_endpoint(sessions, receiver.url())
+    _, secret = add_endpoint(sessions, settings, receiver.url())
     process(make_email(message_id="regard@client.example"))
     with sessions() as session:
         activity = session.scalars(select(Activity)).one()
@@ -259,7 +267,7 @@ async def test_quarantine_sends_message_quarantined(
     receiver: WebhookReceiver,
 ) -> None:
     """Mail from an unknown sender is quarantined, and the CRM hears why."""
-    _, secret = add_endpoint(sessions, receiver.url(), ["message.quarantined"])
+    _, secret = add_endpoint(sessions, settings, receiver.url(), ["message.quarantined"])
     message_id = process(make_email(sender="Stranger <who@unknown.example>", message_id="q@x"))
     process(make_email(message_id="not-sent@client.example"))  # recorded: not subscribed
     async with running(sessions, settings):
@@ -290,7 +298,7 @@ def test_a_rolled_back_processing_step_leaves_no_event(
     receiver: WebhookReceiver,
 ) -> None:
     """The event is written in the processing transaction: a rollback takes it away too."""
-    add_endpoint(sessions, receiver.url())
+    add_endpoint(sessions, settings, receiver.url())
     recorded = store_received(
         sessions, blobs, make_email(message_id="rb@client.example"), [RICHARD]
     )
@@ -343,7 +351,7 @@ async def test_a_500_is_retried_with_the_same_id_and_a_fresh_timestamp(
             "webhooks": settings.webhooks.model_copy(update={"retry_schedule_seconds": schedule})
         }
     )
-    ident, secret = add_endpoint(sessions, receiver.url())
+    ident, secret = add_endpoint(sessions, settings, receiver.url())
     receiver.script("/hook", Answer(500, body=b"database down"))
     process(make_email())
     async with running(sessions, settings):
@@ -372,7 +380,7 @@ async def test_retry_after_is_honoured(
     receiver: WebhookReceiver,
 ) -> None:
     """A 429 or 503 with Retry-After is not tried again before the time it asked for."""
-    add_endpoint(sessions, receiver.url())
+    add_endpoint(sessions, settings, receiver.url())
     receiver.script("/hook", Answer(status, {"Retry-After": "2"}, b"slow down"))
     process(make_email())
     async with running(sessions, settings):
@@ -387,7 +395,7 @@ async def test_410_disables_the_endpoint(
     receiver: WebhookReceiver,
 ) -> None:
     """410 Gone: the delivery fails, the endpoint is disabled, and nothing more goes there."""
-    ident, _ = add_endpoint(sessions, receiver.url())
+    ident, _ = add_endpoint(sessions, settings, receiver.url())
     receiver.script("/hook", Answer(410, body=b"no such hook"))
     process(make_email())
     async with running(sessions, settings):
@@ -409,7 +417,7 @@ async def test_redirects_are_not_followed(
     receiver: WebhookReceiver,
 ) -> None:
     """A 3xx is a failed attempt: the Location is never requested."""
-    add_endpoint(sessions, receiver.url())
+    add_endpoint(sessions, settings, receiver.url())
     receiver.script("/hook", Answer(307, {"Location": receiver.url("/elsewhere")}))
     process(make_email())
     async with running(sessions, settings):
@@ -425,9 +433,11 @@ async def test_rotation_signs_with_both_secrets_until_the_old_expires(
     receiver: WebhookReceiver,
 ) -> None:
     """During a rotation each secret's signature is present, so either verifies."""
-    ident, old = add_endpoint(sessions, receiver.url())
+    ident, old = add_endpoint(sessions, settings, receiver.url())
     with sessions.begin() as session:
-        new = webhooks.rotate_secret(session, session.get_one(WebhookEndpoint, ident))
+        new = webhooks.rotate_secret(
+            session, session.get_one(WebhookEndpoint, ident), box=box_of(settings)
+        )
     process(make_email())
     async with running(sessions, settings):
         [request] = await received(receiver, 1)
@@ -436,7 +446,9 @@ async def test_rotation_signs_with_both_secrets_until_the_old_expires(
     # Once the overlap is over only the new secret signs.
     with sessions.begin() as session:
         endpoint = session.get_one(WebhookEndpoint, ident)
-        newest = webhooks.rotate_secret(session, endpoint, overlap=timedelta(0))
+        newest = webhooks.rotate_secret(
+            session, endpoint, box=box_of(settings), overlap=timedelta(0)
+        )
     process(make_email())
     async with running(sessions, settings):
         [_, request] = await received(receiver, 2)
@@ -453,7 +465,7 @@ async def test_a_used_up_schedule_marks_the_endpoint_failing(
     receiver: WebhookReceiver,
 ) -> None:
     """Every attempt fails: the delivery fails, the endpoint is failing; a success clears it."""
-    ident, _ = add_endpoint(sessions, receiver.url())
+    ident, _ = add_endpoint(sessions, settings, receiver.url())
     receiver.script("/hook", *[Answer(500)] * len(FAST))
     process(make_email())
     async with running(sessions, settings):
@@ -484,7 +496,7 @@ async def test_a_slow_receiver_times_out(
     settings = settings.model_copy(
         update={"webhooks": settings.webhooks.model_copy(update={"timeout_seconds": 0.5})}
     )
-    add_endpoint(sessions, receiver.url())
+    add_endpoint(sessions, settings, receiver.url())
     receiver.script("/hook", Answer(200, delay_seconds=1.5))
     process(make_email())
     async with running(sessions, settings):
@@ -505,7 +517,7 @@ async def test_private_targets_are_refused_without_the_setting(
     strict = settings.model_copy(
         update={"webhooks": settings.webhooks.model_copy(update={"allow_private_targets": False})}
     )
-    add_endpoint(sessions, receiver.url())
+    add_endpoint(sessions, settings, receiver.url())
     process(make_email())
     async with running(sessions, strict):
         await until(lambda: len(attempts(sessions)) >= 1)

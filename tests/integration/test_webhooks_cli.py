@@ -17,6 +17,7 @@ from mailledger.cli.main import main
 from mailledger.store import directory, webhooks
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, utcnow
+from mailledger.store.secretbox import SecretBox, ensure_key_file
 from mailledger.testing.dnsserver import DNSServer
 
 
@@ -77,9 +78,12 @@ nameservers = ["{dns.address}"]
 timeout_seconds = 1.0
 [webhooks]
 allow_private_targets = {"true" if allow_private else "false"}
+[secrets]
+key_file = "{tmp_path / "secret.key"}"
 """,
         encoding="utf-8",
     )
+    ensure_key_file(tmp_path / "secret.key")
     return path
 
 
@@ -160,7 +164,7 @@ def test_bad_input_is_refused_clearly(run: Run) -> None:
 
 
 def test_rotate_prints_a_new_secret_and_both_sign(
-    run: Run, sessions: sessionmaker[Session]
+    run: Run, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     """`webhook rotate` prints the new secret; the old one signs until the overlap ends."""
     old = run("webhook", "add", "acme", "https://crm.example/h").split("keep it): ")[1].strip()
@@ -173,18 +177,14 @@ def test_rotate_prints_a_new_secret_and_both_sign(
     assert listed["rotating_until"] is not None
     with sessions() as session:
         endpoint = webhooks.find_endpoint(session, 1)
-        assert webhooks.signing_secrets(
-            endpoint.secret,
-            endpoint.previous_secret,
-            endpoint.previous_secret_expires_at,
-            utcnow(),
-        ) == (new, old)
+        box = SecretBox.from_file(tmp_path / "secret.key")
+        assert webhooks.endpoint_secrets(endpoint, box, utcnow()) == (new, old)
     run("webhook", "rotate", "1", "--overlap-hours", "0")
     assert run.json("webhook", "list", "acme")[0]["rotating_until"] is None
 
 
 def test_deliveries_list_every_attempt_and_replay_sends_again(
-    run: Run, sessions: sessionmaker[Session]
+    run: Run, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     """Attempts are listed with time, status, latency and answer; replay makes a new delivery."""
     run("webhook", "add", "acme", "https://crm.example/h")
@@ -199,7 +199,12 @@ def test_deliveries_list_every_attempt_and_replay_sends_again(
     for status, answer in ((500, "oops"), (200, "thanks")):
         with sessions.begin() as session:
             [job] = webhooks.claim_due(
-                session, owner="test", lease_seconds=30, limit=1, max_attempts=3
+                session,
+                owner="test",
+                lease_seconds=30,
+                limit=1,
+                max_attempts=3,
+                box=SecretBox.from_file(tmp_path / "secret.key"),
             )
             result = webhooks.AttemptResult(utcnow(), status, 42, response=answer)
             retry = utcnow() - timedelta(seconds=1) if status == 500 else None

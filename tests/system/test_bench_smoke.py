@@ -35,6 +35,9 @@ def test_bench_smoke_run_writes_every_headline_figure(tmp_path: Path) -> None:
         "cpu_per_msg_ratio",
     ):
         assert isinstance(report[key], float), key
+    # Mailbox sync backfilled every message into an activity, beside mbsync's copy.
+    backfill = report["sync_backfill"]
+    assert backfill["sync"]["activities"] == backfill["messages"] == backfill["mbsync"]["messages"]
     # Every message the smoke run sent was answered and processed, none left behind.
     for row in report["sessions"]:
         assert row["full"]["accepted"] == row["full"]["messages"]

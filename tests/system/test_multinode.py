@@ -1,7 +1,9 @@
 """Two nodes on one PostgreSQL share the work, and a node killed with SIGKILL loses nothing.
 
 Two ``python -m mailledger.service.server`` processes (node-a, node-b) share a PostgreSQL database
-and a blob directory (in production: shared storage such as NFS). Client threads send
+and either a blob directory (``filesystem``; in production shared storage such as NFS) or
+nothing else at all (``database``: blobs in PostgreSQL, each node with a spool directory of its
+own that ends empty). Client threads send
 inbound mail to both; outbound rows are queued for delivery through a recording smarthost.
 While node-a holds claims on both queues it is frozen (SIGSTOP, so its claims can be read
 without racing it) and then killed with SIGKILL. Afterwards:
@@ -28,8 +30,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.cli.demo import seed_demo
+from mailledger.config import DatabaseSettings, Settings, StorageSettings
 from mailledger.store import outbox
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend, open_blob_backend
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.migrate import upgrade
 from mailledger.store.models import (
@@ -61,15 +64,22 @@ FINAL = {MessageState.PROCESSED, MessageState.QUARANTINED, MessageState.FAILED}
 RCPT = "richard@acme.capture.example"
 
 
-def node_config(tmp_path: Path, name: str, url: str, smarthost: int) -> tuple[Path, int, int]:
-    """A node's configuration: shared database and blobs, its own ports and identity."""
+def blob_dir(tmp_path: Path, name: str, backend: str) -> Path:
+    """The shared directory for ``filesystem``; a node's own spool directory for ``database``."""
+    return tmp_path / "blobs" if backend == "filesystem" else tmp_path / f"{name}-spool"
+
+
+def node_config(
+    tmp_path: Path, name: str, url: str, smarthost: int, backend: str
+) -> tuple[Path, int, int]:
+    """A node's configuration: shared database (and blobs), its own ports and identity."""
     port, metrics = free_port(), free_port()
     config = write_config(
         tmp_path / f"{name}.toml",
         database_url=url,
-        blob_dir=tmp_path / "blobs",
+        blob_dir=blob_dir(tmp_path, name, backend),
         capture_port=port,
-        storage={"min_free_bytes": 0},
+        storage={"min_free_bytes": 0, "backend": backend},
         capture={"timeout_seconds": 30},
         service={
             "node_id": name,
@@ -113,7 +123,7 @@ def database(postgres_server: PostgresServer) -> Iterator[str]:
     postgres_server.drop_database(name)
 
 
-def queue_outbound(sessions: sessionmaker[Session], blobs: BlobStore) -> set[str]:
+def queue_outbound(sessions: sessionmaker[Session], blobs: BlobBackend) -> set[str]:
     """OUTBOUND rows, one recipient each; returns their recipients."""
     rcpts = set()
     with sessions.begin() as session:
@@ -168,17 +178,22 @@ def all_done(sessions: sessionmaker[Session]) -> bool:
     return waiting == 0 and queued == 0
 
 
-def test_two_nodes_share_the_work_and_survive_a_sigkill(tmp_path: Path, database: str) -> None:
-    """No message lost, none processed twice, node-b takes over node-a's claims."""
+@pytest.mark.parametrize("backend", ["filesystem", "database"])
+def test_two_nodes_share_the_work_and_survive_a_sigkill(
+    tmp_path: Path, database: str, backend: str
+) -> None:
+    """No message lost, none processed twice, node-b takes over node-a's claims; with the
+    ``database`` backend the nodes share no directory."""
     engine = make_engine(database)
     sessions = make_sessionmaker(engine)
-    blobs = BlobStore(tmp_path / "blobs")
+    storage = StorageSettings(backend=backend, blob_dir=str(blob_dir(tmp_path, "test", backend)))
+    blobs = open_blob_backend(Settings(database=DatabaseSettings(url=database), storage=storage))
     recorder = Recorder("127.0.0.1", 0, name="smarthost.test").start()
     recorder.data_delay = 0.2  # each delivery takes a moment: node-a is caught mid-delivery
     nodes: list[ServerProcess] = []
     metrics_ports: dict[str, int] = {}
     for name in ("node-a", "node-b"):
-        config, port, metrics = node_config(tmp_path, name, database, recorder.port)
+        config, port, metrics = node_config(tmp_path, name, database, recorder.port, backend)
         log = tmp_path / f"{name}.log"
         nodes.append(ServerProcess.for_config(config, port=port, log=log, name=name))
         metrics_ports[name] = metrics
@@ -245,6 +260,15 @@ def test_two_nodes_share_the_work_and_survive_a_sigkill(tmp_path: Path, database
         outbound_states = Counter(session.scalars(select(OutboundMessage.state)))
     engine.dispose()
     assert {row.state for row in rows} == {MessageState.PROCESSED}
+    assert all(blobs.exists(row.blob) for row in rows)  # every raw message readable from here
+    if backend == "database":
+        # No blob on any node's disk: node-b's spool ends empty, and node-a's may hold only
+        # spool files of DATA its kill cut short (never acknowledged).
+        kept = [p for p in tmp_path.glob("node-b-spool/**/*") if p.is_file()]
+        assert kept == [], kept
+        cut = [p for p in tmp_path.glob("node-a-spool/**/*") if p.is_file()]
+        assert all(p.name.startswith(".spool-") for p in cut), cut
+    blobs.close()
     assert all(records[row.id] == 1 for row in rows), "a message was processed twice"
     stored_ids = {f"multi-{n}@client.example" for n in range(INBOUND)}
     assert set(activities) == stored_ids  # none lost

@@ -22,6 +22,7 @@ from mailledger.cli.demo import seed_demo
 from mailledger.store import directory, webhooks
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, WebhookDelivery, WebhookDeliveryState, WebhookEvent
+from mailledger.store.secretbox import SecretBox, ensure_key_file
 from mailledger.testing.mail import make_email
 from mailledger.testing.ports import free_port
 from mailledger.testing.servers import ServerProcess, write_config
@@ -40,6 +41,8 @@ def test_every_event_arrives_after_a_sigkill_mid_delivery(tmp_path: Path) -> Non
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)
     port = free_port()
+    key_file = tmp_path / "secret.key"
+    ensure_key_file(key_file)
     config = write_config(
         tmp_path / "hooks.toml",
         database_url=database,
@@ -55,12 +58,14 @@ def test_every_event_arrives_after_a_sigkill_mid_delivery(tmp_path: Path) -> Non
             "max_concurrent": 2,
             "timeout_seconds": 5.0,
         },
+        secrets={"key_file": str(key_file)},
     )
     with WebhookReceiver(hold_seconds=0.3) as crm:
         with sessions.begin() as session:
             seed_demo(session)
             tenant = directory.find_tenant(session, "acme")
-            _, secret = webhooks.add_endpoint(session, tenant, crm.url())
+            box = SecretBox.from_file(key_file)
+            _, secret = webhooks.add_endpoint(session, tenant, crm.url(), box=box)
             for n in range(EVENTS):
                 webhooks.emit(session, tenant.id, webhooks.MESSAGE_QUARANTINED, {"n": n})
         with sessions() as session:

@@ -61,7 +61,15 @@ def test_the_contracts_in_pyproject_are_kept() -> None:
     [
         ("mailledger.store", "mailledger.mail"),  # the store uses the address rules
         ("mailledger.verify", "mailledger.dnsauth"),  # verify asks the shared resolver
-        ("mailledger.capture | mailledger.relay", "mailledger.smtp"),  # both listeners
+        (
+            "mailledger.capture | mailledger.relay | mailledger.sync | mailledger.calendar",
+            "mailledger.smtp",
+        ),
+        # calendar passes go through the shared status rules
+        (
+            "mailledger.capture | mailledger.relay | mailledger.sync | mailledger.calendar",
+            "mailledger.accounts",
+        ),
     ],
 )
 def test_turning_an_allowed_direction_around_breaks_the_contract(

@@ -2,8 +2,9 @@
 
 ``prepare`` does the slow part first: reading and parsing the bytes, and deciding the sender's
 authentication (``verify.messageauth``), which waits on DNS. ``process_message`` then runs in
-one database transaction, so a crash part-way leaves no half-recorded activity: the message
-stays ``received`` and is processed again (DESIGN §3). Each route's copy walks the named steps
+a database transaction (the worker's, shared by a batch of messages, in a savepoint of the
+message's own), so a crash part-way leaves no half-recorded activity: the message stays
+``received`` and is processed again (DESIGN §3). Each route's copy walks the named steps
 of ``pipeline.steps``; every outcome is an activity (new, or merged into the same email's
 activity), forwarding set-up handled, or a quarantine with its reason.
 """
@@ -28,12 +29,15 @@ from mailledger.capture.pipeline.decisions import (
     Quarantine,
     Recorded,
 )
+from mailledger.capture.pipeline.lookups import Lookups
+from mailledger.capture.pipeline.pending import PendingRows
 from mailledger.capture.pipeline.steps import decide_route
 from mailledger.capture.pipeline.tracer import Tracer
 from mailledger.config import Settings
 from mailledger.mail.parsing import ParsedMessage, ParseFailure, parse_message
+from mailledger.routing import dedupe
 from mailledger.store import webhooks
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.models import MessageState, ReceivedMessage, Tenant, utcnow
 from mailledger.verify.authenticate import Authenticator
 from mailledger.verify.messageauth import Gateway, MessageAuth, authenticate_message
@@ -56,6 +60,7 @@ class Arrival:
     helo: str
     mail_from: str
     gateways: Mapping[int, Gateway]  # every tenant the message is for, with its gateway
+    fetched: bool = False  # read from a mailbox by sync (DESIGN §12), not received over SMTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +78,7 @@ class Prepared:
 
 
 def prepare(
-    blobs: BlobStore, settings: Settings, authenticator: Authenticator, arrival: Arrival
+    blobs: BlobBackend, settings: Settings, authenticator: Authenticator, arrival: Arrival
 ) -> Prepared:
     """Read, parse and authenticate a stored message, outside any transaction.
 
@@ -83,7 +88,9 @@ def prepare(
     quarantined before any check, so it is not authenticated.
     """
     with blobs.open(arrival.blob) as stream:
-        large = os.fstat(stream.fileno()).st_size > PARSE_FROM_FILE_BYTES
+        # Its length by seeking: a blob from the database or S3 is a file with no descriptor.
+        large = stream.seek(0, os.SEEK_END) > PARSE_FROM_FILE_BYTES
+        stream.seek(0)
         raw = b"" if large else stream.read()
         parsed, failure = _parse_raw(stream if large else raw, arrival.received_at, settings)
         if large:
@@ -103,6 +110,7 @@ def prepare(
         helo=arrival.helo,
         mail_from=arrival.mail_from,
         gateways=arrival.gateways,
+        fetched=arrival.fetched,
     )
     return Prepared(raw, parsed, failure, auth)
 
@@ -112,32 +120,47 @@ def _arrival_of(session: Session, message: ReceivedMessage) -> Arrival:
     tenants = [session.get_one(Tenant, t) for t in {route.tenant_id for route in message.routes}]
     gateways = {t.id: Gateway(tuple(t.gateway_networks), t.gateway_authserv_id) for t in tenants}
     return Arrival(
-        message.blob, message.received_at, message.peer, message.helo, message.mail_from, gateways
+        message.blob,
+        message.received_at,
+        message.peer,
+        message.helo,
+        message.mail_from,
+        gateways,
+        fetched=message.mailbox_account_id is not None,
     )
 
 
 def process_message(
     session: Session,
-    blobs: BlobStore,
+    blobs: BlobBackend,
     message: ReceivedMessage,
     settings: Settings,
     authenticator: Authenticator,
     *,
     final_attempt: bool = True,
     prepared: Prepared | None = None,
+    lookups: Lookups | None = None,
+    rows: PendingRows | None = None,
 ) -> None:
     """Decide every route of one received message and set its final state and reason.
 
     The worker prepares the message before it opens the transaction; without ``prepared``
     it is prepared here. Raises RetryLater when a check failed temporarily and this is not
     the last attempt; the caller rolls back and tries again later.
+
+    The worker records a batch of messages in one transaction and passes the batch's
+    ``lookups`` and pending ``rows``, written once for all of them; without them the
+    message's rows are written here.
     """
     if prepared is None:
         arrival = _arrival_of(session, message)
         prepared = prepare(blobs, settings, authenticator, arrival)
-    trace = Tracer(session, message)
+    alone = rows is None
+    rows = rows if rows is not None else PendingRows(session)
+    lookups = lookups if lookups is not None else Lookups(session)
+    trace = Tracer(rows, message)
     # Explicit flushes only: an autoflush before each lookup wrote the message row again and
-    # again. What a lookup must see (a new activity, a new contact) is flushed where made.
+    # again. What a lookup must see (a new activity, a new contact) is written where made.
     with session.no_autoflush:
         _decide(
             session,
@@ -147,24 +170,33 @@ def process_message(
             trace=trace,
             prepared=prepared,
             final_attempt=final_attempt,
+            lookups=lookups,
+            rows=rows,
         )
-    if message.state is MessageState.QUARANTINED:
-        # In this transaction, as the quarantine itself (DESIGN §11).
-        webhooks.message_quarantined(
-            session, message, delay_seconds=settings.webhooks.retry_schedule_seconds[0]
-        )
+        if message.state is MessageState.QUARANTINED and any(
+            lookups.subscribed(t, webhooks.MESSAGE_QUARANTINED)
+            for t in {route.tenant_id for route in message.routes}
+        ):
+            # In this transaction, as the quarantine itself (DESIGN §11).
+            webhooks.message_quarantined(
+                session, message, delay_seconds=settings.webhooks.retry_schedule_seconds[0]
+            )
     trace.write()
+    if alone:
+        rows.write()
 
 
 def _decide(
     session: Session,
-    blobs: BlobStore,
+    blobs: BlobBackend,
     message: ReceivedMessage,
     settings: Settings,
     *,
     trace: Tracer,
     prepared: Prepared,
     final_attempt: bool,
+    lookups: Lookups,
+    rows: PendingRows,
 ) -> None:
     """Parse and From first, for the whole message; then each route walks the steps."""
     parsed = prepared.parsed
@@ -185,12 +217,26 @@ def _decide(
         _quarantine_all(message, trace, _ambiguity(parsed))
         return
     assert prepared.auth is not None, "prepare authenticates every message with one From"
+    checksum = dedupe.content_key(parsed)
+    key = dedupe.message_id_key(parsed.message_id) if parsed.message_id else checksum
     mail = Mail(
-        session, blobs, settings, message, parsed, sender, trace, prepared.auth, final_attempt
+        session,
+        blobs,
+        settings,
+        message,
+        parsed,
+        sender,
+        trace,
+        prepared.auth,
+        final_attempt,
+        lookups,
+        rows,
+        key,
+        checksum,
     )
     outcomes: list[str] = []
     for route in message.routes:
-        tenant = session.get_one(Tenant, route.tenant_id)
+        tenant = lookups.tenant(route.tenant_id)
         match decide_route(Context(mail, route, tenant)):
             case Quarantine(reason):
                 route.outcome = reason

@@ -56,7 +56,7 @@ def _child(
     # Imported here: the child is a fresh interpreter (spawn), and the parent needs none of it.
     from mailledger.capture.worker import Worker  # noqa: PLC0415
     from mailledger.logs import configure_logging  # noqa: PLC0415
-    from mailledger.store.blobs import BlobStore  # noqa: PLC0415
+    from mailledger.store.blobbackend import open_blob_backend  # noqa: PLC0415
     from mailledger.store.engine import make_engine, make_sessionmaker  # noqa: PLC0415
     from mailledger.verify.patches import install_patches  # noqa: PLC0415
 
@@ -69,7 +69,7 @@ def _child(
     engine = make_engine(settings.database.url, echo=settings.database.echo)
     worker = Worker(
         make_sessionmaker(engine),
-        BlobStore(settings.storage.blob_dir),
+        open_blob_backend(settings),
         settings,
         metrics=_VerdictSender(verdicts),
     )

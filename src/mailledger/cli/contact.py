@@ -163,7 +163,7 @@ def cmd_contact_remove(args: argparse.Namespace, settings: Settings) -> int:
     """Remove a contact; the activities it took part in are kept or removed, as asked."""
     from mailledger.cli.staff import print_removal
     from mailledger.store import directory
-    from mailledger.store.blobs import BlobStore
+    from mailledger.store.blobbackend import open_blob_backend
     from mailledger.store.removal import History, remove_contact
 
     choice = history_choice(args)
@@ -178,9 +178,7 @@ def cmd_contact_remove(args: argparse.Namespace, settings: Settings) -> int:
         tenant = directory.find_tenant(session, args.tenant)
         contact = directory.find_contact(session, tenant, args.contact)
         who = f"contact {contact.id} ({', '.join(a.address for a in contact.addresses)})"
-        report = remove_contact(
-            session, BlobStore(settings.storage.blob_dir), contact, History(choice)
-        )
+        report = remove_contact(session, open_blob_backend(settings), contact, History(choice))
     return print_removal(args, who, report)
 
 

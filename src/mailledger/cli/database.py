@@ -14,9 +14,14 @@ if TYPE_CHECKING:
 def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
     """Bring the database schema up to date."""
     from mailledger.store.migrate import upgrade
+    from mailledger.store.secretbox import ensure_key_file
 
-    upgrade(settings.database.url)
+    # The key first: the upgrade seals secrets kept in clear with it (migration 0010).
+    created = ensure_key_file(settings.secrets.key_file)
+    upgrade(settings.database.url, secrets_key_file=settings.secrets.key_file)
     out("database schema is up to date")
+    if created:
+        out(f"created the secrets key {settings.secrets.key_file} (mode 0600): back it up")
     return EXIT_OK
 
 

@@ -100,8 +100,10 @@ def _capture_listener(settings: Settings) -> tuple[str, int]:
 def cmd_demo_init(args: argparse.Namespace, settings: Settings) -> int:
     """Create the schema and the demo tenant, then say what to send where."""
     from mailledger.store.migrate import upgrade
+    from mailledger.store.secretbox import ensure_key_file
 
     upgrade(settings.database.url)
+    ensure_key_file(settings.secrets.key_file)
     with session_scope(settings) as session:
         addresses = seed_demo(session)
     host, port = _capture_listener(settings)

@@ -3,7 +3,8 @@
 ``dns check`` exits 0 only when every record is right, so monitoring can run it: 1 when a
 record is missing or wrong (someone must change DNS), 2 when DNS itself failed (a time-out, a
 SERVFAIL: nothing is known to be wrong, try again). It is also how a DKIM key becomes
-verified, and how a rotation switches signing to the new key.
+verified, and how a rotation switches signing to the new key. Its verdicts are kept as each
+domain's last check (``store.dnschecks``), which the admin DNS page and the API show.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def cmd_dns_check(args: argparse.Namespace, settings: Settings) -> int:
     """Look every record up now; exit 0 when all are right, 1 when one is wrong, 2 when DNS
     failed."""
     from mailledger.dnsauth.resolver import Resolver
-    from mailledger.domains.check import all_ok, check_mx, check_tenant, lookup_failures
+    from mailledger.domains.check import all_ok, check_mx, check_tenant, lookup_failure_summary
+    from mailledger.store.dnschecks import CheckedBy, record_check
 
     if not _nameservers_usable(settings):
         return EXIT_USAGE
@@ -145,18 +147,15 @@ def cmd_dns_check(args: argparse.Namespace, settings: Settings) -> int:
             results = check_tenant(
                 session, tenant, settings, resolver, domains=domains, capture=capture
             )
+        # The admin DNS page and GET /v1/dns/records show this as the last check.
+        record_check(session, tenant.id, [r.as_dict() for r in results], by=CheckedBy.CLI)
         if args.json:
             out(json.dumps([r.as_dict() for r in results], indent=2, ensure_ascii=False))
         else:
             print_checks(results, f"DNS check of {args.target} (tenant {tenant.name})")
-    failed = lookup_failures(results)
+    failed = lookup_failure_summary(results, settings)
     if failed:
-        servers = ", ".join(settings.dns.nameservers) or "the system resolver"
-        err(
-            f"DNS failed for {len(failed)} of {len(results)} record(s) (asking {servers}): "
-            "they could not be checked, which says nothing about whether they are right; "
-            "try again, or check [dns] nameservers"
-        )
+        err(failed)
         return EXIT_LOOKUP_FAILED
     return EXIT_OK if all_ok(results) else EXIT_REFUSED
 

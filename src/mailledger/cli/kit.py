@@ -105,13 +105,25 @@ def show(
         emit_record(record, sections)
 
 
-def toml_lines(data: dict[str, Any]) -> Iterator[str]:
+def toml_lines(data: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """Settings as TOML that reads back: a table per section, and a sub-table per section of
+    a section of sections (``[oauth.google]``; an inline table would need TOML's own syntax).
+    """
     for section, values in data.items():
-        yield f"[{section}]"
-        for key, value in values.items():
-            # JSON scalars and arrays of them are valid TOML values.
-            yield f"{key} = {json.dumps(value, ensure_ascii=False)}"
-        yield ""
+        name = f"{prefix}{section}"
+        tables = {k: v for k, v in values.items() if isinstance(v, dict)}
+        if len(tables) < len(values) or not tables:
+            yield f"[{name}]"
+            for key, value in values.items():
+                if key in tables:
+                    continue
+                if value is None:
+                    yield f"# {key}: not set"  # TOML has no null: a key left out is unset
+                else:
+                    # JSON scalars and arrays of them are valid TOML values.
+                    yield f"{key} = {json.dumps(value, ensure_ascii=False)}"
+            yield ""
+        yield from toml_lines(tables, prefix=f"{name}.")
 
 
 # --- plumbing ---------------------------------------------------------------------------------

@@ -16,14 +16,18 @@ import sys
 from typing import Any
 
 from mailledger.cli import (
+    account,
     activities,
     apitoken,
+    calendar,
     company,
     contact,
     database,
     demo,
     dkimkeys,
     dnsrecords,
+    events,
+    forwarding,
     messages,
     neverlog,
     outqueue,
@@ -31,6 +35,7 @@ from mailledger.cli import (
     retention,
     server,
     staff,
+    storage,
     tenant,
     web,
     webhook,
@@ -51,6 +56,7 @@ NOUNS = (
     demo,
     tenant,
     staff,
+    forwarding,  # forwarding check-health
     contact,
     company,
     neverlog,  # never-log
@@ -60,10 +66,14 @@ NOUNS = (
     dnsrecords,  # dns
     dkimkeys,  # dkim
     retention,
+    storage,  # storage migrate
     outqueue,  # queue
     apitoken,  # api-token
     webhook,
     web,  # web link
+    account,  # mailbox accounts (sync)
+    calendar,  # calendar accounts (calendar sync)
+    events,  # appointments written to calendars
 )
 
 

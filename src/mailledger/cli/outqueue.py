@@ -139,11 +139,11 @@ def cmd_queue_retry(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_queue_delete(args: argparse.Namespace, settings: Settings) -> int:
     """Remove a message from the queue for good; its bytes too unless something shares them."""
     from mailledger.store import outbox
-    from mailledger.store.blobs import BlobStore
+    from mailledger.store.blobbackend import open_blob_backend
 
     with session_scope(settings) as session:
         try:
-            rows, removed = outbox.delete(session, BlobStore(settings.storage.blob_dir), args.id)
+            rows, removed = outbox.delete(session, open_blob_backend(settings), args.id)
         except outbox.OutboxError as exc:
             raise CommandError(str(exc)) from exc
         done = ", ".join(f"{r.id} ({r.domain}, {r.state.value})" for r in rows)
@@ -159,14 +159,14 @@ def cmd_queue_release(args: argparse.Namespace, settings: Settings) -> int:
     from mailledger.dnsauth.resolver import Resolver
     from mailledger.relay.held import release_held
     from mailledger.store import outbox
-    from mailledger.store.blobs import BlobStore
+    from mailledger.store.blobbackend import open_blob_backend
 
     with sessions_scope(settings) as sessions:
         try:
             results = asyncio.run(
                 release_held(
                     sessions,
-                    BlobStore(settings.storage.blob_dir),
+                    open_blob_backend(settings),
                     Resolver(settings.dns),
                     settings,
                     ident=args.id,

@@ -45,12 +45,12 @@ def cmd_quarantine_release(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_quarantine_delete(args: argparse.Namespace, settings: Settings) -> int:
     """Delete a quarantined message and, unless shared, its raw bytes."""
     from mailledger.store import quarantine, queries
-    from mailledger.store.blobs import BlobStore
+    from mailledger.store.blobbackend import open_blob_backend
 
     with session_scope(settings) as session:
         message = queries.get_message(session, args.id)
         name = f"message {message.id} (queue ID {message.queue_id})"
-        removed = quarantine.delete(session, BlobStore(settings.storage.blob_dir), message.id)
+        removed = quarantine.delete(session, open_blob_backend(settings), message.id)
     blob = "and its raw message" if removed else "(its raw bytes are still referenced)"
     out(f"{name} deleted {blob}")
     return EXIT_OK

@@ -60,17 +60,32 @@ def cmd_tenant_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
-    """Switch the tenant's policies on or off."""
+    """Switch the tenant's policies on or off, or choose its system sender."""
+    from mailledger.dnsauth.resolver import Resolver
+    from mailledger.domains.systemsender import set_system_sender, system_sender
     from mailledger.store import directory, queries
 
     values = {name: getattr(args, name) for name in POLICIES}
-    if all(value is None for value in values.values()):
-        err("say what to set: " + ", ".join(f"--{n.replace('_', '-')} on|off" for n in POLICIES))
+    if all(value is None for value in values.values()) and args.system_sender is None:
+        err(
+            "say what to set: "
+            + ", ".join(f"--{n.replace('_', '-')} on|off" for n in POLICIES)
+            + ", --system-sender ADDRESS|default"
+        )
         return EXIT_USAGE
     with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant)
-        changed = directory.set_tenant_policies(session, tenant, directory.TenantPolicies(**values))
+        changed: list[str] = []
+        if any(value is not None for value in values.values()):
+            policies = directory.TenantPolicies(**values)
+            changed = directory.set_tenant_policies(session, tenant, policies)
+        if args.system_sender is not None:
+            # Refused (SystemSenderError, exit 1) unless the domain's DKIM key is verified.
+            set_system_sender(session, tenant, args.system_sender, settings, Resolver(settings.dns))
+            changed.append("system_sender")
         record = queries.tenant(session, tenant)
+        sender = system_sender(session, tenant.id, settings.service)
+        record["system_sender_in_use"] = sender.address
     if args.json:
         show([record], {}, as_json=True)
         return EXIT_OK
@@ -78,6 +93,9 @@ def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
         state = "on" if record[name] else "off"
         note = " (changed)" if name in changed else ""
         out(f"{name.replace('_', '-')}: {state}{note}")
+    whose = "the tenant's choice, DKIM-signed" if sender.chosen else "[service] system_address"
+    note = " (changed)" if "system_sender" in changed else ""
+    out(f"system-sender: {sender.address} ({whose}){note}")
     return EXIT_OK
 
 
@@ -163,6 +181,12 @@ def register(commands: Any) -> None:
         type=on_off,
         metavar="on|off",
         help="read name+tag@ as name@ when matching mail and adding addresses",
+    )
+    sub.add_argument(
+        "--system-sender",
+        metavar="ADDRESS|default",
+        help="send sign-in links and alerts from this staff address (its domain's DKIM key "
+        "must be published and verified); default: [service] system_address",
     )
     sub = json_flag(
         command(tenant, "disable", cmd_tenant_disable, "refuse all its capture addresses")

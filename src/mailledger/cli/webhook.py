@@ -25,22 +25,28 @@ from mailledger.cli.kit import (
 
 if TYPE_CHECKING:
     from mailledger.config import Settings
+    from mailledger.store.secretbox import SecretBox
 
 # The values of ``mailledger.store.webhooks.EVENT_TYPES``, copied so that building the parser
 # needs no SQLAlchemy (tests/integration/test_webhooks_cli.py keeps the two equal).
-EVENT_TYPES = ("activity.created", "activity.updated", "message.quarantined")
+EVENT_TYPES = (
+    "activity.created",
+    "activity.updated",
+    "message.quarantined",
+    "account.status_changed",
+)
 ENDPOINT_COLUMNS = ["id", "tenant", "url", "events", "state", "pending", "failed", "state_reason"]
 ATTEMPT_COLUMNS = ["delivery", "type", "state", "attempt", "at", "status", "latency_ms", "answer"]
 
 
-def _check_target(settings: Settings, url: str) -> None:
-    """Refuse a URL whose host is not a public address, as delivery would (unless allowed)."""
+def _check_target(settings: Settings, url: str) -> str:
+    """The URL checked as every way of adding an endpoint checks it, or a CommandError."""
     from mailledger.dnsauth.resolver import Resolver
-    from mailledger.web.webhooktargets import TargetRefusedError, resolve_target
+    from mailledger.web.webhooktargets import TargetRefusedError, endpoint_url
 
     try:
-        asyncio.run(
-            resolve_target(
+        return asyncio.run(
+            endpoint_url(
                 Resolver(settings.dns), url, allow_private=settings.webhooks.allow_private_targets
             )
         )
@@ -48,19 +54,30 @@ def _check_target(settings: Settings, url: str) -> None:
         raise CommandError(f"{url}: {exc}") from exc
 
 
+def _secret_box(settings: Settings) -> SecretBox:
+    """The box that seals signing secrets (``[secrets] key_file``), or a CommandError."""
+    from mailledger.store.secretbox import SecretBox, SecretError
+
+    try:
+        return SecretBox.from_file(settings.secrets.key_file)
+    except SecretError as exc:
+        raise CommandError(str(exc)) from exc
+
+
 def cmd_webhook_add(args: argparse.Namespace, settings: Settings) -> int:
     """Register an endpoint; print its id and, once, its signing secret."""
     from mailledger.store import directory, webhooks
 
     try:
-        url = webhooks.check_url(args.url)
         events = webhooks.check_events(args.event or [])
     except webhooks.WebhookError as exc:
         raise CommandError(str(exc)) from exc
-    _check_target(settings, url)
+    url = _check_target(settings, args.url)
     with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant)
-        endpoint, secret = webhooks.add_endpoint(session, tenant, url, events)
+        endpoint, secret = webhooks.add_endpoint(
+            session, tenant, url, events, box=_secret_box(settings)
+        )
         ident = endpoint.id
     out(f"webhook endpoint {ident}: {url} ({', '.join(events) or 'every event'})")
     out(f"signing secret (shown once, keep it): {secret}")
@@ -96,10 +113,11 @@ def cmd_webhook_rotate(args: argparse.Namespace, settings: Settings) -> int:
 
     from mailledger.store import webhooks
 
+    box = _secret_box(settings)
     with session_scope(settings) as session:
         endpoint = webhooks.find_endpoint(session, args.id)
         secret = webhooks.rotate_secret(
-            session, endpoint, overlap=timedelta(hours=args.overlap_hours)
+            session, endpoint, box=box, overlap=timedelta(hours=args.overlap_hours)
         )
         until = endpoint.previous_secret_expires_at
     out(f"new signing secret (shown once, keep it): {secret}")

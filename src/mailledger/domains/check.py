@@ -14,7 +14,7 @@ name server). A verdict that DNS itself failed (time-out, SERVFAIL) says so in
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -403,3 +403,20 @@ def all_ok(results: Iterable[RecordCheck]) -> bool:
 def lookup_failures(results: Iterable[RecordCheck]) -> list[RecordCheck]:
     """The verdicts DNS could not give (time-out, SERVFAIL): not known to be right or wrong."""
     return [r for r in results if r.lookup_failed]
+
+
+def lookup_failure_summary(results: Sequence[RecordCheck], settings: Settings) -> str:
+    """What to tell whoever ran the check when DNS itself failed ("" when it did not).
+
+    One sentence for the CLI, the API and the DNS page: which records could not be looked up,
+    which name servers were asked, and that nothing is known to be wrong.
+    """
+    failed = lookup_failures(results)
+    if not failed:
+        return ""
+    servers = ", ".join(settings.dns.nameservers) or "the system resolver"
+    return (
+        f"DNS failed for {len(failed)} of {len(results)} record(s) (asking {servers}): "
+        "they could not be checked, which says nothing about whether they are right; "
+        "try again, or check [dns] nameservers"
+    )

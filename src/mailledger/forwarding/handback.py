@@ -21,26 +21,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.config import Settings
 from mailledger.dnsauth.resolver import Resolver
 from mailledger.domains.signing import sign_outgoing
+from mailledger.forwarding.fixes import PROVIDER_NAMES, fix_steps, provider_of
 from mailledger.logs import get_logger
 from mailledger.mail.addresses import AddressError, capture_address, normalize, parse_address
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.engine import finds_any, is_postgres
 from mailledger.store.models import (
     CustomerDomain,
     ForwardingCheck,
     ForwardingConfirmation,
+    ForwardingHealth,
     OutboundKind,
     ReceivedMessage,
     Staff,
@@ -66,6 +68,7 @@ DUPLICATE = "duplicate"  # the same confirmation came back through working forwa
 _PENDING = select(ForwardingConfirmation.id).where(ForwardingConfirmation.handback_state == PENDING)
 
 PROVEN = "proven"
+BROKEN = "broken"  # forwarding_health: a proven forward stopped (forwarding/health.py)
 ALREADY_PROVEN = "already-proven"
 EXPIRED = "expired"
 UNKNOWN = "unknown"
@@ -74,7 +77,7 @@ UNKNOWN = "unknown"
 # --- hand-back ------------------------------------------------------------------------------
 
 
-def hand_back_pending(session: Session, blobs: BlobStore, settings: Settings) -> list[int]:
+def hand_back_pending(session: Session, blobs: BlobBackend, settings: Settings) -> list[int]:
     """Queue every pending confirmation to its staff member's primary address; their ids.
 
     Call inside a transaction; on PostgreSQL the rows are locked with SKIP LOCKED, so two
@@ -139,7 +142,7 @@ class HandbackRunner:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        blobs: BlobStore,
+        blobs: BlobBackend,
         settings: Settings,
         *,
         on_queued: list[Any] | None = None,
@@ -226,15 +229,20 @@ def challenge_message(
 
 async def send_challenge(
     sessions: sessionmaker[Session],
-    blobs: BlobStore,
+    blobs: BlobBackend,
     settings: Settings,
     resolver: Resolver,
     *,
     staff_id: int,
+    now: datetime | None = None,
 ) -> ForwardingCheck:
-    """Create a forwarding check for a staff member and queue its challenge through the relay."""
+    """Create a forwarding check for a staff member and queue its challenge through the relay.
+
+    ``now`` is when the check counts as sent (the health pass passes its own clock).
+    """
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    expires_at = utcnow() + CHECK_LIFETIME
+    sent_at = now or utcnow()
+    expires_at = sent_at + CHECK_LIFETIME
     with sessions() as session:
         staff = session.get_one(Staff, staff_id)
         tenant = session.get_one(Tenant, staff.tenant_id)
@@ -261,7 +269,9 @@ async def send_challenge(
             staff_id=staff_id,
             signing=outcome.signing,
         )
-        check = ForwardingCheck(staff_id=staff_id, token=token, expires_at=expires_at)
+        check = ForwardingCheck(
+            staff_id=staff_id, token=token, sent_at=sent_at, expires_at=expires_at
+        )
         session.add(check)
     log.info("forwarding check sent", staff=staff_id, to=rcpt, signing=outcome.signing)
     return check
@@ -338,11 +348,24 @@ def prove_forwarding(
         "arc_sealers": list(auth.arc.sealers),
         "received_at": message.received_at.isoformat(),
     }
+    # A forward that was broken works again: say so now, not at the next health pass.
+    session.execute(
+        update(ForwardingHealth)
+        .where(ForwardingHealth.staff_id == staff_id, ForwardingHealth.state != PROVEN)
+        .values(state=PROVEN, since=now, reason="", detail="", notified_at=None)
+        .execution_options(synchronize_session=False)
+    )
     return PROVEN
 
 
 def forwarding_status(session: Session, staff: Staff) -> dict[str, Any]:
-    """The staff member's latest forwarding check, for ``staff show``."""
+    """The staff member's forwarding: their latest proof (or check), and whether it broke.
+
+    ``state`` is ``never checked``, ``waiting``, ``expired``, ``proven`` or ``broken``; a
+    broken forward also has ``broken_since``, ``broken_reason`` (``no-return`` or
+    ``silence``), ``broken_detail`` (what was seen, in words), ``provider`` and ``fix`` (the
+    steps that mend it, for the provider that forwards their mail).
+    """
     check = session.scalars(
         select(ForwardingCheck)
         .where(ForwardingCheck.staff_id == staff.id)
@@ -357,10 +380,51 @@ def forwarding_status(session: Session, staff: Staff) -> dict[str, Any]:
         state = "expired"
     else:
         state = "waiting"
-    return {
+    status: dict[str, Any] = {
         "state": state,
         "sent_at": check.sent_at.isoformat(),
         "expires_at": check.expires_at.isoformat(),
         "proven_at": check.proven_at.isoformat() if check.proven_at else None,
         "observed": dict(check.observed or {}),
     }
+    health = session.scalars(
+        select(ForwardingHealth).where(ForwardingHealth.staff_id == staff.id)
+    ).first()
+    if health is not None and health.state == BROKEN and check.proven_at is not None:
+        tenant = session.get_one(Tenant, staff.tenant_id)
+        provider = provider_of(status["observed"], staff.primary_address)
+        status |= {
+            "state": BROKEN,
+            "broken_since": health.since.isoformat(),
+            # For people: the pages and the mail say it so.
+            "broken_since_text": health.since.strftime("%Y-%m-%d %H:%M UTC"),
+            "proven_at_text": check.proven_at.strftime("%Y-%m-%d %H:%M UTC"),
+            "broken_reason": health.reason,
+            "broken_detail": health.detail,
+            "notified_at": health.notified_at.isoformat() if health.notified_at else None,
+            "provider": PROVIDER_NAMES[provider],
+            "fix": fix_steps(provider, capture_address(staff.username, tenant.capture_domain)),
+        }
+    return status
+
+
+def forwarding_brief(session: Session, staff: Staff) -> dict[str, Any]:
+    """The forwarding state for staff lists: ``state``, ``since`` and ``reason``.
+
+    ``since`` is when the state began: the proof for ``proven``, the breakage for ``broken``,
+    the check sent for ``waiting`` and ``expired``; ``None`` when never checked.
+    """
+    status = forwarding_status(session, staff)
+    state = status["state"]
+    since = {
+        BROKEN: status.get("broken_since"),
+        PROVEN: status.get("proven_at"),
+    }.get(state, status.get("sent_at"))
+    return {"state": state, "since": since, "reason": status.get("broken_reason", "")}
+
+
+def brief_words(brief: dict[str, Any]) -> str:
+    """A brief as a table cell reads it: ``broken since 2026-12-01T10:00:00+00:00 (silence)``."""
+    if brief["state"] == BROKEN:
+        return f"broken since {brief['since']} ({brief['reason']})"
+    return str(brief["state"])

@@ -122,9 +122,22 @@ def _is_attachment(part: Message) -> bool:
     return disposition == "attachment" or bool(_filename(part))
 
 
-def sanitize_html(html: str) -> str:
-    """HTML safe to show in the CRM: no scripts, styles that run code, or event handlers."""
-    return nh3.clean(html, url_schemes=_SAFE_SCHEMES)
+def sanitize_html(html: str, *, remote_images: bool = True) -> str:
+    """HTML safe to show in the CRM: no scripts, styles that run code, or event handlers.
+
+    ``remote_images=False`` (what the pages show) also drops the source of every image not
+    embedded in the message (``data:``): showing a message then fetches nothing, so no
+    tracking pixel learns that it was read.
+    """
+    if remote_images:
+        return nh3.clean(html, url_schemes=_SAFE_SCHEMES)
+    return nh3.clean(html, url_schemes=_SAFE_SCHEMES, attribute_filter=_embedded_images)
+
+
+def _embedded_images(element: str, attribute: str, value: str) -> str | None:
+    if element == "img" and attribute in ("src", "srcset"):
+        return value if value.strip().lower().startswith("data:") else None
+    return value
 
 
 def html_to_text(html: str) -> str:

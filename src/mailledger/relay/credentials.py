@@ -17,6 +17,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Final
 
+from sqlalchemy.orm import Session
+
+from mailledger.store.models import Staff, Tenant
+
 SCHEME: Final = "scrypt"
 # N=2^15, r=8: 32 MiB and a few tens of milliseconds per check on one core (RFC 7914 §2).
 COST_N: Final = 2**15
@@ -32,6 +36,10 @@ _GROUP: Final = 4
 
 class CredentialError(ValueError):
     """A stored hash that cannot be read."""
+
+
+class PasswordRefusedError(ValueError):
+    """No password for a disabled staff member or tenant: nothing could use it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +108,28 @@ def verify_password(password: str, stored: str | None) -> bool:
     parsed = _parse(stored)
     candidate = _derive(password.encode("utf-8"), parsed.salt, parsed.n, parsed.r, parsed.p)
     return hmac.compare_digest(candidate, parsed.digest)
+
+
+def issue_password(session: Session, staff: Staff) -> str:
+    """Give ``staff`` a new relay password and return it; only its hash is stored.
+
+    The one way a password is made: ``staff password`` and the integrations page both call
+    it. The old password stops working when the transaction commits. Returned once: the
+    caller shows it and forgets it.
+    """
+    tenant = session.get_one(Tenant, staff.tenant_id)
+    if staff.disabled_at is not None or staff.removed_at is not None:
+        raise PasswordRefusedError(
+            f"staff member {staff.username} is disabled; run `mailledger staff enable` first"
+        )
+    if tenant.disabled_at is not None:
+        raise PasswordRefusedError(
+            f"tenant {tenant.name} is disabled; run `mailledger tenant enable` first"
+        )
+    password = generate_password()
+    staff.password_hash = hash_password(password)
+    session.flush()
+    return password
 
 
 def needs_rehash(stored: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Final
 from sqlalchemy.orm import Session
 
 from mailledger.mail.replies import parse_reply
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.models import OutboundKind, OutboundMessage, utcnow
 from mailledger.store.outbox import enqueue
 
@@ -163,7 +163,7 @@ def build_dsn(
 
 def queue_dsn(
     session: Session,
-    blobs: BlobStore,
+    blobs: BlobBackend,
     row: OutboundMessage,
     recipients: Sequence[FailedRecipient],
     *,

@@ -21,7 +21,7 @@ from mailledger.dnsauth.resolver import Resolver
 from mailledger.domains.signing import sign_outgoing
 from mailledger.mail.parsing import sender_domain
 from mailledger.store import outbox
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.engine import reading
 from mailledger.store.models import OutboundMessage, OutboundState, utcnow
 
@@ -84,7 +84,7 @@ def _apply(
 
 async def release_held(
     sessions: sessionmaker[Session],
-    blobs: BlobStore,
+    blobs: BlobBackend,
     resolver: Resolver,
     settings: Settings,
     *,
@@ -132,7 +132,7 @@ class HeldReleaser:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        blobs: BlobStore,
+        blobs: BlobBackend,
         resolver: Resolver,
         settings: Settings,
         *,

@@ -6,13 +6,14 @@ is required before AUTH and before any mail command (RFC 3207 §4, RFC 6409), an
 
 The protocol is the capture listener's (``capture.protocol.CaptureSMTP``: trace ids, complete
 enhanced replies, session limits, graceful stop) with AUTH and its own limits added; the
-handler is the one seam with business rules, as on the capture side. An accepted message is
-screened (bare CR or LF: refused), checked against the sender rules (``relay.ownership``),
-DKIM-signed (``relay.signing``), and then, in one transaction committed before ``250``:
-queued for delivery (``store.outbox``) and stored as a received message on the tenant's log
-route by the one writer of received messages (``store.inbox.add_received``), so the
-processing worker records it as an outbound activity by the same steps as a ``log@`` BCC
-(and merges the two when both arrive).
+handler is the one seam with business rules, as on the capture side. An accepted message
+goes through ``relay.outgoing.StaffSender``, the steps ``POST /v1/messages`` shares: screened
+(bare CR or LF: refused), checked against the sender rules (``relay.ownership``), DKIM-signed
+(``domains.signing``), and then, in one transaction committed before ``250``: queued for
+delivery (``store.outbox``) and stored as a received message on the tenant's log route by the
+one writer of received messages (``store.inbox.add_received``), so the processing worker
+records it as an outbound activity by the same steps as a ``log@`` BCC (and merges the two
+when both arrive).
 """
 
 from __future__ import annotations
@@ -20,13 +21,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import re
-import secrets
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from email.utils import format_datetime
 from typing import Any
 
 import structlog
@@ -38,27 +35,22 @@ from sqlalchemy.orm import sessionmaker
 
 from mailledger.config import Settings, split_listen
 from mailledger.dnsauth.resolver import Resolver
-from mailledger.domains.signing import SigningOutcome, sign_outgoing
 from mailledger.logs import get_logger
 from mailledger.mail import replies
-from mailledger.mail.addresses import AddressError, capture_address, normalize, parse_address
-from mailledger.mail.headerscan import message_id_in_head
-from mailledger.mail.parsing import ParsedMessage, ParseFailure, parse_message
+from mailledger.mail.addresses import AddressError, parse_address
 from mailledger.mail.replies import Reply
 from mailledger.relay import submission_replies as answers
 from mailledger.relay.credentials import CredentialError, verify_password
 from mailledger.relay.lockout import LoginGuard
-from mailledger.relay.ownership import Login, check_envelope_sender, check_from_header
-from mailledger.smtp import screening
+from mailledger.relay.outgoing import SUBMISSION_PROTOCOL, StaffSender, login_for
+from mailledger.relay.ownership import Login, check_envelope_sender
 from mailledger.smtp.listener import CaptureListener
 from mailledger.smtp.protocol import CaptureSMTP, SessionGate
 from mailledger.smtp.session import describe_tls, format_peer, temporary_fault, trace_id_of
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.engine import reading
-from mailledger.store.inbox import Received, Route, SessionFacts, TraceLine, add_received
-from mailledger.store.models import OutboundKind, RouteKind, Staff, StaffAddress, Tenant
-from mailledger.store.outbox import check_outbound_bytes, enqueue
-from mailledger.store.queueids import new_queue_id
+from mailledger.store.inbox import SessionFacts
+from mailledger.store.models import Staff, Tenant
 
 log = get_logger(__name__)
 
@@ -68,7 +60,6 @@ MAX_AUTH_PER_SESSION = 3
 MAX_MESSAGES_PER_SESSION = 50
 MAX_SESSIONS_PER_CLIENT = 20
 MAX_LOGIN_CHARS = 320  # RFC 5321 §4.5.3.1.3: no address is longer
-_HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
 
 
 def client_address(peer: Any) -> str:
@@ -100,37 +91,13 @@ def tls_description(server: SMTP) -> str:
     return describe_tls({"cipher": transport.get_extra_info("cipher")})
 
 
-# --- what an accepted message gets before it is signed and queued ---------------------------
-
-
-def prepare_message(
-    raw: bytes, parsed: ParsedMessage, *, helo: str, hostname: str, from_domain: str
-) -> bytes:
-    """Add our Received line, and a Date and Message-ID when the client left them out.
-
-    RFC 6409 §8.2/§8.3 let a submission server add Date and Message-ID; the Message-ID is in
-    the From domain, never ours (ours marks our own mail, which capture treats as a loop).
-    Received (RFC 5321 §4.4) names no client IP address: staff send from home networks, and
-    the address would reach every recipient.
-    """
-    now = datetime.now(UTC)
-    name = _HELO_SAFE.sub("", helo)[:100] or "unknown"
-    added = f"Received: from {name}\r\n\tby {hostname} (mailledger) with ESMTPSA;\r\n"
-    added += f"\t{format_datetime(now)}\r\n"
-    if "date" not in parsed.headers:
-        added += f"Date: {format_datetime(now)}\r\n"
-    if not parsed.message_id:
-        added += f"Message-ID: <{secrets.token_hex(16)}@{from_domain}>\r\n"
-    return added.encode("ascii") + raw
-
-
 class SubmissionHandler:
     """Answers a submission session: AUTH, MAIL, RCPT and DATA for authenticated staff."""
 
     def __init__(
         self,
         sessions: sessionmaker[DBSession],
-        blobs: BlobStore,
+        blobs: BlobBackend,
         settings: Settings,
         resolver: Resolver,
         *,
@@ -138,9 +105,9 @@ class SubmissionHandler:
         on_stored: Sequence[Callable[[], None]] = (),
     ) -> None:
         self._sessions = sessions
-        self._blobs = blobs
         self._settings = settings
-        self._resolver = resolver
+        # What happens to an accepted message is shared with POST /v1/messages.
+        self.sender = StaffSender(sessions, blobs, settings, resolver)
         sub = settings.submission
         # Failure counts live in the database, shared by every node on it (relay.lockout).
         self.guard = guard or LoginGuard(
@@ -197,19 +164,7 @@ class SubmissionHandler:
                 ok = False
             if not ok or staff is None or tenant is None:
                 return None
-            own = session.scalars(
-                select(StaffAddress.address).where(
-                    StaffAddress.staff_id == staff.id, StaffAddress.verified.is_(True)
-                )
-            )
-            return Login(
-                staff_id=staff.id,
-                tenant_id=tenant.id,
-                username=capture_address(staff.username, tenant.capture_domain),
-                own_addresses=frozenset(own),
-                strip_plus=tenant.strip_plus_tags,
-                log_address=capture_address("log", tenant.capture_domain),
-            )
+            return login_for(session, staff, tenant)
 
     # --- the SMTP hooks -------------------------------------------------------------------
 
@@ -272,130 +227,26 @@ class SubmissionHandler:
     ) -> str:
         """Screen, check the From, sign, then queue and capture in one commit before 250."""
         login = login_of(session)
-        raw: bytes = envelope.original_content or b""
-        # Bare CR or LF first: nothing with them is ever relayed (SMTP smuggling).
-        refusal = screening.screen(raw, self._settings.capture)
-        if refusal is not None:
-            log.warning("message refused", user=login.username, reply=str(refusal))
-            return str(refusal)
-        limits = self._settings.capture
-        try:
-            parsed = await asyncio.to_thread(
-                parse_message,
-                raw,
-                received_at=datetime.now(UTC),
-                max_depth=limits.max_mime_depth,
-                max_parts=limits.max_mime_parts,
-            )
-        except ParseFailure as exc:
-            return str(answers.UNPARSEABLE.with_text(f"Message could not be parsed: {exc}"))
-        refusal = check_from_header(login, parsed)
-        if refusal is not None:
-            log.warning("From refused", user=login.username, reply=str(refusal))
-            return str(refusal)
-        sender = parsed.from_list.mailboxes[0]
-        rcpts = list(dict.fromkeys(envelope.rcpt_tos))
-        relayed = [r for r in rcpts if not _is_log_copy(r, login)]
-        prepared = check_outbound_bytes(
-            prepare_message(
-                raw,
-                parsed,
-                helo=str(session.host_name or ""),
-                hostname=self._settings.service.hostname,
-                from_domain=sender.domain,
-            )
-        )
-        if relayed:
-            outcome = await sign_outgoing(
-                self._sessions,
-                self._resolver,
-                self._settings.relay,
-                raw=prepared,
-                tenant_id=login.tenant_id,
-                from_domain=sender.domain,
-            )
-        else:
-            outcome = SigningOutcome(prepared, "not relayed: only the log@ copy")
         facts = SessionFacts(
             peer=format_peer(session.peer),
             helo=str(session.host_name or ""),
             mail_from=str(envelope.mail_from),
-            rcpt_to=rcpts,
+            rcpt_to=list(envelope.rcpt_tos),
             tls=tls_description(server),
             trace_id=trace_id_of(server),
         )
-        try:
-            queue_id = await asyncio.to_thread(self._store, login, facts, relayed, outcome)
-        except (SQLAlchemyError, OSError, ValueError) as exc:
-            log.exception("submitted message not stored", error=type(exc).__name__)
-            return str(replies.STORAGE_FAILED)
+        result = await self.sender.send(
+            login, envelope.original_content or b"", facts, protocol=SUBMISSION_PROTOCOL
+        )
+        if isinstance(result, Reply):
+            return str(result)
         for callback in self.on_stored:
             callback()
-        log.info(
-            "message submitted",
-            user=login.username,
-            queue_id=queue_id,
-            recipients=len(relayed),
-            signing=outcome.signing,
-        )
-        return f"{replies.QUEUED} {queue_id}"
-
-    def _store(
-        self, login: Login, facts: SessionFacts, relayed: list[str], outcome: SigningOutcome
-    ) -> str:
-        """Queue for delivery and store for capture in one transaction; the queue id."""
-        with self._sessions.begin() as session:
-            queue_id = new_queue_id()
-            if relayed:
-                rows = enqueue(
-                    session,
-                    self._blobs,
-                    raw=outcome.raw,
-                    mail_from=parse_address(facts.mail_from).address,
-                    rcpt_to=relayed,
-                    kind=OutboundKind.RELAY,
-                    tenant_id=login.tenant_id,
-                    staff_id=login.staff_id,
-                    signing=outcome.signing,
-                    held=outcome.held,
-                )
-                queue_id = rows[0].queue_id
-            # Content-addressed: the same bytes as the queued copy share one blob.
-            digest = self._blobs.put(outcome.raw)
-            detail = (
-                f"submitted by {login.username}, {len(relayed)} recipient(s) relayed "
-                f"({outcome.signing or 'unsigned'}), {len(outcome.raw)} bytes, "
-                f"peer {facts.peer}, tls {facts.tls}, trace {facts.trace_id}"
-            )
-            log_route = Route(login.tenant_id, RouteKind.LOG, login.staff_id, login.log_address)
-            add_received(
-                session,
-                [
-                    Received(
-                        queue_id=queue_id,
-                        facts=facts,
-                        routes=[log_route],
-                        blob=digest,
-                        size=len(outcome.raw),
-                        first=TraceLine("submission", "accepted", detail),
-                        submitted_by_staff_id=login.staff_id,
-                        message_id=message_id_in_head(outcome.raw),
-                    )
-                ],
-            )
-        return queue_id
+        return f"{replies.QUEUED} {result.queue_id}"
 
     async def handle_exception(self, error: Exception) -> str:
         """As on the capture side: a fault is temporary, answered with the trace id."""
         return str(temporary_fault(error))
-
-
-def _is_log_copy(rcpt: str, login: Login) -> bool:
-    """A BCC to the tenant's own log@ address: captured here, never relayed (DESIGN §6)."""
-    try:
-        return normalize(rcpt) == login.log_address
-    except AddressError:
-        return False
 
 
 def _find_login(session: DBSession, username: str) -> tuple[Staff | None, Tenant | None]:

@@ -32,7 +32,8 @@ from mailledger.relay.dsn import FailedRecipient, queue_dsn, wants_dsn
 from mailledger.relay.mx import Router
 from mailledger.relay.outcomes import Attempt, Deferred, Delivered, Failed, Outcome
 from mailledger.store import outbox
-from mailledger.store.blobs import BlobStore, BlobStoreError
+from mailledger.store.blobbackend import BlobBackend
+from mailledger.store.blobs import BlobStoreError
 from mailledger.store.leasetasks import finish_or_cut_off, hand_back, keep_leases
 from mailledger.store.models import OutboundMessage, OutboundState, utcnow
 from mailledger.store.outbox import Claim
@@ -53,7 +54,7 @@ class DeliveryWorker:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        blobs: BlobStore,
+        blobs: BlobBackend,
         settings: Settings,
         resolver: Resolver,
         *,

@@ -6,6 +6,7 @@ Staff come first so that a staff member entered by mistake as a contact still co
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, select
@@ -44,6 +45,9 @@ _COMPANY_DOMAINS = select(CompanyDomain.domain, CompanyDomain.company_id).where(
 _NEVER_LOG = select(NeverLog.pattern).where(
     NeverLog.tenant_id == bindparam("tenant_id"),
     (NeverLog.staff_id.is_(None)) | (NeverLog.staff_id.in_(bindparam("staff", expanding=True))),
+)
+_ALL_NEVER_LOG = select(NeverLog.pattern, NeverLog.staff_id).where(
+    NeverLog.tenant_id == bindparam("tenant_id")
 )
 
 
@@ -115,14 +119,29 @@ def never_log_hits(
         .scalars()
         .all()
     )
-    if not rows:
+    return never_log_matches(rows, addresses)
+
+
+def never_log_rules(session: Session, tenant: Tenant) -> list[tuple[str, int | None]]:
+    """Every never-log pattern of the tenant and its staff, with the staff member it is for.
+
+    Processing reads them once per batch and picks each message's staff from them
+    (``never_log_matches``) rather than asking again for every message.
+    """
+    rows = session.connection().execute(_ALL_NEVER_LOG, {"tenant_id": tenant.id})
+    return [(pattern, staff_id) for pattern, staff_id in rows]
+
+
+def never_log_matches(patterns: Iterable[str], addresses: list[str]) -> list[str]:
+    """The addresses that a never-log pattern (an address, or a domain and its subdomains) names."""
+    wanted = {p.lower() for p in patterns}
+    if not wanted:
         return []
-    patterns = {p.lower() for p in rows}
     hits = []
     for address in addresses:
         domain = domain_of(address)
         labels = domain.split(".")
         parents = {".".join(labels[i:]) for i in range(len(labels) - 1)}
-        if address in patterns or parents & patterns:
+        if address in wanted or parents & wanted:
             hits.append(address)
     return hits

@@ -1,10 +1,11 @@
 """The health check: can this node store mail right now?
 
 A node is healthy when a message arriving now would be stored: the database answers, and the
-blob directory takes a small fsynced write with the free-space reserve left over. Each check
-writes or reads for real (a directory that exists but turned read-only, or a database that
-accepts connections but not queries, must fail), within a time budget, since a check that
-hangs tells a load balancer nothing.
+blob directory takes a small fsynced write with the free-space reserve left over (and the
+database or S3 blob backend, when configured, answers). Each check writes or reads for real
+(a directory that exists but turned read-only, or a database that accepts connections but
+not queries, must fail), within a time budget, since a check that hangs tells a load
+balancer nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.engine import reading
 from mailledger.store.freespace import FreeSpaceGuard
 
@@ -66,11 +68,25 @@ def check_blob_dir(blob_dir: str | Path, guard: FreeSpaceGuard | None = None) ->
         raise OSError(f"below the free-space reserve: {shortage}")
 
 
+def check_blob_store(
+    blob_dir: str | Path, guard: FreeSpaceGuard | None = None, blobs: BlobBackend | None = None
+) -> None:
+    """``check_blob_dir``, and for the database or S3 backend one round trip to it."""
+    check_blob_dir(blob_dir, guard)
+    if blobs is not None and blobs.name != "filesystem":
+        blobs.exists(PROBE_DIGEST)  # answers False when reachable; raises when not
+
+
+# The digest the probe asks about: any well-formed name will do.
+PROBE_DIGEST = "0" * 64
+
+
 async def check(
     sessions: sessionmaker[Session],
     blob_dir: str | Path,
     guard: FreeSpaceGuard | None = None,
     *,
+    blobs: BlobBackend | None = None,
     timeout_seconds: float = CHECK_TIMEOUT_SECONDS,
 ) -> Health:
     """Run both checks concurrently, off the event loop, each within ``timeout_seconds``."""
@@ -87,6 +103,6 @@ async def check(
 
     results = await asyncio.gather(
         run("database", check_database, sessions),
-        run("blob_store", check_blob_dir, blob_dir, guard),
+        run("blob_store", check_blob_store, blob_dir, guard, blobs),
     )
     return Health({name: problem for name, problem in results if problem is not None})

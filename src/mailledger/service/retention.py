@@ -10,6 +10,9 @@ operator says so (DESIGN §2):
   still to deliver, an attachment) are kept.
 - ``quarantine_days``: a message quarantined longer than that is deleted with its routes,
   trace and unshared bytes, exactly as the operator's ``quarantine delete`` does.
+- ``webhook_days`` (30 by default: it is a log, not mail): webhook events whose every delivery
+  is over (delivered, or failed for good) and finished longer ago than that are deleted with
+  their deliveries and attempts. An event still to deliver is never touched.
 
 Rows are taken in batches, each in its own transaction; on PostgreSQL with ``SKIP LOCKED``, so
 several nodes running the pass at once never handle the same row.
@@ -28,8 +31,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from mailledger.config import RetentionSettings
 from mailledger.logs import get_logger
-from mailledger.store import quarantine
-from mailledger.store.blobs import BlobStore
+from mailledger.store import quarantine, webhooks
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.engine import is_postgres, reading
 from mailledger.store.models import (
     Activity,
@@ -56,14 +59,28 @@ class RetentionReport:
     raw_messages: int = 0
     raw_blobs: int = 0
     quarantined: int = 0
+    webhook_events: int = 0
+    webhook_attempts: int = 0
     dry_run: bool = False
 
     def __str__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
+        attempts = "" if self.dry_run else f" ({self.webhook_attempts} attempt(s))"
         return (
             f"retention {verb}: raw copies of {self.raw_messages} finished message(s) "
-            f"({self.raw_blobs} blob file(s)), {self.quarantined} quarantined message(s)"
+            f"({self.raw_blobs} blob file(s)), {self.quarantined} quarantined message(s), "
+            f"{self.webhook_events} finished webhook event(s){attempts}"
         )
+
+    @property
+    def deleted_any(self) -> bool:
+        """Whether the pass deleted (or would delete) anything at all."""
+        return bool(self.raw_messages or self.quarantined or self.webhook_events)
+
+
+def enabled(policy: RetentionSettings) -> bool:
+    """Whether any rule of ``policy`` deletes anything (0 days keeps for ever)."""
+    return bool(policy.raw_days or policy.quarantine_days or policy.webhook_days)
 
 
 def _raw_expired(cutoff: datetime) -> ColumnElement[bool]:
@@ -112,7 +129,7 @@ def _raw_still_needed(session: Session, digest: str, cutoff: datetime) -> bool:
 
 
 def delete_expired_raw(
-    sessions: sessionmaker[Session], blobs: BlobStore, days: int, *, batch_size: int = 200
+    sessions: sessionmaker[Session], blobs: BlobBackend, days: int, *, batch_size: int = 200
 ) -> tuple[int, int]:
     """Delete raw copies of finished messages older than ``days``; (messages, blob files)."""
     cutoff = utcnow() - timedelta(days=days)
@@ -147,7 +164,7 @@ def delete_expired_raw(
 
 
 def delete_expired_quarantine(
-    sessions: sessionmaker[Session], blobs: BlobStore, days: int, *, batch_size: int = 200
+    sessions: sessionmaker[Session], blobs: BlobBackend, days: int, *, batch_size: int = 200
 ) -> int:
     """Delete messages quarantined more than ``days`` ago; how many."""
     cutoff = utcnow() - timedelta(days=days)
@@ -160,6 +177,24 @@ def delete_expired_quarantine(
             deleted += len(ids)
         if len(ids) < batch_size:
             return deleted
+
+
+def delete_finished_webhook_events(
+    sessions: sessionmaker[Session], days: int, *, batch_size: int = 200
+) -> tuple[int, int]:
+    """Delete webhook events finished more than ``days`` ago; (events, attempts)."""
+    cutoff = utcnow() - timedelta(days=days)
+    events = attempts = 0
+    while True:
+        with sessions.begin() as session:
+            skip_locked = is_postgres(session.get_bind().engine)
+            done, gone = webhooks.delete_finished_events(
+                session, cutoff, limit=batch_size, skip_locked=skip_locked
+            )
+        events += done
+        attempts += gone
+        if done < batch_size:
+            return events, attempts
 
 
 def count_expired(sessions: sessionmaker[Session], policy: RetentionSettings) -> RetentionReport:
@@ -181,12 +216,16 @@ def count_expired(sessions: sessionmaker[Session], policy: RetentionSettings) ->
             report.quarantined = int(
                 session.scalar(select(func.count()).select_from(ReceivedMessage).where(where)) or 0
             )
+        if policy.webhook_days:
+            report.webhook_events = webhooks.count_finished_events(
+                session, now - timedelta(days=policy.webhook_days)
+            )
     return report
 
 
 def run_retention(
     sessions: sessionmaker[Session],
-    blobs: BlobStore,
+    blobs: BlobBackend,
     policy: RetentionSettings,
     *,
     dry_run: bool = False,
@@ -203,12 +242,16 @@ def run_retention(
         report.quarantined = delete_expired_quarantine(
             sessions, blobs, policy.quarantine_days, batch_size=policy.batch_size
         )
+    if policy.webhook_days:
+        report.webhook_events, report.webhook_attempts = delete_finished_webhook_events(
+            sessions, policy.webhook_days, batch_size=policy.batch_size
+        )
     return report
 
 
 async def retention_loop(
     sessions: sessionmaker[Session],
-    blobs: BlobStore,
+    blobs: BlobBackend,
     policy: Callable[[], RetentionSettings],
     stop: asyncio.Event,
     *,
@@ -218,18 +261,20 @@ async def retention_loop(
     a reload's new values apply from the next pass. A failed pass is logged and retried."""
     while not stop.is_set():
         current = policy()
-        if current.raw_days or current.quarantine_days:
+        if enabled(current):
             try:
                 report = await asyncio.to_thread(run_retention, sessions, blobs, current)
             except Exception as exc:  # noqa: BLE001 - storage down: try again next round
                 log.warning("retention pass failed", error=str(exc)[:300])
             else:
-                if report.raw_messages or report.quarantined:
+                if report.deleted_any:
                     log.info(
                         "retention pass",
                         raw_messages=report.raw_messages,
                         raw_blobs=report.raw_blobs,
                         quarantined=report.quarantined,
+                        webhook_events=report.webhook_events,
+                        webhook_attempts=report.webhook_attempts,
                     )
                 if on_report is not None:
                     on_report(report)

@@ -24,7 +24,7 @@ from mailledger.service.notify import Notifier
 from mailledger.service.reconfigure import Applier, Reloader
 from mailledger.service.retention import RetentionReport, retention_loop
 from mailledger.service.statushttp import Response, StatusServer, json_response
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.freespace import FreeSpaceGuard, free_bytes
 
 log = get_logger(__name__)
@@ -37,7 +37,7 @@ class ServiceRuntime:
         self,
         settings: Settings,
         sessions: sessionmaker[Session],
-        blobs: BlobStore,
+        blobs: BlobBackend,
         guard: FreeSpaceGuard,
         *,
         metrics: Metrics,
@@ -158,7 +158,7 @@ class ServiceRuntime:
         return Response(200, self.metrics.exposition(), CONTENT_TYPE)
 
     async def _health(self) -> Response:
-        result = await health.check(self._sessions, self._blobs.root, self.guard)
+        result = await health.check(self._sessions, self._blobs.root, self.guard, blobs=self._blobs)
         if not result.ok:
             log.warning("health check failed", problems=json.dumps(result.problems))
         return json_response(200 if result.ok else 503, result.as_dict())

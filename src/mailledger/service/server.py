@@ -33,11 +33,14 @@ from mailledger.relay.held import HeldReleaser
 from mailledger.relay.submission import SubmissionHandler, SubmissionListener
 from mailledger.relay.worker import DeliveryWorker
 from mailledger.routing.routes import RecipientRouter
+from mailledger.service.calendars import CalendarWorker
+from mailledger.service.forwardinghealth import HealthRunner
 from mailledger.service.preflight import preflight
 from mailledger.service.runtime import ServiceRuntime
+from mailledger.service.syncing import SyncWorker
 from mailledger.smtp.listener import CaptureListener
 from mailledger.smtp.protocol import build_tls_context
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend, open_blob_backend
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.freespace import FreeSpaceGuard, storage_paths
 from mailledger.store.inbox import Intake
@@ -77,7 +80,8 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         settings.database.url, echo=settings.database.echo, lock_poll_seconds=LOCK_POLL
     )
     sessions = make_sessionmaker(engine)
-    blobs = BlobStore(settings.storage.blob_dir)
+    # [storage] backend: the database backend shares this engine (on PostgreSQL).
+    blobs = open_blob_backend(settings, engine=engine)
     metrics = Metrics()
     guard = FreeSpaceGuard(
         storage_paths(settings.storage.blob_dir, settings.database.url),
@@ -105,8 +109,24 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
     listener = CaptureListener(settings, handler, tls_context=tls_context, spool=blobs.new_file)
     resolver = Resolver(settings.dns)
     delivery = DeliveryWorker(sessions, blobs, settings, resolver, metrics=metrics)
-    webhook_worker = WebhookWorker(sessions, settings, resolver)
+    webhook_worker = WebhookWorker(
+        sessions, settings, resolver, blobs=blobs, on_mail_queued=delivery.wake
+    )
     handback = HandbackRunner(sessions, blobs, settings, on_queued=[delivery.wake])
+    # Mailbox sync: passes run in threads; a committed batch wakes the processing worker.
+    syncing = SyncWorker(
+        sessions,
+        blobs,
+        settings,
+        on_stored=lambda: loop.call_soon_threadsafe(worker.wake),
+        resolver=resolver,
+        on_mail_queued=delivery.wake,
+    )
+    # Calendar sync: an hourly pass per calendar account, sooner when the CRM changed one.
+    calendar_worker = CalendarWorker(sessions, settings)
+    forwarding_health = HealthRunner(
+        sessions, blobs, lambda: runtime.settings, resolver, on_queued=delivery.wake
+    )
     held = HeldReleaser(
         sessions,
         blobs,
@@ -123,16 +143,23 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         ),
     )
 
-    http = _http_server(settings, sessions, blobs)
+    http = _http_server(settings, sessions, blobs, on_queued=[worker.wake, delivery.wake])
 
     signals = _install_signal_handlers(loop, stop_event)
     intake.start()
     tasks = {
         asyncio.create_task(worker.run(), name="mailledger-worker"): "processing worker",
         asyncio.create_task(handback.run(), name="mailledger-handback"): "hand-back runner",
+        asyncio.create_task(
+            forwarding_health.run(), name="mailledger-forwarding-health"
+        ): "forwarding health pass",
         asyncio.create_task(delivery.run(), name="mailledger-delivery"): "delivery worker",
         asyncio.create_task(webhook_worker.run(), name="mailledger-webhooks"): "webhook worker",
         asyncio.create_task(held.run(), name="mailledger-held"): "held-mail releaser",
+        asyncio.create_task(syncing.run(), name="mailledger-sync"): "mailbox sync worker",
+        asyncio.create_task(
+            calendar_worker.run(), name="mailledger-calendar"
+        ): "calendar sync worker",
     }
     try:
         await runtime.start()
@@ -167,8 +194,11 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         if http is not None:
             await http.stop()
         await intake.close()
+        await syncing.stop()
+        await calendar_worker.stop()
         await worker.stop()
         await handback.stop()
+        await forwarding_health.stop()
         await held.stop()
         await delivery.stop()
         await webhook_worker.stop()
@@ -193,13 +223,17 @@ def _submission_listener(
 
 
 def _http_server(
-    settings: Settings, sessions: sessionmaker[Session], blobs: BlobStore
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    blobs: BlobBackend,
+    *,
+    on_queued: Sequence[Callable[[], None]] = (),
 ) -> HTTPServer | None:
     """The API's listener, or None when ``[http] listen`` is empty."""
     if not settings.http.listen:
         return None
     return HTTPServer(
-        build_app(sessions, blobs, settings.http, site=settings),
+        build_app(sessions, blobs, settings.http, site=settings, on_queued=on_queued),
         settings.http.listen,
         trusted_proxies=settings.http.trusted_proxies,
         grace_seconds=settings.service.shutdown_grace_seconds,

@@ -89,10 +89,13 @@ def list_tokens(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
     return [token_dict(row) for row in rows]
 
 
-def revoke_token(session: Session, token_id: int) -> ApiToken:
-    """Stop a token working from the next request on; revoking twice changes nothing."""
+def revoke_token(session: Session, token_id: int, tenant: Tenant | None = None) -> ApiToken:
+    """Stop a token working from the next request on; revoking twice changes nothing.
+
+    With ``tenant``, another tenant's token is not found, like one that does not exist.
+    """
     row = session.get(ApiToken, token_id)
-    if row is None:
+    if row is None or (tenant is not None and row.tenant_id != tenant.id):
         raise TokenError(f"no API token {token_id} (see `mailledger api-token list TENANT`)")
     if row.revoked_at is None:
         row.revoked_at = utcnow()

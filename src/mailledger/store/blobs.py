@@ -259,6 +259,65 @@ class BlobStore:
         """Remove a blob (retention, quarantine delete); a missing blob is not an error."""
         self.path(digest).unlink(missing_ok=True)
 
+    @property
+    def name(self) -> str:
+        """This backend's name in ``[storage] backend``."""
+        return "filesystem"
+
+    def exists(self, digest: str) -> bool:
+        """Whether the blob is stored (a file under its digest is complete: it was renamed)."""
+        return self.path(digest).exists()
+
+    def size(self, digest: str) -> int:
+        """The stored blob's length in bytes."""
+        try:
+            return self.path(digest).stat().st_size
+        except OSError as exc:
+            raise BlobStoreError(exc.errno, f"blob {digest}: {exc.strerror}") from exc
+
+    def digests(self) -> Iterator[str]:
+        """Every stored blob's digest (files named by a digest in the fan-out directories)."""
+        for directory in sorted(self.root.glob("[0-9a-f][0-9a-f]")):
+            if not directory.is_dir():
+                continue
+            for path in directory.iterdir():
+                name = path.name
+                if len(name) == 64 and name.startswith(directory.name) and _is_hex(name):
+                    yield name
+
+    def put_verified(self, digest: str, stream: BinaryIO) -> None:
+        """Copy a blob in from ``stream``, stored only if it hashes to ``digest``."""
+        self.path(digest)  # a bad digest is refused before anything is written
+        file = self.new_file()
+        try:
+            try:
+                while chunk := stream.read(COPY_BYTES):
+                    file.write(chunk)
+            finally:
+                file.close()
+            if file.digest != digest:
+                raise BlobStoreError(0, f"blob {digest}: the copy hashes to {file.digest}")
+            [result] = self.put_many([file])
+            if isinstance(result, BlobStoreError):
+                raise result
+        finally:
+            file.discard()
+
+    def close(self) -> None:
+        """Stop the fsync threads (a store used again starts them again)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
+
+
+# put_verified copies this much at a time.
+COPY_BYTES = 256 * 1024
+
+
+def _is_hex(name: str) -> bool:
+    return all(c in "0123456789abcdef" for c in name)
+
 
 def _try_fsync_dir(directory: str) -> OSError | None:
     try:

@@ -214,6 +214,24 @@ def create_company(session: Session, tenant: Tenant, name: str, domains: list[st
     return add_company(session, tenant, name, domains)
 
 
+class CompanyExistsError(DirectoryError):
+    """A new company was asked for under a name the tenant already uses (the API: 409)."""
+
+
+def add_new_company(session: Session, tenant: Tenant, name: str, domains: list[str]) -> Company:
+    """``create_company`` for a company that must not exist yet (the API and the admin page).
+
+    ``company add`` in the CLI may extend an existing company; a form or a ``POST`` that
+    names one already there is more likely a mistake than a wish to merge.
+    """
+    clash = session.scalars(
+        select(Company).where(Company.tenant_id == tenant.id, Company.name == name.strip())
+    ).first()
+    if clash is not None:
+        raise CompanyExistsError(f"the tenant already has a company {name.strip()!r}")
+    return create_company(session, tenant, name, domains)
+
+
 def _refuse_free_mail(domains: Iterable[str]) -> None:
     for value in domains:
         domain = _domain(value.lstrip("@"))
@@ -451,6 +469,67 @@ def disable_staff(session: Session, staff: Staff) -> bool:
 def enable_staff(session: Session, staff: Staff) -> bool:
     """Accept the staff member's capture address again; False when it was not disabled."""
     return _set_disabled(session, staff, disabled=False)
+
+
+def set_admin(session: Session, staff: Staff, admin: bool) -> bool:
+    """Make (or unmake) a tenant admin, whose web session sees the whole tenant (DESIGN §11).
+
+    False when the staff member already was (or was not) one. ``staff set --admin``, the API
+    and the admin pages all come here.
+    """
+    if staff.admin == admin:
+        return False
+    staff.admin = admin
+    session.flush()
+    return True
+
+
+MAX_SIGNATURE_CHARS = 10_000  # a signature, not a newsletter: bounded like every input
+
+
+def set_signature(
+    session: Session, staff: Staff, *, text: str | None = None, html: str | None = None
+) -> None:
+    """Set (or with "" clear) the signature added below mail sent with ``POST /v1/messages``.
+
+    ``staff set --signature-file``/``--signature-html-file`` and the staff API come here.
+    """
+    for field_name, value in (("signature_text", text), ("signature_html", html)):
+        if value is None:
+            continue
+        if len(value) > MAX_SIGNATURE_CHARS:
+            raise DirectoryError(f"{field_name}: longer than {MAX_SIGNATURE_CHARS} characters")
+        if "\0" in value:
+            raise DirectoryError(f"{field_name}: holds a NUL character")
+        cleaned = value.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
+        setattr(staff, field_name, cleaned)
+    session.flush()
+
+
+def refuse_last_admin(session: Session, staff: Staff, doing: str) -> None:
+    """Refuse ``doing`` (unmake, disable, remove) when ``staff`` is the tenant's last admin.
+
+    A tenant admin acting on the web pages must not lock the tenant out of them. The operator's
+    CLI and the API do not ask: the operator is how a tenant without an admin gets one.
+    """
+    if not staff.admin or staff.disabled_at is not None or staff.removed_at is not None:
+        return
+    others = session.scalar(
+        select(func.count())
+        .select_from(Staff)
+        .where(
+            Staff.tenant_id == staff.tenant_id,
+            Staff.id != staff.id,
+            Staff.admin.is_(True),
+            Staff.disabled_at.is_(None),
+            Staff.removed_at.is_(None),
+        )
+    )
+    if not others:
+        raise DirectoryError(
+            f"{staff.username} is the tenant's only admin: make another staff member an admin "
+            f"before you {doing} {staff.username}"
+        )
 
 
 def set_staff(

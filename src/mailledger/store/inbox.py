@@ -29,7 +29,8 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.logs import get_logger
-from mailledger.store.blobs import BlobFile, BlobStore
+from mailledger.store.blobbackend import BlobBackend
+from mailledger.store.blobs import BlobFile
 from mailledger.store.freespace import FreeSpaceGuard, SpaceShortage
 from mailledger.store.models import (
     MessageRoute,
@@ -97,6 +98,8 @@ class Received:
     # Read from the header section at intake (mail.headerscan), so every message can be found
     # by the ID its sender knows, also one quarantined before a full parse.
     message_id: str = ""
+    # The mailbox account sync fetched it from (DESIGN §12); None for mail received over SMTP.
+    mailbox_account_id: int | None = None
 
 
 def add_received(session: Session, messages: Sequence[Received]) -> list[int]:
@@ -144,6 +147,7 @@ def _message_row(message: Received) -> dict[str, object]:
         "state": MessageState.RECEIVED,
         "submitted_by_staff_id": message.submitted_by_staff_id,
         "message_id": message.message_id,
+        "mailbox_account_id": message.mailbox_account_id,
     }
 
 
@@ -199,7 +203,7 @@ class Intake:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        blobs: BlobStore,
+        blobs: BlobBackend,
         *,
         batch_size: int = 64,
         on_stored: Callable[[], None] | None = None,

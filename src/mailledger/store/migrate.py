@@ -17,7 +17,14 @@ from sqlalchemy import Engine
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-def alembic_config(url: str, engine: Engine | None = None) -> Config:
+# The ``config.attributes`` key of the ``[secrets] key_file`` path: migrations that seal or
+# open stored secrets (0010: webhook signing secrets) read it; a migration has no settings.
+SECRETS_KEY_FILE = "secrets_key_file"
+
+
+def alembic_config(
+    url: str, engine: Engine | None = None, *, secrets_key_file: str | None = None
+) -> Config:
     """An Alembic configuration for this database; ``engine`` is reused when given."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -25,12 +32,29 @@ def alembic_config(url: str, engine: Engine | None = None) -> Config:
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     if engine is not None:
         config.attributes["engine"] = engine
+    if secrets_key_file is not None:
+        config.attributes[SECRETS_KEY_FILE] = secrets_key_file
     return config
 
 
-def upgrade(url: str, engine: Engine | None = None, revision: str = "head") -> None:
-    """Bring the database's schema up to ``revision`` (the newest by default)."""
-    command.upgrade(alembic_config(url, engine), revision)
+def upgrade(
+    url: str,
+    engine: Engine | None = None,
+    revision: str = "head",
+    *,
+    secrets_key_file: str | None = None,
+) -> None:
+    """Bring the database's schema up to ``revision`` (the newest by default).
+
+    ``secrets_key_file`` (``[secrets] key_file``, which must exist) lets a migration seal the
+    secrets it converts; without it they stay as they were and are sealed on first use.
+    """
+    command.upgrade(alembic_config(url, engine, secrets_key_file=secrets_key_file), revision)
+
+
+def downgrade(url: str, revision: str, *, secrets_key_file: str | None = None) -> None:
+    """Take the schema back to ``revision``; sealed secrets are opened with the key file."""
+    command.downgrade(alembic_config(url, secrets_key_file=secrets_key_file), revision)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -84,6 +85,8 @@ class RouteKind(enum.StrEnum):
     # postmaster@ and abuse@ of a capture domain: must be accepted (RFC 5321 §4.5.1,
     # RFC 2142) and are kept for the operator, never recorded as correspondence.
     OPERATOR = "operator"
+    # Fetched from the staff member's own mailbox by mailbox sync (DESIGN §12).
+    SYNC = "sync"
 
 
 class Direction(enum.StrEnum):
@@ -124,6 +127,11 @@ class Tenant(Base):
     # Set by `tenant disable`: every capture address of the domain is refused at RCPT.
     disabled_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # --- sending from the CRM: the system sender (migration 0012) ---
+    # `tenant set --system-sender`: a staff address whose domain's DKIM key is verified, that
+    # sign-in links and other system mail to this tenant come from; "" means [service]'s
+    # system address (domains/systemsender.py).
+    system_sender: Mapped[str] = mapped_column(String(320), default="")
 
     customer_domains: Mapped[list[CustomerDomain]] = relationship(
         back_populates="tenant", cascade="all, delete-orphan"
@@ -164,6 +172,11 @@ class Staff(Base):
     # `staff set … --admin`: the web pages widen this member's view to the whole tenant.
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # --- sending from the CRM: the signature (migration 0012) ---
+    # Added below the text of mail sent with POST /v1/messages: plain text after the "-- "
+    # line, HTML in a <div> (the text one, escaped, when there is no HTML one); "": none.
+    signature_text: Mapped[str] = mapped_column(Text, default="")
+    signature_html: Mapped[str] = mapped_column(Text, default="")
 
     tenant: Mapped[Tenant] = relationship(back_populates="staff")
     addresses: Mapped[list[StaffAddress]] = relationship(
@@ -213,6 +226,8 @@ class CompanyDomain(Base):
 
 class Contact(Base):
     __tablename__ = "contacts"
+    # The feed's company filter and a company's contact count look contacts up by company.
+    __table_args__ = (Index(None, "company_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -288,6 +303,10 @@ class ReceivedMessage(Base):
     submitted_by_staff_id: Mapped[int | None] = mapped_column(
         ForeignKey("staff.id", ondelete="SET NULL"), default=None
     )
+    # Fetched from this mailbox account (DESIGN §12), not received over SMTP.
+    mailbox_account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mailbox_accounts.id", ondelete="SET NULL"), default=None, index=True
+    )
 
     routes: Mapped[list[MessageRoute]] = relationship(
         back_populates="message", cascade="all, delete-orphan", order_by="MessageRoute.id"
@@ -301,6 +320,8 @@ class MessageRoute(Base):
     """One capture address a received message was accepted for."""
 
     __tablename__ = "message_routes"
+    # The forwarding health pass asks when a staff member's forward last brought mail in.
+    __table_args__ = (Index(None, "staff_id", "kind"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     message_id: Mapped[int] = mapped_column(
@@ -360,6 +381,8 @@ class Activity(Base):
         Index(None, "tenant_id", "content_key"),
         Index(None, "tenant_id", "from_address", "created_at"),
         Index(None, "tenant_id", "feed_position", "id"),
+        # `activities list` and the pages: a tenant's newest first, paged by (occurred_at, id).
+        Index(None, "tenant_id", "occurred_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -395,6 +418,8 @@ class Activity(Base):
     raw_blob: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # "email", or "meeting" for an appointment from a calendar (calendar sync, migration 0014).
+    kind: Mapped[str] = mapped_column(String(16), default="email")
     # Where the activity sits in the API's feed (store/feed.py): on PostgreSQL the id of the
     # transaction that created it, on SQLite a counter (store/feedposition.py).
     feed_position: Mapped[int] = mapped_column(BigInteger, default=FeedPosition())
@@ -459,6 +484,8 @@ class Attachment(Base):
     """A file of the email; inline images referenced by ``cid:`` are kept with ``inline``."""
 
     __tablename__ = "attachments"
+    # A feed page finds its attachments by activity id (store/queries.py ATTACHMENTS_OF_IDS).
+    __table_args__ = (Index(None, "activity_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
@@ -583,6 +610,45 @@ class ForwardingCheck(Base):
     observed: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+# --- Forwarding health (forwarding/health.py): does a proven forward still work? ----------
+
+
+class ForwardingHealth(Base):
+    """Whether a staff member's proven forwarding still works, and since when it does not.
+
+    A password change or an admin's policy stops a forward silently; the health pass
+    (forwarding/health.py) rechecks it and watches for silence, and keeps its verdict here.
+    """
+
+    __tablename__ = "forwarding_health"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"), unique=True)
+    # "proven" or "broken", and since when; for broken, our best estimate of when it stopped.
+    state: Mapped[str] = mapped_column(String(16))
+    since: Mapped[datetime] = mapped_column()
+    # Why it is broken: "no-return" (a check did not come back in time) or "silence"; "" else.
+    reason: Mapped[str] = mapped_column(String(16), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    # When the staff member was mailed about this breakage: cleared when forwarding is proven
+    # again, so each breakage is mailed once.
+    notified_at: Mapped[datetime | None] = mapped_column(default=None)
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PeriodicRun(Base):
+    """A periodic job that one node of several runs at a time (store/periodic.py)."""
+
+    __tablename__ = "periodic_runs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The node running it now, until its lease lapses (a node that died is taken over).
+    holder: Mapped[str | None] = mapped_column(String(200), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class SenderCount(Base):
     """Messages seen from one sender per time bucket, for the loop guard (DESIGN §5)."""
 
@@ -693,16 +759,20 @@ class WebhookEndpoint(Base):
     url: Mapped[str] = mapped_column(Text)
     # The event types it receives; empty: every type, those added later included.
     events: Mapped[list[Any]] = mapped_column(default=list)
-    # "whsec_" + base64 of the key (Standard Webhooks); shown once, kept to sign with.
-    secret: Mapped[str] = mapped_column(String(100))
+    # "whsec_" + base64 of the key (Standard Webhooks); shown once, kept to sign with,
+    # sealed with [secrets] key_file (store.secretbox): the database alone cannot sign.
+    secret: Mapped[str] = mapped_column(String(500))
     # After a rotation the old secret signs too (a second signature) until it expires.
-    previous_secret: Mapped[str] = mapped_column(String(100), default="")
+    previous_secret: Mapped[str] = mapped_column(String(500), default="")
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     state: Mapped[EndpointState] = mapped_column(
         _enum(EndpointState, "endpoint_state"), default=EndpointState.ACTIVE
     )
     state_reason: Mapped[str] = mapped_column(Text, default="")
     state_changed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # --- webhook upkeep: when the tenant's admins were mailed that it is failing; one mail
+    # per failing spell, the spell that began at ``state_changed_at``.
+    failing_notified_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -776,12 +846,395 @@ class WebhookAttempt(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+# --- Mailbox sync (DESIGN §12): accounts, their folders, what each fetched, and the error log ---
+
+
+class AccountKind(enum.StrEnum):
+    IMAP = "imap"  # a password (app password) over IMAP
+    GOOGLE = "google"  # OAuth 2.0 + XOAUTH2 against Gmail
+    MICROSOFT = "microsoft"  # OAuth 2.0 + XOAUTH2 against Microsoft 365
+
+
+class SyncMode(enum.StrEnum):
+    SWEEP = "sweep"  # INBOX + Sent (+ named folders), read-only, from a fixed window
+    FOLDER = "folder"  # import what the user drops into one folder, then move it on
+
+
+class AccountStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for its first pass, or over a limit
+    SYNCING = "syncing"  # a pass is running
+    ENABLED = "enabled"  # the last pass succeeded
+    ERROR = "error"  # the last pass failed; retrying with back-off
+    CONNECTION = "connection"  # failing for two days: no longer trying
+    RECONNECT = "reconnect"  # authentication failed: disabled until the user re-connects
+
+
+class MailboxAccount(Base):
+    """A staff member's mailbox (or a shared one) that the server sweeps over IMAP."""
+
+    __tablename__ = "mailbox_accounts"
+    __table_args__ = (Index(None, "status", "retry_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # Whose mailbox it is; for a shared account, the admin who connected it.
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[AccountKind] = mapped_column(_enum(AccountKind, "account_kind"))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    security: Mapped[str] = mapped_column(String(16), default="tls")  # tls | starttls | none
+    allow_invalid_cert: Mapped[bool] = mapped_column(Boolean, default=False)
+    login: Mapped[str] = mapped_column(String(320))
+    # Sealed (store/secretbox.py): the password, or the OAuth refresh token.
+    secret: Mapped[str] = mapped_column(Text, default="")
+    # Sealed OAuth access token and when it expires (refreshed before).
+    access_token: Mapped[str] = mapped_column(Text, default="")
+    access_token_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # An OAuth sign-in under way (sync/oauth.py): the state the provider sends back, the
+    # sealed PKCE verifier, and when it began (it lapses after a quarter of an hour).
+    oauth_state: Mapped[str | None] = mapped_column(String(64), default=None, unique=True)
+    oauth_verifier: Mapped[str] = mapped_column(Text, default="")
+    oauth_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    mode: Mapped[SyncMode] = mapped_column(_enum(SyncMode, "sync_mode"), default=SyncMode.SWEEP)
+    # Mail from this moment on (`--since`), fixed when the account is created.
+    since: Mapped[datetime] = mapped_column(default=utcnow)
+    # `--folder NAME ...`: swept besides INBOX and Sent.
+    extra_folders: Mapped[list[Any]] = mapped_column(default=list)
+    # Folder mode: where the user drops mail, and where it goes once recorded.
+    source_folder: Mapped[str] = mapped_column(String(255), default="mailledger")
+    processed_folder: Mapped[str] = mapped_column(String(255), default="mailledger/Processed")
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[AccountStatus] = mapped_column(
+        _enum(AccountStatus, "account_status"), default=AccountStatus.PENDING
+    )
+    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The last status told to webhooks (`syncing` comes and goes every pass and is not), and
+    # the last one the staff member was mailed about (sync/notices.py), so each is told once.
+    announced_status: Mapped[str] = mapped_column(String(16), default="pending")
+    mailed_status: Mapped[str] = mapped_column(String(16), default="")
+    last_sync_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    # The start of the current unbroken run of failures (two days of it: `connection`).
+    failing_since: Mapped[datetime | None] = mapped_column(default=None)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    # No pass before this (back-off, a server's "try again in N", the daily limit's next day).
+    retry_at: Mapped[datetime | None] = mapped_column(default=None)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    messages_synced: Mapped[int] = mapped_column(Integer, default=0)
+    # Sent copies (sync.sentcopy): the last received message (submitted through our relay by
+    # this staff member) already APPENDed to the mailbox's Sent folder; None until the first
+    # look, which starts from the newest so history is not appended.
+    sent_copied_through: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MailboxViewer(Base):
+    """A staff member a shared account is visible to (`--visible-to USER`)."""
+
+    __tablename__ = "mailbox_viewers"
+    __table_args__ = (UniqueConstraint("account_id", "staff_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("mailbox_accounts.id", ondelete="CASCADE"), index=True
+    )
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"))
+
+
+class MailboxFolder(Base):
+    """Sync state of one folder of one account: where the next pass starts."""
+
+    __tablename__ = "mailbox_folders"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("mailbox_accounts.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(1000))
+    # What the folder is for us: inbox | sent | extra | source | processed.
+    role: Mapped[str] = mapped_column(String(16), default="extra")
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    highest_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    highestmodseq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # STATUS (MESSAGES UIDNEXT) at the last pass: unchanged, the folder is skipped.
+    uidnext: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    messages: Mapped[int | None] = mapped_column(Integer, default=None)
+    checked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class MailboxMessage(Base):
+    """One message fetched from one folder: written with its received message, so never twice."""
+
+    __tablename__ = "mailbox_messages"
+    __table_args__ = (
+        UniqueConstraint("account_id", "folder", "uidvalidity", "uid"),
+        Index(None, "account_id", "message_id_header"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("mailbox_accounts.id", ondelete="CASCADE"))
+    folder: Mapped[str] = mapped_column(String(1000))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uid: Mapped[int] = mapped_column(BigInteger)
+    # The Message-ID header, for reconciling after a UIDVALIDITY change.
+    message_id_header: Mapped[str] = mapped_column(String(998), default="")
+    received_message_id: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("received_messages.id", ondelete="SET NULL"),
+        default=None,
+        index=True,
+    )
+    # Folder mode: set once the message was moved to the processed folder.
+    moved_at: Mapped[datetime | None] = mapped_column(default=None)
+    fetched_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MailboxError(Base):
+    """The account's error log: when, what went wrong in words, and how to fix it."""
+
+    __tablename__ = "mailbox_errors"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("mailbox_accounts.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16))
+    what: Mapped[str] = mapped_column(Text)
+    fix: Mapped[str] = mapped_column(Text, default="")
+
+
+class MailboxDailyCount(Base):
+    """Messages synced per staff member per UTC day, for `[sync] daily_limit_per_user`."""
+
+    __tablename__ = "mailbox_daily_counts"
+    __table_args__ = (UniqueConstraint("staff_id", "day"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"))
+    day: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD, UTC
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# --- Calendar sync (DESIGN §13): calendar accounts, their events, and the error log ---------
+
+
+class CalendarKind(enum.StrEnum):
+    CALDAV = "caldav"  # a password (or app password) over CalDAV
+    GOOGLE = "google"  # OAuth 2.0 bearer tokens against Google's CalDAV endpoint
+
+
+class CalendarPrivacy(enum.StrEnum):
+    PUBLIC = "public"  # every colleague sees the details
+    PRIVATE = "private"  # only the colleagues it is shared with; the rest see a busy block
+
+
+class EventOrigin(enum.StrEnum):
+    CRM = "crm"  # made in the CRM (`events add`, POST /v1/events): the CRM may change it
+    CALENDAR = "calendar"  # made in the calendar: read-only in the CRM
+
+
+class CalendarAccount(Base):
+    """A staff member's CalDAV calendar, synced both ways over a window of days."""
+
+    __tablename__ = "calendar_accounts"
+    __table_args__ = (Index(None, "status", "retry_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[CalendarKind] = mapped_column(_enum(CalendarKind, "calendar_kind"))
+    # What `--caldav` named (a server, a principal or a calendar), and the calendar collection
+    # found from it (current-user-principal → calendar-home-set → the one chosen).
+    url: Mapped[str] = mapped_column(String(2000))
+    calendar_url: Mapped[str] = mapped_column(String(2000), default="")
+    calendar_name: Mapped[str] = mapped_column(String(255), default="")
+    login: Mapped[str] = mapped_column(String(320))
+    # Sealed (store/secretbox.py): the password, or the OAuth refresh token.
+    secret: Mapped[str] = mapped_column(Text, default="")
+    access_token: Mapped[str] = mapped_column(Text, default="")
+    access_token_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # An OAuth sign-in under way (accounts/oauth.py), as on MailboxAccount: the state the
+    # provider sends back, the sealed PKCE verifier, and when it began.
+    oauth_state: Mapped[str | None] = mapped_column(String(64), default=None, unique=True)
+    oauth_verifier: Mapped[str] = mapped_column(Text, default="")
+    oauth_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    privacy: Mapped[CalendarPrivacy] = mapped_column(
+        _enum(CalendarPrivacy, "calendar_privacy"), default=CalendarPrivacy.PUBLIC
+    )
+    # RFC 6578 sync token of the last pass ("": none yet, or the server has none), and the
+    # collection's getctag for servers without sync tokens.
+    sync_token: Mapped[str] = mapped_column(Text, default="")
+    ctag: Mapped[str] = mapped_column(Text, default="")
+    # The last full comparison of the window's hrefs and ETags: once a day the window moves
+    # on, and events it reaches that did not change are read then.
+    compared_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The same status columns and rules as MailboxAccount (mailledger.accounts).
+    status: Mapped[AccountStatus] = mapped_column(
+        _enum(AccountStatus, "account_status"), default=AccountStatus.PENDING
+    )
+    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    announced_status: Mapped[str] = mapped_column(String(16), default="pending")
+    mailed_status: Mapped[str] = mapped_column(String(16), default="")
+    last_sync_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    failing_since: Mapped[datetime | None] = mapped_column(default=None)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    retry_at: Mapped[datetime | None] = mapped_column(default=None)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    events_synced: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CalendarViewer(Base):
+    """A colleague a private calendar is shared with (`--share-with USER`): sees the details."""
+
+    __tablename__ = "calendar_viewers"
+    __table_args__ = (UniqueConstraint("account_id", "staff_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("calendar_accounts.id", ondelete="CASCADE"), index=True
+    )
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"))
+
+
+class CalendarEvent(Base):
+    """One occurrence of one calendar object in the window (a single event has one).
+
+    ``recurrence_id`` is "" for a single event, and the occurrence's original start (UTC
+    ``YYYYMMDDTHHMMSSZ``, or ``YYYYMMDD`` all day) for an occurrence of a recurring one.
+    """
+
+    __tablename__ = "calendar_events"
+    __table_args__ = (
+        UniqueConstraint("account_id", "href", "recurrence_id"),
+        Index(None, "account_id", "uid"),
+        Index(None, "tenant_id", "start_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("calendar_accounts.id", ondelete="CASCADE"))
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    href: Mapped[str] = mapped_column(String(2000))
+    etag: Mapped[str] = mapped_column(String(200), default="")
+    uid: Mapped[str] = mapped_column(String(500))
+    recurrence_id: Mapped[str] = mapped_column(String(40), default="")
+    origin: Mapped[EventOrigin] = mapped_column(_enum(EventOrigin, "event_origin"))
+    recurring: Mapped[bool] = mapped_column(Boolean, default=False)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    location: Mapped[str] = mapped_column(Text, default="")
+    start_at: Mapped[datetime] = mapped_column()
+    end_at: Mapped[datetime] = mapped_column()
+    # The TZID the event was written in ("" for UTC, floating or all-day).
+    tzid: Mapped[str] = mapped_column(String(64), default="")
+    all_day: Mapped[bool] = mapped_column(Boolean, default=False)
+    organizer: Mapped[str] = mapped_column(String(320), default="")
+    attendees: Mapped[list[Any]] = mapped_column(default=list)
+    status: Mapped[str] = mapped_column(String(16), default="confirmed")
+    # A CRM change not yet on the calendar: "", "create", "update" or "delete".
+    pending: Mapped[str] = mapped_column(String(8), default="")
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Why the CRM's last change was not written (the calendar changed it first: HTTP 412).
+    conflict: Mapped[str] = mapped_column(Text, default="")
+    activity_id: Mapped[int | None] = mapped_column(
+        ForeignKey("activities.id", ondelete="SET NULL"), default=None, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CalendarError(Base):
+    """The calendar account's error log, the shape of MailboxError's."""
+
+    __tablename__ = "calendar_errors"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("calendar_accounts.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16))
+    what: Mapped[str] = mapped_column(Text)
+    fix: Mapped[str] = mapped_column(Text, default="")
+
+
+# --- Blobs in the database ([storage] backend = "database", store/dbblobs.py) ---------------
+
+
+class StoredBlob(Base):
+    """A blob kept in the database, named by its SHA-256; its bytes are its ``blob_chunks``.
+
+    The row and every chunk commit in one transaction, so a row found means a complete blob.
+    """
+
+    __tablename__ = "blobs"
+
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    # Every chunk but the last holds this many bytes, so a read at any offset finds its chunk.
+    chunk_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BlobChunk(Base):
+    """One piece of a stored blob: ``seq`` 0, 1, … in order (``bytea`` on PostgreSQL)."""
+
+    __tablename__ = "blob_chunks"
+
+    hash: Mapped[str] = mapped_column(
+        ForeignKey("blobs.hash", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# --- DNS checks (store/dnschecks.py): the last live check of each domain, for every node ------
+
+
+class DnsCheck(Base):
+    """The last live DNS check of one of a tenant's domains: when, by what, each verdict.
+
+    A customer domain's row holds its SPF, DKIM and DMARC verdicts, the capture domain's its
+    MX. One row per domain, replaced by the next check: a snapshot of DNS, not a history; it
+    is here rather than in a server's memory so a restart or another node shows the same.
+    """
+
+    __tablename__ = "dns_checks"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    checked_at: Mapped[datetime] = mapped_column()
+    # What ran it: "cli" (`mailledger dns check`), "api" (POST /v1/dns/check), "page" (/admin/dns).
+    checked_by: Mapped[str] = mapped_column(String(8))
+    # Who, where known: the staff member (page), the API token's name (api); "" from the CLI.
+    actor: Mapped[str] = mapped_column(String(200), default="")
+    # Each record's verdict (domains.check.RecordCheck.as_dict): kind, domain, name, status
+    # (ok, missing, wrong, error), reason, fix, lookup_failed (DNS did not answer).
+    results: Mapped[list[Any]] = mapped_column(default=list)
+
+
 __all__ = [
+    "AccountKind",
+    "AccountStatus",
     "Activity",
     "ActivitySource",
     "ApiToken",
     "Attachment",
     "Base",
+    "BlobChunk",
+    "CalendarAccount",
+    "CalendarError",
+    "CalendarEvent",
+    "CalendarKind",
+    "CalendarPrivacy",
+    "CalendarViewer",
     "Company",
     "CompanyDomain",
     "Contact",
@@ -789,11 +1242,20 @@ __all__ = [
     "CustomerDomain",
     "Direction",
     "DkimKey",
+    "DnsCheck",
     "EndpointState",
+    "EventOrigin",
     "FeedClock",
     "ForwardingCheck",
     "ForwardingConfirmation",
+    "ForwardingHealth",
     "LoginFailure",
+    "MailboxAccount",
+    "MailboxDailyCount",
+    "MailboxError",
+    "MailboxFolder",
+    "MailboxMessage",
+    "MailboxViewer",
     "MessageRoute",
     "MessageState",
     "NeverLog",
@@ -802,11 +1264,14 @@ __all__ = [
     "OutboundState",
     "Participant",
     "PartyKind",
+    "PeriodicRun",
     "ReceivedMessage",
     "RouteKind",
     "SenderCount",
     "Staff",
     "StaffAddress",
+    "StoredBlob",
+    "SyncMode",
     "Tenant",
     "Thread",
     "TraceEntry",

@@ -20,8 +20,10 @@ from typing import Any, Final
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.mail.replies import parse_reply
+from mailledger.mail.statuscodes import status_words
 from mailledger.store import leases
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.models import (
     OutboundKind,
     OutboundMessage,
@@ -81,7 +83,7 @@ def recipient_domain(address: str) -> str:
 
 def enqueue(
     session: Session,
-    blobs: BlobStore,
+    blobs: BlobBackend,
     *,
     raw: bytes,
     mail_from: str,
@@ -302,7 +304,7 @@ def retry_now(session: Session, ident: str) -> list[OutboundMessage]:
     return queued
 
 
-def delete(session: Session, blobs: BlobStore, ident: str) -> tuple[list[OutboundMessage], bool]:
+def delete(session: Session, blobs: BlobBackend, ident: str) -> tuple[list[OutboundMessage], bool]:
     """Remove the rows of ``ident``, and their bytes when nothing else references them.
 
     Returns the removed rows and whether the blob went too. A delivery in flight finishes its
@@ -374,3 +376,40 @@ def row_dict(row: OutboundMessage) -> dict[str, Any]:
             for rcpt in row.rcpt_to
         ],
     }
+
+
+def _latest_result(row: OutboundMessage) -> dict[str, Any] | None:
+    """The recipient result that explains the row's state, latest first (UTC ISO times sort
+    as text): of a row not delivered, a recipient's that was not delivered."""
+    found = [r for r in (row.results or {}).values() if isinstance(r, dict) and r.get("at")]
+    if row.state is not OutboundState.DELIVERED:
+        found = [r for r in found if r.get("status") != "delivered"] or found
+    return max(found, key=lambda r: str(r["at"]), default=None)
+
+
+def reply_in_words(row: OutboundMessage) -> str:
+    """Where a queue row stands and the last reply that put it there, for a person to read.
+
+    The reply is quoted as the remote host gave it, with the meaning of its enhanced status
+    code (RFC 3463) in front, so "450 4.2.2" reads as "the mailbox is full: a temporary
+    failure" without knowing the codes.
+    """
+    if row.state is OutboundState.HELD:
+        return f"held, not sent: {row.signing or 'waiting for `mailledger queue release`'}"
+    latest = _latest_result(row)
+    if latest is None:
+        return "not tried yet" if row.state is OutboundState.QUEUED else row.last_error
+    line = str(latest.get("reply") or row.last_error)
+    code = latest.get("code")
+    status = (
+        parse_reply(int(code), str(latest.get("text", ""))).status if isinstance(code, int) else ""
+    )
+    meaning = status_words(status)
+    said = f"{meaning}; the server said: {line}" if meaning else f"the server said: {line}"
+    if row.state is OutboundState.DELIVERED:
+        return f"delivered; the server said: {line}"
+    if row.state is OutboundState.QUEUED:
+        return f"will try again: {said}"
+    if row.state is OutboundState.EXPIRED:
+        return f"gave up after {row.attempts} attempts: {said}"
+    return f"refused for good: {said}"

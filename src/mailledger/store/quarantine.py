@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.models import (
     Activity,
     Attachment,
@@ -19,6 +19,50 @@ from mailledger.store.models import (
     TraceEntry,
 )
 from mailledger.store.queries import get_message
+
+# Each quarantine reason starts with a label (``unknown-sender: …``, set by the step that held
+# the message back); these say in words what it means and what a person can do about it.
+REASONS_IN_WORDS = {
+    "unknown-sender": "The sender is not one of your contacts or companies. Add them as a "
+    "contact, then release the message.",
+    "unknown-recipients": "None of the recipients is one of your contacts or companies. Add "
+    "one as a contact, then release the message.",
+    "untrusted": "The forward could not be proven to come from the staff member's own "
+    "mailbox (its sender authentication did not pass), so it may be forged.",
+    "log-not-staff": "Mail to the log address must come from a staff member's own address; "
+    "this one did not.",
+    "never-log": "An address or domain in it is on a never-log list.",
+    "internal": "Every party is a staff member: internal mail is not recorded.",
+    "auto-reply": "It is an automatic reply (out-of-office or similar), not correspondence.",
+    "bulk": "It is bulk or list mail (a newsletter or mailing list), not correspondence.",
+    "bounce": "It is a delivery failure notice, not correspondence.",
+    "loop": "It looks like a mail loop: the same mail came back again and again.",
+    "volume": "Too many messages came from this sender in a short time.",
+    "operator": "It was sent to a role address (postmaster, abuse) and is kept for the "
+    "operator to read.",
+    "forwarding-check": "It is the answer to a forwarding check that had already expired.",
+    "forged-confirmation": "It claims to be a Gmail forwarding confirmation but is not signed "
+    "by Google.",
+    "ambiguous-from": "It has no single sender (no From header, or more than one), so nobody "
+    "can say whose mail it is.",
+    "ambiguous": "A header that may appear once appears several times, so the message may "
+    "have been tampered with.",
+    "mime-too-deep": "Its structure is nested too deeply to be read safely.",
+    "mime-too-many-parts": "It has too many parts to be read safely.",
+    "unparseable": "It could not be read as an email.",
+}
+
+
+def reason_in_words(reason: str) -> str:
+    """What a quarantine reason means, in a sentence (the reason itself when it is unknown).
+
+    A message with several routes may carry several reasons, joined with ``; ``.
+    """
+    sentences = []
+    for part in reason.split("; "):
+        label = part.partition(":")[0].strip()
+        sentences.append(REASONS_IN_WORDS.get(label, part.strip() or "No reason was recorded."))
+    return " ".join(dict.fromkeys(sentences))
 
 
 class QuarantineError(ValueError):
@@ -88,7 +132,7 @@ def blob_in_use(session: Session, digest: str, *, except_message: int | None = N
 
 
 def delete(
-    session: Session, blobs: BlobStore, ref: int | str, *, tenant_id: int | None = None
+    session: Session, blobs: BlobBackend, ref: int | str, *, tenant_id: int | None = None
 ) -> bool:
     """Delete a quarantined message, its routes and trace, and its raw bytes when unshared.
 

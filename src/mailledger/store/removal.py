@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend, is_digest
 from mailledger.store.models import (
     Activity,
     ActivitySource,
@@ -83,7 +83,7 @@ class RemovalReport:
 
 
 def remove_staff(
-    session: Session, blobs: BlobStore, staff: Staff, history: History
+    session: Session, blobs: BlobBackend, staff: Staff, history: History
 ) -> RemovalReport:
     """Remove a staff member (found with ``directory.find_staff``), keeping or removing history.
 
@@ -188,7 +188,7 @@ def remove_staff(
 
 
 def remove_contact(
-    session: Session, blobs: BlobStore, contact: Contact, history: History
+    session: Session, blobs: BlobBackend, contact: Contact, history: History
 ) -> RemovalReport:
     """Remove a contact (found with ``directory.find_contact``), keeping or removing history."""
     report = RemovalReport(history)
@@ -256,6 +256,56 @@ def remove_contact(
     return report
 
 
+def remove_mailbox_history(session: Session, blobs: BlobBackend, account_id: int) -> RemovalReport:
+    """Delete what one mailbox account brought in (``account remove --remove-history``).
+
+    An activity every source of which is a message this account fetched goes; one that also
+    came another way (a forward, a BCC, another account) only loses this account's sources.
+    The account's received messages go unless a kept activity still names them. The account
+    row itself is the caller's to delete.
+    """
+    report = RemovalReport(History.REMOVE)
+    fetched = set(
+        session.scalars(
+            select(ReceivedMessage.id).where(ReceivedMessage.mailbox_account_id == account_id)
+        )
+    )
+    touched = set(
+        session.scalars(
+            select(ActivitySource.activity_id).where(ActivitySource.message_id.in_(fetched))
+        )
+    )
+    others = set(
+        session.scalars(
+            select(ActivitySource.activity_id).where(
+                ActivitySource.activity_id.in_(touched), ActivitySource.message_id.not_in(fetched)
+            )
+        )
+    )
+    only_its = touched - others
+    shared = touched & others
+    digests = _delete_activities(session, only_its)
+    report.activities_deleted = len(only_its)
+    report.activities_trimmed = len(shared)
+    report.sources_deleted = _delete(
+        session,
+        delete(ActivitySource).where(
+            ActivitySource.activity_id.in_(shared), ActivitySource.message_id.in_(fetched)
+        ),
+    )
+    still_sourced = set(
+        session.scalars(
+            select(ActivitySource.message_id).where(ActivitySource.message_id.in_(fetched))
+        )
+    )
+    doomed = fetched - still_sourced
+    digests |= _delete_messages(session, doomed)
+    report.messages_deleted = len(doomed)
+    session.flush()
+    report.blobs_deleted = _drop_unused_blobs(session, blobs, digests)
+    return report
+
+
 # --- the pieces -------------------------------------------------------------------------------
 
 
@@ -313,16 +363,14 @@ def _reassign_owner(session: Session, activity_ids: Iterable[int], staff_id: int
     session.flush()
 
 
-def _drop_unused_blobs(session: Session, blobs: BlobStore, digests: set[str]) -> int:
+def _drop_unused_blobs(session: Session, blobs: BlobBackend, digests: set[str]) -> int:
     removed = 0
     for digest in sorted(digests):
-        try:
-            path = blobs.path(digest)
-        except ValueError:  # not a digest we wrote: nothing in the store to delete
+        if not is_digest(digest):  # not a digest we wrote: nothing in the store to delete
             continue
         if blob_in_use(session, digest):
             continue
-        if path.exists():
+        if blobs.exists(digest):
             blobs.delete(digest)
             removed += 1
     return removed

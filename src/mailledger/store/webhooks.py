@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailledger.store import leases, queries
@@ -33,6 +33,7 @@ from mailledger.store.models import (
     Activity,
     EndpointState,
     ReceivedMessage,
+    Staff,
     Tenant,
     WebhookAttempt,
     WebhookDelivery,
@@ -41,6 +42,7 @@ from mailledger.store.models import (
     WebhookEvent,
     utcnow,
 )
+from mailledger.store.secretbox import SecretBox, SecretError, is_sealed
 
 log = structlog.get_logger("mailledger.webhooks")
 
@@ -48,7 +50,14 @@ ACTIVITY_CREATED: Final = "activity.created"
 # A merge added a source or a participant to the activity, or its ``regarding`` changed.
 ACTIVITY_UPDATED: Final = "activity.updated"
 MESSAGE_QUARANTINED: Final = "message.quarantined"
-EVENT_TYPES: Final = (ACTIVITY_CREATED, ACTIVITY_UPDATED, MESSAGE_QUARANTINED)
+# A mailbox account's settled status changed (sync.statuses): enabled, error, reconnect, ...
+ACCOUNT_STATUS_CHANGED: Final = "account.status_changed"
+EVENT_TYPES: Final = (
+    ACTIVITY_CREATED,
+    ACTIVITY_UPDATED,
+    MESSAGE_QUARANTINED,
+    ACCOUNT_STATUS_CHANGED,
+)
 
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - the prefix, not a secret
 # Standard Webhooks: a secret is 24 to 64 random bytes, base64-encoded after ``whsec_``.
@@ -128,15 +137,18 @@ def _stamp(value: datetime) -> str:
 
 
 def add_endpoint(
-    session: Session, tenant: Tenant, url: str, events: Iterable[str] = ()
+    session: Session, tenant: Tenant, url: str, events: Iterable[str] = (), *, box: SecretBox
 ) -> tuple[WebhookEndpoint, str]:
-    """Register ``url`` for the tenant; returns the endpoint and its secret (shown once)."""
+    """Register ``url`` for the tenant; returns the endpoint and its secret (shown once).
+
+    The row keeps the secret sealed by ``box`` (``[secrets] key_file``), never in clear.
+    """
     secret = new_secret()
     endpoint = WebhookEndpoint(
         tenant_id=tenant.id,
         url=check_url(url),
         events=check_events(events),
-        secret=secret,
+        secret=box.seal(secret),
         state=EndpointState.ACTIVE,
         created_at=utcnow(),
     )
@@ -175,20 +187,54 @@ def rotate_secret(
     session: Session,
     endpoint: WebhookEndpoint,
     *,
+    box: SecretBox,
     overlap: timedelta = ROTATION_OVERLAP,
     now: datetime | None = None,
 ) -> str:
     """Give the endpoint a new secret; the current one keeps signing for ``overlap``.
 
     Only two secrets sign at once: a rotation during another's overlap drops the oldest.
+    Both are kept sealed by ``box``.
     """
     now = now or utcnow()
     secret = new_secret()
-    endpoint.previous_secret = endpoint.secret
+    endpoint.previous_secret = _sealed(box, endpoint.secret)
     endpoint.previous_secret_expires_at = now + overlap
-    endpoint.secret = secret
+    endpoint.secret = box.seal(secret)
     session.flush()
     return secret
+
+
+def _sealed(box: SecretBox, value: str) -> str:
+    """``value`` sealed, unless it is empty or sealed already (a row from before sealing)."""
+    return value if not value or is_sealed(value) else box.seal(value)
+
+
+def seal_clear_secrets(endpoint: WebhookEndpoint, box: SecretBox) -> bool:
+    """Seal an endpoint's secrets kept in clear (rows written before sealing began).
+
+    ``db upgrade`` seals every row when it is given the key (migration 0010); a database
+    upgraded without it is sealed here, on each endpoint's next use. Whether it changed.
+    """
+    secret, previous = _sealed(box, endpoint.secret), _sealed(box, endpoint.previous_secret)
+    changed = (secret, previous) != (endpoint.secret, endpoint.previous_secret)
+    endpoint.secret, endpoint.previous_secret = secret, previous
+    return changed
+
+
+def endpoint_secrets(endpoint: WebhookEndpoint, box: SecretBox, now: datetime) -> tuple[str, ...]:
+    """The clear ``whsec_…`` secrets that sign for the endpoint now (``signing_secrets``).
+
+    A value still in clear is read as it is; one that cannot be opened raises SecretError.
+    """
+
+    def opened(value: str) -> str:
+        return box.open(value) if is_sealed(value) else value
+
+    chosen = signing_secrets(
+        endpoint.secret, endpoint.previous_secret, endpoint.previous_secret_expires_at, now
+    )
+    return tuple(opened(value) for value in chosen)
 
 
 def enable_endpoint(session: Session, endpoint: WebhookEndpoint) -> bool:
@@ -476,12 +522,14 @@ def claim_due(
     lease_seconds: float,
     limit: int,
     max_attempts: int,
+    box: SecretBox,
     now: datetime | None = None,
 ) -> list[Job]:
     """Claim up to ``limit`` due deliveries; call inside ``sessions.begin()``.
 
     A delivery whose endpoint was disabled meanwhile, or whose attempts a crash used up
-    (each claim counts one), is finished here as failed instead of being returned.
+    (each claim counts one), is finished here as failed instead of being returned. ``box``
+    opens the endpoints' secrets (and seals any still kept in clear).
     """
     now = now or utcnow()
     claimed = leases.claim(
@@ -519,6 +567,16 @@ def claim_due(
             _finish(session, lease.id, "the retry schedule was used up by interrupted attempts")
             _mark_failing(endpoint, lease.id, event.type, "attempts cut short")
             continue
+        seal_clear_secrets(endpoint, box)
+        try:
+            signing = endpoint_secrets(endpoint, box, now)
+        except SecretError as error:
+            # Nothing can be signed until the key file is put right; `webhook replay` sends
+            # the delivery again afterwards.
+            _finish(session, lease.id, f"cannot sign: {error}")
+            _mark_failing(endpoint, lease.id, event.type, f"cannot sign: {error}")
+            log.warning("webhook secret cannot be opened", endpoint=endpoint.id, error=str(error))
+            continue
         jobs.append(
             Job(
                 delivery_id=lease.id,
@@ -529,12 +587,7 @@ def claim_due(
                 endpoint_id=endpoint.id,
                 tenant_id=endpoint.tenant_id,
                 url=endpoint.url,
-                secrets=signing_secrets(
-                    endpoint.secret,
-                    endpoint.previous_secret,
-                    endpoint.previous_secret_expires_at,
-                    now,
-                ),
+                secrets=signing,
             )
         )
     return jobs
@@ -556,21 +609,110 @@ def _finish(session: Session, delivery_id: int, error: str) -> None:
 
 
 def _mark_failing(endpoint: WebhookEndpoint, delivery_id: int, event_type: str, why: str) -> None:
-    """The endpoint missed an event for good: say so where operators and admins look."""
+    """The endpoint missed an event for good: say so where operators and admins look.
+
+    An active endpoint turns failing: a new failing spell, whose admins' mail the webhook
+    worker queues once (``failing_notice``); one already failing only gets the new reason.
+    """
     reason = f"delivery {delivery_id} ({event_type}) failed for good: {why}"
     if endpoint.state is EndpointState.ACTIVE:
         _set_state(endpoint, EndpointState.FAILING, reason)
     else:
         endpoint.state_reason = reason[:2000]
-    # Telling the tenant's admins by mail needs the admin flag and the system sender, which
-    # do not exist yet: until then the log line and `webhook list` carry it.
     log.warning(
-        "webhook endpoint failing; tenant admins not mailed (no admin mail yet)",
+        "webhook endpoint failing",
         endpoint=endpoint.id,
         tenant_id=endpoint.tenant_id,
         url=endpoint.url,
         reason=reason,
     )
+
+
+# --- telling the tenant's admins that an endpoint is failing ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FailingNotice:
+    """What the admins' mail about a failing endpoint says, and whom it goes to."""
+
+    endpoint_id: int
+    tenant_id: int
+    tenant: str
+    url: str
+    since: datetime  # when this failing spell began
+    reason: str  # the last failed delivery and its last answer
+    admins: tuple[tuple[int, str], ...]  # (staff id, primary address)
+
+
+# A failing endpoint whose spell (begun at state_changed_at) has not been mailed about yet.
+_UNNOTIFIED = (
+    (WebhookEndpoint.state == EndpointState.FAILING)
+    & WebhookEndpoint.state_changed_at.is_not(None)
+    & or_(
+        WebhookEndpoint.failing_notified_at.is_(None),
+        WebhookEndpoint.failing_notified_at < WebhookEndpoint.state_changed_at,
+    )
+)
+
+
+def _unnotified(endpoint_id: int) -> Any:
+    return (WebhookEndpoint.id == endpoint_id) & _UNNOTIFIED
+
+
+def failing_notices_owed(session: Session) -> list[int]:
+    """The failing endpoints whose spell no mail has been queued about yet (any tenant)."""
+    return list(
+        session.scalars(select(WebhookEndpoint.id).where(_UNNOTIFIED).order_by(WebhookEndpoint.id))
+    )
+
+
+def failing_notice(session: Session, endpoint_id: int) -> FailingNotice | None:
+    """The mail owed for the endpoint's failing spell, or None when none is owed.
+
+    Owed once per spell: from the moment the endpoint turned failing until a mail about it
+    was queued (``claim_failing_notice``). A tenant without an active admin is owed nothing.
+    """
+    endpoint = session.scalars(select(WebhookEndpoint).where(_unnotified(endpoint_id))).first()
+    if endpoint is None or endpoint.state_changed_at is None:
+        return None
+    admins = session.execute(
+        select(Staff.id, Staff.primary_address)
+        .where(
+            Staff.tenant_id == endpoint.tenant_id,
+            Staff.admin.is_(True),
+            Staff.disabled_at.is_(None),
+            Staff.removed_at.is_(None),
+            Staff.primary_address != "",
+        )
+        .order_by(Staff.id)
+    ).all()
+    if not admins:
+        return None
+    tenant = session.get_one(Tenant, endpoint.tenant_id)
+    return FailingNotice(
+        endpoint_id=endpoint.id,
+        tenant_id=endpoint.tenant_id,
+        tenant=tenant.name,
+        url=endpoint.url,
+        since=endpoint.state_changed_at,
+        reason=endpoint.state_reason,
+        admins=tuple((int(i), str(a)) for i, a in admins),
+    )
+
+
+def claim_failing_notice(session: Session, notice: FailingNotice) -> bool:
+    """Mark the spell's mail as sent; False when another node (or an earlier try) did.
+
+    Call it in the transaction that queues the mail: the conditional update lets one
+    transaction only win, so the admins get one mail per spell whatever the number of nodes.
+    """
+    result = session.execute(
+        update(WebhookEndpoint)
+        .where(_unnotified(notice.endpoint_id), WebhookEndpoint.state_changed_at == notice.since)
+        .values(failing_notified_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0) == 1
 
 
 def any_due(session_factory: Any, now: datetime | None = None) -> bool:
@@ -659,12 +801,17 @@ def record_attempt(
 
 
 def replay(
-    session: Session, delivery_id: int | str, now: datetime | None = None
+    session: Session,
+    delivery_id: int | str,
+    now: datetime | None = None,
+    *,
+    tenant: Tenant | None = None,
 ) -> WebhookDelivery:
     """Send a delivery's event to its endpoint again, as a new delivery due now.
 
     The ``webhook-id`` stays the event's, so a receiver that already has it can tell. A
-    delivery still waiting for its next attempt is made due now instead of doubled.
+    delivery still waiting for its next attempt is made due now instead of doubled. With
+    ``tenant``, another tenant's delivery is not found, like one that does not exist.
     """
     now = now or utcnow()
     text = str(delivery_id).strip()
@@ -672,6 +819,8 @@ def replay(
     if delivery is None:
         raise queries.NotFoundError(f"no webhook delivery {delivery_id}")
     endpoint = session.get_one(WebhookEndpoint, delivery.endpoint_id)
+    if tenant is not None and endpoint.tenant_id != tenant.id:
+        raise queries.NotFoundError(f"no webhook delivery {delivery_id}")
     if endpoint.state is EndpointState.DISABLED:
         raise WebhookError(
             f"endpoint {endpoint.id} is disabled ({endpoint.state_reason}); "
@@ -743,3 +892,68 @@ def deliveries(
         }
         for delivery, webhook_id, event_type in rows
     ]
+
+
+# --- retention: the delivery log of finished events -------------------------------------------
+
+
+def _finished_before(cutoff: datetime) -> Any:
+    """Events older than ``cutoff`` whose every delivery is over (delivered or failed) and
+    finished before it: an event still to deliver, or replayed lately, stays."""
+    open_or_recent = exists(
+        select(WebhookDelivery.id).where(
+            WebhookDelivery.event_id == WebhookEvent.id,
+            or_(
+                WebhookDelivery.state == WebhookDeliveryState.PENDING,
+                WebhookDelivery.finished_at.is_(None),
+                WebhookDelivery.finished_at >= cutoff,
+            ),
+        )
+    )
+    return (WebhookEvent.created_at < cutoff) & ~open_or_recent
+
+
+def count_finished_events(session: Session, cutoff: datetime) -> int:
+    """How many events ``delete_finished_events`` would delete (``retention run --dry-run``)."""
+    query = select(func.count()).select_from(WebhookEvent).where(_finished_before(cutoff))
+    return int(session.scalar(query) or 0)
+
+
+def delete_finished_events(
+    session: Session, cutoff: datetime, *, limit: int, skip_locked: bool = False
+) -> tuple[int, int]:
+    """Delete up to ``limit`` finished events older than ``cutoff`` with their deliveries
+    and attempts, in the caller's transaction; (events, attempts) deleted.
+
+    The children are deleted first and by name rather than left to ``ON DELETE CASCADE``,
+    which SQLite applies only with its foreign keys switched on. ``skip_locked`` (PostgreSQL)
+    lets several nodes run the pass at once without handling the same rows.
+    """
+    query = (
+        select(WebhookEvent.id)
+        .where(_finished_before(cutoff))
+        .order_by(WebhookEvent.id)
+        .limit(limit)
+    )
+    if skip_locked:
+        query = query.with_for_update(skip_locked=True)
+    ids = list(session.scalars(query))
+    if not ids:
+        return 0, 0
+    deliveries = select(WebhookDelivery.id).where(WebhookDelivery.event_id.in_(ids))
+    attempts = session.execute(
+        delete(WebhookAttempt)
+        .where(WebhookAttempt.delivery_id.in_(deliveries))
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        delete(WebhookDelivery)
+        .where(WebhookDelivery.event_id.in_(ids))
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        delete(WebhookEvent)
+        .where(WebhookEvent.id.in_(ids))
+        .execution_options(synchronize_session=False)
+    )
+    return len(ids), int(getattr(attempts, "rowcount", 0) or 0)

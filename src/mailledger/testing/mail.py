@@ -9,7 +9,7 @@ from email.utils import format_datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.routing.routes import RecipientRouter, Refusal
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.models import MessageRoute, ReceivedMessage, TraceEntry, utcnow
 
 
@@ -50,7 +50,7 @@ def make_email(
 
 def store_received(
     sessions: sessionmaker[Session],
-    blobs: BlobStore,
+    blobs: BlobBackend,
     raw: bytes,
     rcpts: list[str],
     *,

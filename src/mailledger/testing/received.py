@@ -7,7 +7,7 @@ import secrets
 from sqlalchemy.orm import Session
 
 from mailledger.mail.addresses import capture_address
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.models import (
     MessageRoute,
     MessageState,
@@ -25,7 +25,7 @@ def insert_quarantined(
     staff: Staff,
     *,
     raw: bytes | None = None,
-    blobs: BlobStore | None = None,
+    blobs: BlobBackend | None = None,
     reason: str = "unknown-sender: stranger@elsewhere.example",
 ) -> int:
     """A message routed to ``staff``'s capture address and quarantined; returns its row id.

@@ -93,7 +93,7 @@ def _without_our_fields(raw: bytes, authserv_id: str) -> tuple[bytes, int]:
 def stamp(raw: bytes, authserv_id: str, auth: AuthOutcome) -> tuple[bytes, memoryview]:
     """The copy we keep for users: forged headers of ours removed, our verdict on top.
 
-    In two pieces to store one after the other (``BlobStore.put_pieces``): the new header
+    In two pieces to store one after the other (``BlobBackend.put_pieces``): the new header
     section, and the body as a view of ``raw``, so a large message is not copied whole.
     """
     head, start = _without_our_fields(raw, authserv_id)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from mailledger.config import Settings
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.verify.authenticate import (
     Authenticator,
     in_networks,
@@ -39,6 +39,8 @@ log = structlog.get_logger("mailledger.verify")
 OWN = "own"
 GATEWAY = "gateway"
 DEMO = "demo"
+# Fetched from the staff member's own mailbox (DESIGN §12): the receiving provider's verdicts.
+MAILBOX = "mailbox"
 
 
 def trusts_loopback(settings: Settings, peer: str) -> bool:
@@ -110,7 +112,7 @@ class MessageAuth:
 def authenticate_message(
     authenticator: Authenticator,
     settings: Settings,
-    blobs: BlobStore,
+    blobs: BlobBackend,
     raw: bytes,
     headers: Mapping[str, list[str]],
     *,
@@ -119,11 +121,15 @@ def authenticate_message(
     helo: str,
     mail_from: str,
     gateways: Mapping[int, Gateway],
+    fetched: bool = False,
 ) -> MessageAuth:
-    """Decide the verdicts of every tenant's copy: demo, gateway, or our own checks.
+    """Decide the verdicts of every tenant's copy: demo, gateway, mailbox, or our own checks.
 
     ``gateways`` names each tenant the message is for, with its gateway setting. Our own
     checks run only when a tenant's copy needs them, and then once for all of them.
+    ``fetched``: the message was read from a mailbox by sync, not received over SMTP; there
+    is no SMTP peer to check, and the receiving provider recorded its verdicts when the mail
+    arrived there (``from_mailbox``).
     """
     undecided = temperror_outcome(
         "no verdicts were decided before processing",
@@ -131,6 +137,9 @@ def authenticate_message(
         mail_from=mail_from,
         from_domain=from_domain,
     )
+    if fetched:
+        mailbox = Verdicts(from_mailbox(authenticator, headers, from_domain), MAILBOX)
+        return MessageAuth(dict.fromkeys(gateways, mailbox), undecided)
     if trusts_loopback(settings, peer):
         log.warning("DEMO ONLY: loopback mail trusted without authentication", peer=peer)
         demo = Verdicts(
@@ -167,3 +176,47 @@ def _from_gateway(
         why = f"gateway {gateway.authserv_id} added no Authentication-Results"
         outcome = _empty(from_domain, why, gateway=gateway.authserv_id)
     return outcome
+
+
+def from_mailbox(
+    authenticator: Authenticator, headers: Mapping[str, list[str]], from_domain: str
+) -> AuthOutcome:
+    """The verdicts the mailbox's provider recorded when the mail reached it.
+
+    A message fetched from the staff member's own mailbox has no SMTP arrival of ours to
+    check; the provider that received it (Gmail's mx.google.com, Microsoft's
+    protection.outlook.com) added its Authentication-Results on top, and drops any that came
+    with the same authserv-id (RFC 8601 §5), so the topmost one is the provider's. Without
+    one, its ARC-Authentication-Results (the newest instance) say the same. Without either,
+    nothing is known of the original sender: every verdict ``none``.
+    """
+    results = headers.get("authentication-results", [])
+    if results:
+        authserv_id = _authserv_id(results[0])
+        outcome = authenticator.from_gateway(results[:1], authserv_id, from_domain)
+        if outcome is not None:
+            return outcome
+    sealed = _newest_arc_results(headers.get("arc-authentication-results", []))
+    if sealed:
+        outcome = authenticator.from_gateway([sealed], _authserv_id(sealed), from_domain)
+        if outcome is not None:
+            return outcome
+    return _empty(from_domain, "the mailbox's provider recorded no Authentication-Results")
+
+
+def _authserv_id(value: str) -> str:
+    first = value.split(";", 1)[0].split()
+    return first[0] if first else ""
+
+
+def _newest_arc_results(values: list[str]) -> str:
+    """The highest instance's ARC-Authentication-Results without its ``i=N;`` tag."""
+    best, best_instance = "", -1
+    for value in values:
+        tag, _, rest = value.partition(";")
+        name, _, number = tag.strip().partition("=")
+        if name.strip().lower() == "i" and number.strip().isdigit():
+            instance = int(number)
+            if instance > best_instance:
+                best, best_instance = rest.strip(), instance
+    return best

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
 from mailledger.config import HTTPSettings, Settings
-from mailledger.store.blobs import BlobStore
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.relay.outgoing import StaffSender
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.web.api.routing import API_ROUTES
 from mailledger.web.context import ApiContext
 from mailledger.web.openapi import ROUTES as OPENAPI_ROUTES
@@ -19,15 +23,17 @@ from mailledger.web.ratelimit import RateLimiter
 
 def build_app(
     sessions: sessionmaker[Session],
-    blobs: BlobStore,
+    blobs: BlobBackend,
     settings: HTTPSettings,
     *,
     site: Settings | None = None,
+    on_queued: Sequence[Callable[[], None]] = (),
 ) -> Starlette:
     """The HTTP application serve() runs; every API error it gives is a problem document.
 
     With ``site`` (the whole configuration: the relay and service settings the sign-in mail
-    and the integrations page need) the web pages are served too.
+    and the integrations page need) the web pages are served too, and mail can be sent
+    through the relay (``POST /v1/messages``); ``on_queued`` wake the workers that take it on.
     """
     pages = [] if site is None else PAGE_ROUTES
     app = Starlette(
@@ -46,6 +52,11 @@ def build_app(
     )
     # The DNS routes need the whole configuration too (web/api/dnsrecords.py).
     app.state.site = site
+    # POST /v1/messages hands mail to the relay as submission does (relay/outgoing.py).
+    app.state.on_queued = list(on_queued)
+    app.state.staff_sender = (
+        None if site is None else StaffSender(sessions, blobs, site, Resolver(site.dns))
+    )
     if site is not None:
         app.state.pages = PagesContext(sessions=sessions, blobs=blobs, settings=site)
     return app

@@ -56,7 +56,7 @@ async def identify(request: Request) -> TokenIdentity:
     if wait:
         raise ProblemError(
             429,
-            f"more than {api.limiter.per_minute} requests a minute with this token; "
+            f"more than {api.limiter.per_window} requests a minute with this token; "
             f"retry in {wait} s",
             headers={"Retry-After": str(wait)},
         )

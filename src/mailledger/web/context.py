@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from mailledger.config import HTTPSettings
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.engine import reading
 from mailledger.web.ratelimit import RateLimiter
 
@@ -23,7 +23,7 @@ class ApiContext:
     """The store behind the API and how the API presents itself."""
 
     sessions: sessionmaker[Session]
-    blobs: BlobStore
+    blobs: BlobBackend
     settings: HTTPSettings
     limiter: RateLimiter
 

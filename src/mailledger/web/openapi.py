@@ -13,6 +13,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mailledger.store.feed import DEFAULT_PAGE, MAX_PAGE
+from mailledger.web.openapiaccounts import ACCOUNT_PATHS, ACCOUNT_SCHEMAS
+from mailledger.web.openapievents import EVENT_PATHS, EVENT_SCHEMAS
 from mailledger.web.openapiresources import RESOURCE_PATHS, RESOURCE_SCHEMAS
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
@@ -77,6 +79,11 @@ ACTIVITY_SCHEMA: dict[str, Any] = {
     "properties": {
         "id": {"type": "integer"},
         "tenant": {"type": "string"},
+        "kind": {
+            "type": "string",
+            "enum": ["email", "meeting"],
+            "description": "An email, or a meeting from a synced calendar.",
+        },
         "direction": {"type": "string", "enum": ["inbound", "outbound"]},
         "subject": {"type": "string"},
         "from": {"type": "string", "description": "The sender's normalized address."},
@@ -247,6 +254,8 @@ def document() -> dict[str, Any]:
                 },
             },
             **RESOURCE_PATHS,
+            **ACCOUNT_PATHS,
+            **EVENT_PATHS,
             "/v1/openapi.json": {
                 "get": {
                     "operationId": "getOpenAPI",
@@ -272,6 +281,8 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Activity": ACTIVITY_SCHEMA,
                 **RESOURCE_SCHEMAS,
+                **ACCOUNT_SCHEMAS,
+                **EVENT_SCHEMAS,
                 "Page": {
                     "type": "object",
                     "required": ["data", "next"],

@@ -17,6 +17,7 @@ _TEXT = {
     403: "The token is read-only.",
     404: "Not found in the token's tenant (another tenant's ids are not found either).",
     409: "The change conflicts with what is there (`detail` says what).",
+    413: "Larger than the relay's message size limit ([capture] max_message_bytes).",
     415: "The body is not application/json.",
     422: "A parameter or body field is wrong or missing; `field` names it.",
     429: "Over the token's rate limit; see Retry-After.",
@@ -270,6 +271,8 @@ RESOURCE_PATHS: dict[str, Any] = {
                     "remove_addresses": _STRINGS,
                     "admin": {"type": "boolean"},
                     "disabled": {"type": "boolean"},
+                    "signature_text": {"type": "string", "maxLength": 10000},
+                    "signature_html": {"type": "string", "maxLength": 10000},
                 },
                 {"name": "Richard S."},
                 [],
@@ -381,6 +384,80 @@ RESOURCE_PATHS: dict[str, Any] = {
             },
         },
     },
+    "/v1/messages": {
+        "post": {
+            "operationId": "sendMessage",
+            "summary": "Send mail as a staff member through the relay, with their signature.",
+            "description": "Composed here (our Message-ID in the From domain, Date, "
+            "In-Reply-To and References of `in_reply_to`), then checked, DKIM-signed, queued "
+            "and recorded as one outbound activity exactly as if the staff member had "
+            "submitted it over SMTP. From is the staff member's primary address unless "
+            "`from` names another of their addresses; it must be on a verified customer "
+            "domain of the tenant. `Location` is where the queue state is read.",
+            "requestBody": _body(
+                {
+                    "staff": {"type": "string", "description": "The staff member's username."},
+                    "from": {"type": "string", "description": "One of their own addresses."},
+                    "to": _STRINGS,
+                    "cc": _STRINGS,
+                    "bcc": _STRINGS,
+                    "subject": {"type": "string"},
+                    "text": {"type": "string"},
+                    "html": {"type": "string"},
+                    "attachments": {"type": "array", "items": _ref("OutgoingAttachment")},
+                    "in_reply_to": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_ID,
+                        "description": "The activity this answers.",
+                    },
+                },
+                {
+                    "staff": "richard",
+                    "to": ["Carol Client <carol@client.example>"],
+                    "subject": "Your quote",
+                    "text": "Hello Carol,\n\nthe quote is attached.\n",
+                    "attachments": [
+                        {
+                            "name": "quote.txt",
+                            "content_type": "text/plain",
+                            "content": "UXVvdGU6IDQyIEVVUgo=",
+                        }
+                    ],
+                },
+                ["staff", "subject"],
+            ),
+            "responses": {
+                "202": {
+                    "description": "Queued; `Location` is the queue entry (`GET /v1/queue/{id}`).",
+                    "headers": {"Location": {"schema": {"type": "string"}}},
+                    "content": {"application/json": {"schema": _ref("Queued")}},
+                },
+                **_problems(400, 401, 403, 404, 413, 415, 422, 429, 503),
+            },
+        },
+    },
+    "/v1/queue/{queue_id}": {
+        "parameters": [_path_param("queue_id", "The queue id (or one row's id), as `queue show`.")],
+        "get": {
+            "operationId": "getQueued",
+            "summary": "One queued message: a row per recipient domain, with state and results.",
+            "responses": {
+                **_ok(
+                    "The rows.",
+                    {
+                        "type": "object",
+                        "required": ["queue_id", "data"],
+                        "properties": {
+                            "queue_id": {"type": "string"},
+                            "data": {"type": "array", "items": _ref("QueueRow")},
+                        },
+                    },
+                ),
+                **_problems(*ONE),
+            },
+        },
+    },
     "/v1/queue": {
         "get": {
             "operationId": "listQueue",
@@ -399,8 +476,28 @@ RESOURCE_PATHS: dict[str, Any] = {
     "/v1/dns/records": {
         "get": {
             "operationId": "getDnsRecords",
-            "summary": "The records the tenant's DNS admin publishes.",
-            "responses": {**_ok("The records.", _list("DnsRecord")), **_problems(*READ, 503)},
+            "summary": "The records the tenant's DNS admin publishes; each domain's last check.",
+            "description": (
+                "`data` has the records to publish; `domains` has each customer domain, then the "
+                "capture domain, with `last_check`: the last live check of that domain, whichever "
+                "way it ran (`mailledger dns check`, `POST /v1/dns/check`, the admin DNS page), "
+                "or null when it was never checked. It is kept in the database, one per domain, "
+                "replaced by the next check."
+            ),
+            "responses": {
+                **_ok(
+                    "The records, and the domains with their last check.",
+                    {
+                        "type": "object",
+                        "required": ["data", "domains"],
+                        "properties": {
+                            "data": {"type": "array", "items": _ref("DnsRecord")},
+                            "domains": {"type": "array", "items": _ref("DnsDomain")},
+                        },
+                    },
+                ),
+                **_problems(*READ, 503),
+            },
         },
     },
     "/v1/dns/check": {
@@ -474,6 +571,20 @@ RESOURCE_SCHEMAS: dict[str, Any] = {
             "admin": {"type": "boolean"},
             "disabled_at": _TIME,
             "removed_at": _TIME,
+            "signature_text": {"type": "string", "description": "Single staff member only."},
+            "signature_html": {"type": "string", "description": "Single staff member only."},
+            "forwarding": {
+                "type": "object",
+                "description": "Whether forwarding works: state `never checked`, `waiting`, "
+                "`expired`, `proven` or `broken`; `since` when that began; `reason` why it "
+                "broke (`no-return`: a recheck did not come back, `silence`: no forwarded mail "
+                "while the member sends mail).",
+                "properties": {
+                    "state": {"type": "string"},
+                    "since": _TIME,
+                    "reason": {"type": "string"},
+                },
+            },
         },
     },
     "NeverLog": {
@@ -534,6 +645,24 @@ RESOURCE_SCHEMAS: dict[str, Any] = {
             "results": {"type": "array", "items": {"type": "object"}},
         },
     },
+    "Queued": {
+        "type": "object",
+        "required": ["queue_id", "message_id"],
+        "properties": {
+            "queue_id": {"type": "string"},
+            "message_id": {"type": "string", "description": "Without the angle brackets."},
+        },
+    },
+    "OutgoingAttachment": {
+        "type": "object",
+        "required": ["name", "content_type", "content"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "content_type": {"type": "string", "example": "application/pdf"},
+            "content": {"type": "string", "contentEncoding": "base64"},
+        },
+    },
     "DnsRecord": {
         "type": "object",
         "required": ["kind", "name", "type", "value", "zone"],
@@ -556,7 +685,44 @@ RESOURCE_SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": ["ok", "missing", "wrong", "error"]},
             "reason": {"type": "string"},
             "fix": {"type": "string"},
-            "lookup_failed": {"type": "boolean"},
+            "lookup_failed": {
+                "type": "boolean",
+                "description": "DNS did not answer (time-out, SERVFAIL): nothing is known wrong.",
+            },
+        },
+    },
+    "DnsDomain": {
+        "type": "object",
+        "required": ["domain", "role", "last_check"],
+        "properties": {
+            "domain": {"type": "string"},
+            "role": {"type": "string", "enum": ["customer", "capture"]},
+            "last_check": {"oneOf": [_ref("DnsLastCheck"), {"type": "null"}]},
+        },
+    },
+    "DnsLastCheck": {
+        "type": "object",
+        "required": ["checked_at", "checked_by", "actor", "outcome", "results"],
+        "properties": {
+            "checked_at": {"type": "string", "format": "date-time"},
+            "checked_by": {
+                "type": "string",
+                "enum": ["cli", "api", "page"],
+                "description": "`mailledger dns check`, `POST /v1/dns/check`, or the DNS page.",
+            },
+            "actor": {
+                "type": "string",
+                "description": "The staff member (page) or API token name (api); empty for cli.",
+            },
+            "outcome": {
+                "type": "string",
+                "enum": ["ok", "wrong", "unanswered"],
+                "description": (
+                    "`wrong`: a record needs a DNS change; `unanswered`: nothing known to be "
+                    "wrong, but DNS did not answer for a record (try again)."
+                ),
+            },
+            "results": {"type": "array", "items": _ref("DnsCheck")},
         },
     },
 }

@@ -12,7 +12,10 @@ receivers deduplicate on ``webhook-id``. Each attempt:
   timeout_seconds`` in all, and keeps the status, the time taken and the answer's first KB;
 - on a 2xx is done; on a 410 disables the endpoint; otherwise is retried on
   ``[webhooks] retry_schedule_seconds`` (``web.webhookretry``), no sooner than a 429 or 503
-  answer's ``Retry-After``, until the schedule runs out and the endpoint is marked failing.
+  answer's ``Retry-After``, until the schedule runs out and the endpoint is marked failing,
+  which mails the tenant's admins once for that failing spell (``web.webhookmail``).
+
+Signing secrets are kept sealed (``[secrets] key_file``); a claim opens them for its attempt.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 import httpx
@@ -30,9 +34,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailledger.config import Settings
 from mailledger.dnsauth.resolver import Resolver
 from mailledger.store import webhooks
+from mailledger.store.blobbackend import BlobBackend, open_blob_backend
+from mailledger.store.engine import reading
 from mailledger.store.leasetasks import finish_or_cut_off, hand_back, keep_leases
 from mailledger.store.models import WebhookDeliveryState, utcnow
+from mailledger.store.secretbox import SecretBox, SecretError
 from mailledger.store.webhooks import RESPONSE_EXCERPT_BYTES, AttemptResult, Job
+from mailledger.web.webhookmail import mail_failing_notice
 from mailledger.web.webhookretry import (
     GONE,
     RETRY_AFTER_STATUSES,
@@ -47,6 +55,9 @@ log = structlog.get_logger("mailledger.webhooks")
 USER_AGENT = "mailledger-webhooks/1"
 # How long stop() lets attempts in flight finish before cutting them off and handing back.
 STOP_GRACE_SECONDS = 5.0
+# How often an idle worker looks for failing endpoints whose admins are still owed a mail
+# (one marked failing by a claim, or by a node that stopped before mailing).
+NOTICE_SWEEP_SECONDS = 60.0
 
 
 class WebhookWorker:
@@ -57,10 +68,20 @@ class WebhookWorker:
         sessions: sessionmaker[Session],
         settings: Settings,
         resolver: Resolver,
+        *,
+        blobs: BlobBackend | None = None,
+        on_mail_queued: Callable[[], None] | None = None,
     ) -> None:
         self._sessions = sessions
+        self._all_settings = settings
         self._settings = settings.webhooks
         self._resolver = resolver
+        self._key_file = settings.secrets.key_file
+        self._box: SecretBox | None = None  # read when first needed: serve starts without it
+        self._blobs = blobs or open_blob_backend(settings)
+        self._on_mail_queued = on_mail_queued
+        self._notices: set[asyncio.Task[None]] = set()
+        self._swept_at = 0.0
         self._owner = settings.service.node_id
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -102,12 +123,18 @@ class WebhookWorker:
                         log.warning(
                             "webhook claim failed; database unavailable", error=str(exc)[:200]
                         )
+                    except SecretError as exc:
+                        # Nothing is claimed, so nothing is lost: deliveries wait for the key.
+                        log.warning("webhook deliveries wait: cannot sign", error=str(exc))
                 for job in jobs:
                     self._start(job)
                 if self._stopping:
                     break
                 if jobs and len(jobs) == slots:
                     continue  # more may be due
+                if time.monotonic() - self._swept_at >= NOTICE_SWEEP_SECONDS:
+                    self._swept_at = time.monotonic()
+                    self._notify_owed()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._wakeup.wait(), self._settings.poll_interval_seconds
@@ -129,7 +156,7 @@ class WebhookWorker:
             await self._done.wait()
 
     async def _drain(self) -> None:
-        await finish_or_cut_off(list(self._tasks.values()), STOP_GRACE_SECONDS)
+        await finish_or_cut_off([*self._tasks.values(), *self._notices], STOP_GRACE_SECONDS)
         await hand_back(
             sorted(self._held),
             self._release,
@@ -170,7 +197,13 @@ class WebhookWorker:
                 lease_seconds=self._settings.lease_seconds,
                 limit=slots,
                 max_attempts=len(self._settings.retry_schedule_seconds),
+                box=self._secret_box(),
             )
+
+    def _secret_box(self) -> SecretBox:
+        if self._box is None:
+            self._box = SecretBox.from_file(self._key_file)
+        return self._box
 
     def _renew(self, ids: list[int]) -> None:
         with self._sessions.begin() as session:
@@ -226,6 +259,8 @@ class WebhookWorker:
             bound.warning("could not record webhook attempt", error=str(exc)[:200])
             return
         self._held.discard(job.delivery_id)
+        if state is WebhookDeliveryState.FAILED:
+            self._notify(job.endpoint_id)
         bound.info(
             "webhook attempt",
             type=job.event_type,
@@ -236,6 +271,43 @@ class WebhookWorker:
             state=state.value if state is not None else "lease lost",
             next_attempt_at=retry_at.isoformat() if retry_at and state else None,
         )
+
+    # --- telling the tenant's admins -------------------------------------------------------
+
+    def _notify(self, endpoint_id: int) -> None:
+        """Mail the admins if the endpoint's failing spell is owed a mail (in the background)."""
+        task = asyncio.create_task(self._mail(endpoint_id), name=f"webhook-failing-{endpoint_id}")
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    def _notify_owed(self) -> None:
+        def owed() -> list[int]:
+            with reading(self._sessions) as session:
+                return webhooks.failing_notices_owed(session)
+
+        async def sweep() -> None:
+            try:
+                endpoints = await asyncio.to_thread(owed)
+            except (OperationalError, DBAPIError) as exc:
+                log.warning("could not look for failing endpoints", error=str(exc)[:200])
+                return
+            for endpoint_id in endpoints:
+                await self._mail(endpoint_id)
+
+        task = asyncio.create_task(sweep(), name="webhook-failing-sweep")
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _mail(self, endpoint_id: int) -> None:
+        try:
+            queued = await mail_failing_notice(
+                self._sessions, self._blobs, self._resolver, self._all_settings, endpoint_id
+            )
+        except Exception:  # still owed: the next failure or the next sweep tries again
+            log.exception("could not mail the admins of a failing webhook endpoint")
+            return
+        if queued and self._on_mail_queued is not None:
+            self._on_mail_queued()
 
     async def post(self, job: Job) -> tuple[AttemptResult, str | None]:
         """One signed POST of ``job``: what it saw, and the answer's ``Retry-After``."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from mailledger.dnsauth.resolver import Resolver
+from mailledger.store.webhooks import WebhookError, check_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SETTING: Final = "[webhooks] allow_private_targets"
@@ -124,3 +125,18 @@ async def _lookup(resolver: Resolver, host: str) -> list[IPAddress]:
         # An answer we could not get might be the private one: never deliver on half of it.
         raise TargetRefusedError(f"could not resolve {host}: {'; '.join(problems)}")
     raise TargetRefusedError(f"{host} has no address (no A or AAAA record)")
+
+
+async def endpoint_url(resolver: Resolver, url: str, *, allow_private: bool) -> str:
+    """The URL to register an endpoint with, or TargetRefusedError saying what to change.
+
+    The same test whichever way an endpoint is added (``webhook add``, the webhooks page):
+    a well-formed http(s) URL (``store.webhooks.check_url``) whose host delivery would accept
+    now. Delivery checks the host again each time, since DNS can change meanwhile.
+    """
+    try:
+        checked = check_url(url)
+    except WebhookError as exc:
+        raise TargetRefusedError(str(exc)) from exc
+    await resolve_target(resolver, checked, allow_private=allow_private)
+    return checked

@@ -12,12 +12,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from mailledger.capture.pipeline.lookups import Lookups
+from mailledger.capture.pipeline.pending import PendingRows
 from mailledger.capture.pipeline.tracer import Tracer
 from mailledger.config import Settings
 from mailledger.mail.addresses import Mailbox
 from mailledger.mail.parsing import ParsedMessage
 from mailledger.routing.matcher import Match
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.models import (
     Direction,
     MessageRoute,
@@ -44,7 +46,7 @@ class Mail:
     """One received message as every route's steps see it: its parse, verdicts and stores."""
 
     session: Session
-    blobs: BlobStore
+    blobs: BlobBackend
     settings: Settings
     message: ReceivedMessage
     parsed: ParsedMessage
@@ -52,6 +54,10 @@ class Mail:
     trace: Tracer
     auth: MessageAuth
     final_attempt: bool  # the last try: a temporary failure decides instead of waiting
+    lookups: Lookups  # answers read once for the whole processing transaction
+    rows: PendingRows  # sources, participants, attachments and trace, inserted together
+    dedupe_key: str  # one email, one activity: its Message-ID's key, or the checksum without
+    checksum: str  # the content checksum (From, To, Cc, Date, Subject, text)
 
     @property
     def force(self) -> bool:
@@ -75,6 +81,9 @@ class Context:
     verdict_source: str = ""
     direction: Direction = Direction.INBOUND
     owner: int | None = None
+    # Set by the loop guard, read by the record step: the tenant's activities that are this
+    # email (by dedupe key or checksum), as (id, dedupe_key, content_key, message_id).
+    same_email: list[tuple[int, str, str, str]] | None = None
 
     @property
     def sender_key(self) -> str:
@@ -91,7 +100,8 @@ class Context:
         """Whether the From itself is authenticated, not only the path the copy took.
 
         A log@ copy past the trust step had its staff From authenticated by the log rule
-        (aligned SPF or DKIM) or by the relay's login (DESIGN §4). A forwarded copy proves
+        (aligned SPF or DKIM) or by the relay's login (DESIGN §4); a synced copy from the
+        staff member is their own mail, read from their own mailbox. A forwarded copy proves
         its forwarder; its sender counts only when the author's own domain authenticated it
         (aligned DKIM surviving the forward, a trusted sealer's DMARC, or DMARC). False
         before the trust step and for a copy let through untrusted by an operator.
@@ -101,6 +111,8 @@ class Context:
             return False
         if self.route.kind is RouteKind.LOG:
             return True
+        if self.route.kind is RouteKind.SYNC and self.sender_match.kind is PartyKind.STAFF:
+            return True  # the staff member's own sent mail, read from their own mailbox
         original = self.verdicts.get("original")
         if isinstance(original, dict):
             return original.get("result") == PASS

@@ -12,38 +12,49 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import bindparam, func, select, union
+from sqlalchemy import bindparam, func, select, union_all
 
 from mailledger.capture.pipeline.context import Context
 from mailledger.capture.pipeline.decisions import CONTINUE, Decision, Quarantine
 from mailledger.mail.loops import loop_evidence
-from mailledger.routing import dedupe
 from mailledger.store.models import Activity, ActivitySource, MessageRoute, utcnow
 
 # The activities that are this email: found by its dedupe key (Message-ID, or the checksum
 # when it has none) or by its content checksum (a forwarder that rewrites the Message-ID
 # sends the same From, To, Date, Subject and text round again under a new one). Each lookup
-# on its own index, as in the record step.
-_SAME_EMAIL = union(
-    select(Activity.id).where(
+# on its own index; the record step decides from the same rows which one it merges into.
+_SAME_EMAIL = union_all(
+    select(Activity.id, Activity.dedupe_key, Activity.content_key, Activity.message_id).where(
         Activity.tenant_id == bindparam("tenant_id"), Activity.dedupe_key == bindparam("key")
     ),
-    select(Activity.id).where(
+    select(Activity.id, Activity.dedupe_key, Activity.content_key, Activity.message_id).where(
         Activity.tenant_id == bindparam("tenant_id"),
         Activity.content_key == bindparam("checksum"),
     ),
 )
-# How often such an email was recorded from this capture address within the window.
+# How often those activities were recorded from this capture address within the window.
 _ARRIVALS = (
     select(func.count())
     .select_from(ActivitySource)
     .join(MessageRoute, MessageRoute.id == ActivitySource.route_id)
     .where(
-        ActivitySource.activity_id.in_(_SAME_EMAIL),
+        ActivitySource.activity_id.in_(bindparam("activities", expanding=True)),
         MessageRoute.rcpt == bindparam("rcpt"),
         ActivitySource.created_at >= bindparam("since"),
     )
 )
+
+
+def same_email(context: Context) -> list[tuple[int, str, str, str]]:
+    """The tenant's activities that are this email, read once per route (``Context``)."""
+    if context.same_email is None:
+        mail = context.mail
+        rows = mail.session.connection().execute(
+            _SAME_EMAIL,
+            {"tenant_id": context.tenant.id, "key": mail.dedupe_key, "checksum": mail.checksum},
+        )
+        context.same_email = [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+    return context.same_email
 
 
 class LoopGuard:
@@ -83,17 +94,17 @@ def _repeated(context: Context) -> Decision:
     mail, route = context.mail, context.route
     processing = mail.settings.processing
     parsed = mail.parsed
-    checksum = dedupe.content_key(parsed)
-    key = dedupe.message_id_key(parsed.message_id) if parsed.message_id else checksum
     window = processing.loop_window_seconds
+    activities = sorted({row[0] for row in same_email(context)})
+    if not activities:
+        return CONTINUE  # a new email: it never arrived before
+    mail.rows.write()  # the sources this transaction added so far are counted too
     arrivals = (
         mail.session.connection()
         .execute(
             _ARRIVALS,
             {
-                "tenant_id": context.tenant.id,
-                "key": key,
-                "checksum": checksum,
+                "activities": activities,
                 "rcpt": route.rcpt,
                 "since": utcnow() - timedelta(seconds=window),
             },

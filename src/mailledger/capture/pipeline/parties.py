@@ -10,7 +10,6 @@ from mailledger.capture.pipeline.context import Context, Party
 from mailledger.capture.pipeline.decisions import CONTINUE, Decision
 from mailledger.mail.addresses import Mailbox, normalize
 from mailledger.mail.parsing import ParsedMessage
-from mailledger.routing.matcher import match_parties
 from mailledger.store.models import Tenant
 
 
@@ -23,7 +22,7 @@ class MatchParties:
         """Fill in the route's parties and matches, and trace what each address is."""
         mail = context.mail
         parties = parties_of(mail.parsed, mail.sender, context.tenant)
-        matches = match_parties(mail.session, context.tenant, [p.key for p in parties])
+        matches = mail.lookups.match(context.tenant, [p.key for p in parties])
         context.parties, context.matches = parties, matches
         mail.trace(
             "match",

@@ -6,12 +6,16 @@ trusted copy out of the record. An operator's forced release sets the policies a
 
 from __future__ import annotations
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from mailledger.capture.pipeline.context import Context, Party
 from mailledger.capture.pipeline.decisions import CONTINUE, Decision, Quarantine
-from mailledger.routing.matcher import Match, company_owners, never_log_hits
+from mailledger.routing.matcher import Match, company_owners
 from mailledger.store.models import Contact, ContactAddress, Direction, PartyKind, Tenant
+
+_NEW_CONTACT = insert(Contact).returning(Contact.id)
+_NEW_CONTACT_ADDRESS = insert(ContactAddress)
 
 
 class NeverLog:
@@ -26,7 +30,7 @@ class NeverLog:
         if context.owner is not None:
             staff_ids.add(context.owner)
         external = [p.key for p in context.external]
-        hits = never_log_hits(mail.session, context.tenant, staff_ids, external)
+        hits = mail.lookups.never_log_hits(context.tenant, staff_ids, external)
         if hits and not mail.force:
             return Quarantine(f"never-log: {', '.join(hits)}")
         return CONTINUE
@@ -64,6 +68,7 @@ class KnownParties:
             for party in candidates:
                 if matches[party.key].kind in (PartyKind.UNMATCHED, PartyKind.COMPANY):
                     matches[party.key] = _create_contact(mail.session, tenant, party)
+                    mail.lookups.remember(tenant.id, matches[party.key])
                     mail.trace("contact", "created", f"{party.key} added as a contact")
             return CONTINUE
         if any(matches[p.key].kind is not PartyKind.UNMATCHED for p in candidates):
@@ -76,12 +81,20 @@ class KnownParties:
 
 
 def _create_contact(session: Session, tenant: Tenant, party: Party) -> Match:
-    """A new contact for the party, in the one company that owns its domain, if any."""
+    """A new contact for the party, in the one company that owns its domain, if any.
+
+    Core inserts on the connection: the transaction records a batch of messages, and an ORM
+    flush here would write every other message's pending changes too.
+    """
     owners = company_owners(session, tenant, {party.mailbox.domain})
     company_id = owners.get(party.mailbox.domain)
-    contact = Contact(tenant_id=tenant.id, name=party.mailbox.name[:200], company_id=company_id)
-    session.add(contact)
-    session.flush()
-    session.add(ContactAddress(contact_id=contact.id, tenant_id=tenant.id, address=party.key))
-    session.flush()
-    return Match(party.key, PartyKind.CONTACT, contact_id=contact.id, company_id=company_id)
+    connection = session.connection()
+    contact_id = connection.execute(
+        _NEW_CONTACT,
+        {"tenant_id": tenant.id, "name": party.mailbox.name[:200], "company_id": company_id},
+    ).scalar_one()
+    connection.execute(
+        _NEW_CONTACT_ADDRESS,
+        {"contact_id": contact_id, "tenant_id": tenant.id, "address": party.key},
+    )
+    return Match(party.key, PartyKind.CONTACT, contact_id=contact_id, company_id=company_id)

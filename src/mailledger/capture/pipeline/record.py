@@ -7,49 +7,33 @@ the one activity, and the parties a later path names are added to it.
 
 from __future__ import annotations
 
-from sqlalchemy import Select, bindparam, insert, select, update
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
 
-from mailledger.capture.pipeline.context import Context, Party
+from mailledger.capture.pipeline.context import Context
 from mailledger.capture.pipeline.decisions import Decision, Recorded
+from mailledger.capture.pipeline.loopguard import same_email
+from mailledger.capture.pipeline.pending import ATTACHMENTS, PARTICIPANTS, SOURCES
 from mailledger.capture.pipeline.threads import thread_for
-from mailledger.routing import dedupe
-from mailledger.routing.matcher import Match
 from mailledger.store import webhooks
 from mailledger.store.models import (
     Activity,
-    ActivitySource,
-    Attachment,
     OutboundMessage,
     Participant,
     ReceivedMessage,
     utcnow,
 )
 
-
-def _oldest_activity_by(key: InstrumentedAttribute[str]) -> Select[int]:
-    """The tenant's oldest activity whose ``key`` column equals ``value``."""
-    return (
-        select(Activity.id)
-        .where(Activity.tenant_id == bindparam("tenant_id"), key == bindparam("value"))
-        .order_by(Activity.id)
-        .limit(1)
-    )
-
-
 # Statements built once: building one costs more than running it on SQLite.
-_BY_DEDUPE_KEY = _oldest_activity_by(Activity.dedupe_key)
-_BY_CONTENT_KEY = _oldest_activity_by(Activity.content_key)
-# A message with a Message-ID may still be the copy of an activity recorded without one.
-_BY_CONTENT_KEY_WITHOUT_ID = _BY_CONTENT_KEY.where(Activity.message_id == "")
 _PARTICIPANTS_OF = select(Participant.role, Participant.address).where(
     Participant.activity_id == bindparam("activity_id")
 )
-# Run on the connection, not the session: the ORM's bulk insert costs more than the insert.
-_INSERT_SOURCE = insert(ActivitySource)
-_INSERT_ATTACHMENT = insert(Attachment)
-_INSERT_PARTICIPANT = insert(Participant)
 _NEW_ACTIVITY = insert(Activity).returning(Activity.id)
+_TOUCH_ACTIVITY = (
+    update(Activity)
+    .where(Activity.id == bindparam("activity_id"))
+    .values(updated_at=bindparam("now"))
+)
 
 
 class Record:
@@ -65,22 +49,25 @@ class Record:
             mail.trace("record", "merged", f"merged into activity {activity} (source {route.rcpt})")
             # A new source (and maybe parties): the API's updated_at says the activity changed.
             mail.session.connection().execute(
-                update(Activity).where(Activity.id == activity).values(updated_at=utcnow())
+                _TOUCH_ACTIVITY, {"activity_id": activity, "now": utcnow()}
             )
         else:
             mail.trace("record", "captured", f"activity {activity} ({context.direction.value})")
-        _add_participants(mail.session, activity, context.parties, context.matches, merged=merged)
+        _add_participants(context, activity, merged=merged)
         _link_relayed(mail.session, mail.message, activity)
         # In this transaction: a rollback takes the event with it (DESIGN §11). A merge always
         # adds this path as a source, so it is an update.
-        webhooks.activity_changed(
-            mail.session,
-            context.tenant.id,
-            activity,
-            webhooks.ACTIVITY_UPDATED if merged else webhooks.ACTIVITY_CREATED,
-            base_url=mail.settings.http.public_url,
-            delay_seconds=mail.settings.webhooks.retry_schedule_seconds[0],
-        )
+        event = webhooks.ACTIVITY_UPDATED if merged else webhooks.ACTIVITY_CREATED
+        if mail.lookups.subscribed(context.tenant.id, event):
+            mail.rows.write()  # the payload shows the sources and participants just added
+            webhooks.activity_changed(
+                mail.session,
+                context.tenant.id,
+                activity,
+                event,
+                base_url=mail.settings.http.public_url,
+                delay_seconds=mail.settings.webhooks.retry_schedule_seconds[0],
+            )
         return Recorded(activity, merged)
 
 
@@ -92,27 +79,23 @@ def _find_or_create(context: Context) -> tuple[int, bool]:
     message with an ID matches by checksum only activities recorded without one.
     """
     mail, route = context.mail, context.route
-    parsed = mail.parsed
-    checksum = dedupe.content_key(parsed)
-    key = dedupe.message_id_key(parsed.message_id) if parsed.message_id else checksum
-    by_content = _BY_CONTENT_KEY_WITHOUT_ID if parsed.message_id else _BY_CONTENT_KEY
-    # Two lookups, each on its own index, then the older match: with one OR query SQLite
-    # searched (tenant_id, content_key) on tenant_id alone, every activity of the tenant
-    # per message (found by `make bench`: processing slowed as the tenant grew). Ids only:
-    # the whole activity is loaded when there is one to merge into, which is rare.
-    connection = mail.session.connection()
+    key, checksum = mail.dedupe_key, mail.checksum
+    # The loop guard read the rows already, unless it was skipped (a forced release). Two
+    # lookups, each on its own index (see ``loopguard``): with one OR query SQLite searched
+    # (tenant_id, content_key) on tenant_id alone, every activity of the tenant per message
+    # (found by `make bench`: processing slowed as the tenant grew).
+    by_content_too = not mail.parsed.message_id
     found = [
-        connection.execute(
-            lookup, {"tenant_id": context.tenant.id, "value": value}
-        ).scalar_one_or_none()
-        for lookup, value in ((_BY_DEDUPE_KEY, key), (by_content, checksum))
+        activity_id
+        for activity_id, dedupe_key, content_key, message_id in same_email(context)
+        if dedupe_key == key or (content_key == checksum and (by_content_too or not message_id))
     ]
-    existing = min((a for a in found if a is not None), default=None)
+    existing = min(found, default=None)
     activity = existing
     if activity is None:
         activity = _new_activity(context, key, checksum)
-    connection.execute(
-        _INSERT_SOURCE,
+    mail.rows.add(
+        SOURCES,
         [
             {
                 "activity_id": activity,
@@ -171,32 +154,27 @@ def _new_activity(context: Context, key: str, checksum: str) -> int:
         for part in parsed.body.parts
     ]
     if attachments:
-        connection.execute(_INSERT_ATTACHMENT, attachments)
+        mail.rows.add(ATTACHMENTS, attachments)
     return int(activity)
 
 
-def _add_participants(
-    session: Session,
-    activity: int,
-    parties: list[Party],
-    matches: dict[str, Match],
-    *,
-    merged: bool,
-) -> None:
+def _add_participants(context: Context, activity: int, *, merged: bool) -> None:
     """Add each party once per role; a merged path may name parties the first one did not."""
+    mail = context.mail
     have: set[tuple[str, str]] = set()
     if merged:
+        mail.rows.write()  # an earlier message of this transaction may have added some
         have = {
             (role, address)
-            for role, address in session.connection().execute(
+            for role, address in mail.session.connection().execute(
                 _PARTICIPANTS_OF, {"activity_id": activity}
             )
         }
     rows = []
-    for party in parties:
+    for party in context.parties:
         if (party.role, party.key) in have:
             continue
-        match = matches[party.key]
+        match = context.matches[party.key]
         rows.append(
             {
                 "activity_id": activity,
@@ -211,7 +189,7 @@ def _add_participants(
         )
         have.add((party.role, party.key))
     if rows:
-        session.connection().execute(_INSERT_PARTICIPANT, rows)
+        mail.rows.add(PARTICIPANTS, rows)
 
 
 def _link_relayed(session: Session, message: ReceivedMessage, activity: int) -> None:

@@ -39,7 +39,7 @@ class Automated:
         if not mail.force:
             reason = automated_reason(
                 mail.parsed.headers,
-                mail.message.mail_from,
+                _envelope_sender(context),
                 mail.parsed.message_id,
                 mail.settings.service.hostname,
             )
@@ -47,3 +47,17 @@ class Automated:
                 return Quarantine(reason)
         mail.trace("automated", "person", "no auto-reply, bulk, bounce or loop markers")
         return CONTINUE
+
+
+def _envelope_sender(context: Context) -> str:
+    """The return path the automated-mail rules look at.
+
+    Mail fetched by sync has no SMTP envelope of ours: the receiving server's Return-Path
+    says what it was (``<>`` for a bounce). Mail in a Sent folder, or saved by a client, has
+    no Return-Path at all; that is not a null return path, so the From stands in for it.
+    """
+    mail = context.mail
+    fetched = context.route.kind is RouteKind.SYNC
+    if fetched and not mail.message.mail_from and "return-path" not in mail.parsed.headers:
+        return mail.sender.address
+    return mail.message.mail_from

@@ -6,26 +6,24 @@ exactly the decisions that led to it, and a rolled-back attempt leaves none behi
 
 from __future__ import annotations
 
-from sqlalchemy import insert
-from sqlalchemy.orm import Session
+from typing import Any
 
-from mailledger.store.models import ReceivedMessage, TraceEntry, utcnow
-
-# Run on the connection, not the session: the ORM's bulk insert costs more than the insert.
-_INSERT_TRACE = insert(TraceEntry)
+from mailledger.capture.pipeline.pending import TRACE, PendingRows
+from mailledger.store.models import ReceivedMessage, utcnow
 
 
 class Tracer:
-    """Collects a message's trace entries, in order, and writes them in one statement.
+    """Collects a message's trace entries, in order, for one insert with the batch's rows.
 
     Added as ORM objects they cost a flush each time a later query autoflushed (about a
-    third of processing's CPU, found by `make bench`); ``write`` inserts them all at once.
+    third of processing's CPU, found by `make bench`); ``write`` hands them to the
+    transaction's pending rows, inserted with every other message's in one statement.
     """
 
-    def __init__(self, session: Session, message: ReceivedMessage) -> None:
-        self._session = session
+    def __init__(self, rows: PendingRows, message: ReceivedMessage) -> None:
+        self._pending = rows
         self._message = message
-        self._rows: list[dict[str, object]] = []
+        self._rows: list[dict[str, Any]] = []
 
     def __call__(self, step: str, decision: str, detail: str = "") -> None:
         self._rows.append(
@@ -39,7 +37,7 @@ class Tracer:
         )
 
     def write(self) -> None:
-        """Insert what was collected; the caller's transaction commits it with the rest."""
+        """Queue what was collected; the caller's transaction inserts and commits it."""
         if self._rows:
-            self._session.connection().execute(_INSERT_TRACE, self._rows)
+            self._pending.add(TRACE, self._rows)
             self._rows = []

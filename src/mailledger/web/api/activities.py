@@ -163,6 +163,14 @@ async def get_attachment(request: Request) -> Response:
     except NotFoundError as exc:
         raise _not_found(exc) from exc
     data = await run_in_threadpool(api.blobs.get, blob)
+    return attachment_response(data, content_type, filename, n)
+
+
+def attachment_response(data: bytes, content_type: str, filename: str, n: int) -> Response:
+    """An attachment as a download: never shown inline, never sniffed into something else.
+
+    The API and the activity page serve attachments through this one answer.
+    """
     name = filename or f"attachment-{n}"
     # RFC 6266 §4.3: an ASCII fallback and the exact name in RFC 8187 encoding.
     fallback = name.encode("ascii", "replace").decode("ascii").replace('"', "_")

@@ -7,13 +7,18 @@ a 422 naming the field.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from sqlalchemy.orm import Session
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
+from mailledger.store.apitokens import TokenIdentity
 from mailledger.store.models import Tenant
+from mailledger.web.auth import identify, require_writer
 from mailledger.web.problems import ProblemError
 
 JSON_TYPES = ("application/json", "application/merge-patch+json")
@@ -162,3 +167,44 @@ def history_param(request: Request) -> str:
             field="history",
         )
     return value
+
+
+async def writer(request: Request) -> TokenIdentity:
+    """The token behind a request that changes something; a read-only one is refused (403)."""
+    identity = await identify(request)
+    require_writer(identity)
+    return identity
+
+
+@contextlib.contextmanager
+def problem_from(
+    errors: type[Exception] | tuple[type[Exception], ...],
+    status: int = 422,
+    *,
+    field: str | None = None,
+) -> Iterator[None]:
+    """A store's refusal answered as a problem in its own words: ``status``, the field to fix."""
+    try:
+        yield
+    except errors as exc:
+        raise ProblemError(status, str(exc), field=field) from exc
+
+
+def created(record: dict[str, Any], collection: str) -> Response:
+    """201 with the new row and where it lives (``Location: {collection}/{id}``)."""
+    return JSONResponse(
+        record, status_code=201, headers={"Location": f"{collection}/{record['id']}"}
+    )
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def by_method(get: Handler, **others: Handler) -> Handler:
+    """One route's handler per HTTP method (``post=``, ``patch=``, ``delete=``), so its 405 names
+    them all; ``get`` answers GET and HEAD."""
+
+    async def handle(request: Request) -> Response:
+        return await others.get(request.method.lower(), get)(request)
+
+    return handle

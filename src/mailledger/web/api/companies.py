@@ -59,15 +59,9 @@ async def create_company(request: Request) -> Response:
     def add(session: Session) -> dict[str, Any]:
         tenant = tenant_row(session, identity.tenant_id)
         try:
-            directory.find_company(session, tenant, name)
-        except DirectoryError:
-            pass
-        else:
-            raise ProblemError(
-                409, f"name: the tenant already has a company {name!r}", field="name"
-            )
-        try:
-            company = directory.create_company(session, tenant, name, domains)
+            company = directory.add_new_company(session, tenant, name, domains)
+        except directory.CompanyExistsError as exc:
+            raise ProblemError(409, f"name: {exc}", field="name") from exc
         except DirectoryError as exc:
             raise invalid(exc, "domains") from exc
         return queries.company(session, company)

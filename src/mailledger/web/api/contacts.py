@@ -20,6 +20,8 @@ from mailledger.store.directory import DirectoryError
 from mailledger.store.models import Contact
 from mailledger.store.removal import History, remove_contact
 from mailledger.web.api.common import (
+    by_method,
+    created,
     history_param,
     id_param,
     invalid,
@@ -31,8 +33,9 @@ from mailledger.web.api.common import (
     path_id,
     tenant_row,
     text_field,
+    writer,
 )
-from mailledger.web.auth import identify, require_writer
+from mailledger.web.auth import identify
 from mailledger.web.context import context_of
 from mailledger.web.problems import ProblemError
 
@@ -66,8 +69,7 @@ async def list_contacts(request: Request) -> Response:
 
 async def create_contact(request: Request) -> Response:
     """Add a contact (``contact add``); 201 with the contact."""
-    identity = await identify(request)
-    require_writer(identity)
+    identity = await writer(request)
     body = await json_object(request, FIELDS)
     addresses = list_field(body, "addresses", required=True)
     name = text_field(body, "name") or ""
@@ -83,10 +85,7 @@ async def create_contact(request: Request) -> Response:
             raise invalid(exc, "addresses") from exc
         return queries.contact(session, contact)
 
-    record = await context_of(request).write(add)
-    return JSONResponse(
-        record, status_code=201, headers={"Location": f"/v1/contacts/{record['id']}"}
-    )
+    return created(await context_of(request).write(add), "/v1/contacts")
 
 
 async def get_contact(request: Request) -> Response:
@@ -102,8 +101,7 @@ async def get_contact(request: Request) -> Response:
 
 async def update_contact(request: Request) -> Response:
     """Change name, company (``""`` for none) or addresses (``contact set``)."""
-    identity = await identify(request)
-    require_writer(identity)
+    identity = await writer(request)
     contact_id = path_id(request, "contact_id")
     body = await json_object(request, CHANGES)
     name = text_field(body, "name")
@@ -139,8 +137,7 @@ async def update_contact(request: Request) -> Response:
 
 async def delete_contact(request: Request) -> Response:
     """Remove a contact, keeping or removing its history (``contact remove``)."""
-    identity = await identify(request)
-    require_writer(identity)
+    identity = await writer(request)
     contact_id = path_id(request, "contact_id")
     choice = History(history_param(request))
     api = context_of(request)
@@ -152,23 +149,11 @@ async def delete_contact(request: Request) -> Response:
     return JSONResponse(await api.write(remove))
 
 
-async def one_contact(request: Request) -> Response:
-    """GET, PATCH or DELETE one contact (one route, so a 405 names all three)."""
-    if request.method == "PATCH":
-        return await update_contact(request)
-    if request.method == "DELETE":
-        return await delete_contact(request)
-    return await get_contact(request)
-
-
-async def contacts(request: Request) -> Response:
-    """GET the list or POST a new contact."""
-    if request.method == "POST":
-        return await create_contact(request)
-    return await list_contacts(request)
-
-
 ROUTES = [
-    Route("/v1/contacts", contacts, methods=["GET", "POST"]),
-    Route("/v1/contacts/{contact_id:int}", one_contact, methods=["GET", "PATCH", "DELETE"]),
+    Route("/v1/contacts", by_method(list_contacts, post=create_contact), methods=["GET", "POST"]),
+    Route(
+        "/v1/contacts/{contact_id:int}",
+        by_method(get_contact, patch=update_contact, delete=delete_contact),
+        methods=["GET", "PATCH", "DELETE"],
+    ),
 ]

@@ -4,6 +4,8 @@ Both need the whole configuration (the SPF include, the MX host, ``[dns]``), whi
 gets as ``site``; without it these answer 503. The check runs in the thread pool with a fresh
 resolver on ``[dns] nameservers`` (a cached answer would hide a record just fixed), and tells
 "a record is wrong" (200, ``ok: false``) from "DNS failed" (502), as ``dns check`` exits 1 or 2.
+Every check is kept as each domain's last check (``store.dnschecks``, as the CLI's and the DNS
+page's are), and the records list carries it per domain as ``last_check``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from starlette.routing import Route
 
 from mailledger.config import Settings
 from mailledger.dnsauth.resolver import Resolver
-from mailledger.domains.check import RecordCheck, all_ok, check_tenant, lookup_failures
+from mailledger.domains.check import RecordCheck, all_ok, check_tenant, lookup_failure_summary
 from mailledger.domains.records import tenant_records
+from mailledger.store.dnschecks import CheckedBy, last_checks, record_check
+from mailledger.store.models import ApiToken, Tenant
 from mailledger.web.api.common import only_params, tenant_row
 from mailledger.web.auth import identify
 from mailledger.web.context import context_of
@@ -38,12 +42,32 @@ async def dns_records(request: Request) -> Response:
     only_params(request, set())
     site = _site(request)
 
-    def records(session: Session) -> list[dict[str, Any]]:
+    def records(session: Session) -> dict[str, Any]:
         tenant = tenant_row(session, identity.tenant_id)
         found = tenant_records(session, tenant, site, Resolver(site.dns))
-        return [{**r.as_dict(), "zone": r.zone()} for r in found]
+        return {
+            "data": [{**r.as_dict(), "zone": r.zone()} for r in found],
+            "domains": _domains(session, tenant),
+        }
 
-    return JSONResponse({"data": await context_of(request).read(records)})
+    return JSONResponse(await context_of(request).read(records))
+
+
+def _domains(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
+    """Each customer domain, then the capture domain, with its last check (or null)."""
+    last = last_checks(session, tenant.id)
+    named = [
+        (d.domain, "customer") for d in sorted(tenant.customer_domains, key=lambda d: d.domain)
+    ]
+    named.append((tenant.capture_domain, "capture"))
+    return [
+        {
+            "domain": domain,
+            "role": role,
+            "last_check": last[domain].as_dict() if domain in last else None,
+        }
+        for domain, role in named
+    ]
 
 
 async def dns_check(request: Request) -> Response:
@@ -61,24 +85,28 @@ async def dns_check(request: Request) -> Response:
             )
         domains = None if domain is None else [domain]
         # A write: a check that finds a DKIM key published marks it verified, as the CLI's does.
-        return check_tenant(
+        results = check_tenant(
             session, tenant, site, Resolver(site.dns), domains=domains, capture=domain is None
         )
+        token = session.get_one(ApiToken, identity.token_id)
+        record_check(
+            session,
+            tenant.id,
+            [r.as_dict() for r in results],
+            by=CheckedBy.API,
+            actor=token.name or f"{token.prefix}…",
+        )
+        return results
 
     results = await context_of(request).write(check)
     data = [r.as_dict() for r in results]
-    failed = lookup_failures(results)
+    failed = lookup_failure_summary(results, site)
     if failed:
-        servers = ", ".join(site.dns.nameservers) or "the system resolver"
         body = {
             "type": TYPE_BASE + "dns-lookup-failed",
             "title": "DNS lookup failed",
             "status": 502,
-            "detail": (
-                f"DNS failed for {len(failed)} of {len(results)} record(s) (asking {servers}): "
-                "they could not be checked, which says nothing about whether they are right; "
-                "try again"
-            ),
+            "detail": failed,
             "results": data,
         }
         return JSONResponse(body, status_code=502, media_type=PROBLEM_TYPE)

@@ -5,14 +5,17 @@ from __future__ import annotations
 from starlette.routing import BaseRoute
 
 from mailledger.web.api import (
+    accounts,
     activities,
     companies,
     contacts,
     dnsrecords,
+    events,
     messages,
     neverlog,
     outqueue,
     quarantine,
+    sending,
     staff,
 )
 
@@ -24,6 +27,9 @@ API_ROUTES: list[BaseRoute] = [
     *neverlog.ROUTES,
     *quarantine.ROUTES,
     *messages.ROUTES,
+    *sending.ROUTES,
     *outqueue.ROUTES,
     *dnsrecords.ROUTES,
+    *accounts.ROUTES,
+    *events.ROUTES,
 ]

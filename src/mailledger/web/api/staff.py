@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mailledger.forwarding.handback import forwarding_brief
 from mailledger.store import directory, queries
 from mailledger.store.directory import DirectoryError
 from mailledger.store.models import Staff, Tenant
@@ -33,7 +34,17 @@ from mailledger.web.auth import identify, require_writer
 from mailledger.web.context import context_of
 from mailledger.web.problems import ProblemError
 
-CHANGES = {"name", "primary_address", "add_addresses", "remove_addresses", "admin", "disabled"}
+CHANGES = {
+    "name",
+    "primary_address",
+    "add_addresses",
+    "remove_addresses",
+    "admin",
+    "disabled",
+    # Added below mail sent with POST /v1/messages ("" removes it).
+    "signature_text",
+    "signature_html",
+}
 
 
 def _find(
@@ -49,7 +60,12 @@ def _record(session: Session, tenant: Tenant, staff: Staff) -> dict[str, Any]:
     (listed,) = [
         r for r in queries.staff_members(session, tenant) if r["username"] == staff.username
     ]
-    return listed | queries.staff_state(staff) | {"admin": bool(staff.admin)}
+    return (
+        listed
+        | queries.staff_state(staff)
+        | {"admin": bool(staff.admin), "forwarding": forwarding_brief(session, staff)}
+        | {"signature_text": staff.signature_text, "signature_html": staff.signature_html}
+    )
 
 
 async def list_staff(request: Request) -> Response:
@@ -58,7 +74,10 @@ async def list_staff(request: Request) -> Response:
     only_params(request, set())
 
     def rows(session: Session) -> list[dict[str, Any]]:
-        return queries.staff_members(session, tenant_row(session, identity.tenant_id))
+        found = queries.staff_members(session, tenant_row(session, identity.tenant_id))
+        for row in found:
+            row["forwarding"] = forwarding_brief(session, session.get_one(Staff, row["id"]))
+        return found
 
     return JSONResponse({"data": await context_of(request).read(rows)})
 
@@ -122,6 +141,8 @@ async def update_staff(request: Request) -> Response:
     remove = list_field(body, "remove_addresses")
     admin = bool_field(body, "admin")
     disabled = bool_field(body, "disabled")
+    signature_text = text_field(body, "signature_text")
+    signature_html = text_field(body, "signature_html")
     if not body or all(body.get(k) in (None, []) for k in CHANGES):
         raise ProblemError(422, f"say what to change: {', '.join(sorted(CHANGES))}")
 
@@ -142,9 +163,13 @@ async def update_staff(request: Request) -> Response:
             except DirectoryError as exc:
                 raise invalid(exc, field) from exc
         if admin is not None:
-            # A tenant admin's web session sees the whole tenant (DESIGN §11), as `--admin`.
-            staff.admin = admin
-            session.flush()
+            directory.set_admin(session, staff, admin)
+        if signature_text is not None or signature_html is not None:
+            try:
+                directory.set_signature(session, staff, text=signature_text, html=signature_html)
+            except DirectoryError as exc:
+                field = str(exc).split(":", 1)[0]
+                raise ProblemError(422, str(exc), field=field) from exc
         if disabled is True:
             directory.disable_staff(session, staff)
         elif disabled is False:

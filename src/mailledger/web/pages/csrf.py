@@ -16,7 +16,20 @@ from starlette.requests import Request
 from mailledger.web.pages.cookies import FORM_COOKIE
 
 FIELD = "csrf"
-MAX_FORM_BYTES = 16 * 1024  # our forms hold an address and a token
+MAX_FORM_BYTES = 16 * 1024  # a few fields and a token, or a page of ticked row ids
+
+
+async def _read_pairs(request: Request) -> list[tuple[str, str]]:
+    """The name=value pairs of a posted urlencoded form, in order; [] for anything else."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        return []
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return []
+    return parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
 
 
 async def read_form(request: Request) -> dict[str, str]:
@@ -25,15 +38,23 @@ async def read_form(request: Request) -> dict[str, str]:
     Anything else (another type, an oversized body) reads as an empty form, which fails the
     CSRF check.
     """
-    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        return {}
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            return {}
-    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    return dict(await _read_pairs(request))
+
+
+async def read_multi_form(request: Request) -> dict[str, list[str]]:
+    """:func:`read_form` for forms that repeat a name (a list of checkboxes): every value.
+
+    Bounded the same way; check the token with ``matches(first_values(form), ...)``.
+    """
+    found: dict[str, list[str]] = {}
+    for name, value in await _read_pairs(request):
+        found.setdefault(name, []).append(value)
+    return found
+
+
+def first_values(form: Mapping[str, list[str]]) -> dict[str, str]:
+    """Each name's first value: a multi-value form read as a plain one."""
+    return {name: values[0] for name, values in form.items() if values}
 
 
 def matches(form: Mapping[str, str], expected: str) -> bool:

@@ -1,8 +1,7 @@
 """The integrations page: everything the capture needs from one staff member, and their record.
 
-Every query is scoped by the session's tenant first, then by the staff member (an admin's
-session widens the activity page to the tenant). What belongs to someone else is a 404, the
-same as what does not exist (DESIGN §11).
+Every query is scoped by the session's tenant first, then by the staff member. The activity
+page and the timelines are web/pages/activity.py and web/pages/timeline.py.
 """
 
 from __future__ import annotations
@@ -24,12 +23,15 @@ from mailledger.store.models import (
     Direction,
     MessageRoute,
     MessageState,
-    Participant,
     ReceivedMessage,
     Staff,
     Tenant,
 )
+from mailledger.store.timelines import involving
 from mailledger.store.websessions import WebIdentity
+from mailledger.web.pages.accountsignin import allow_sign_in
+from mailledger.web.pages.accountviews import DONE as ACCOUNT_DONE
+from mailledger.web.pages.accountviews import mailbox_card
 from mailledger.web.pages.identity import current
 from mailledger.web.pages.site import pages_of
 
@@ -57,9 +59,8 @@ def _other_party(activity: Activity) -> str:
 
 
 def _involves(identity: WebIdentity) -> Any:
-    """Activities this staff member brought in or took part in."""
-    took_part = select(Participant.activity_id).where(Participant.staff_id == identity.staff_id)
-    return or_(Activity.staff_id == identity.staff_id, Activity.id.in_(took_part))
+    """Activities this staff member brought in or took part in (the activity page's rule)."""
+    return involving(identity.staff_id)
 
 
 def recent_activities(session: Session, identity: WebIdentity) -> list[dict[str, Any]]:
@@ -128,32 +129,8 @@ def integrations_view(
         "smtp_password_set": staff.password_hash is not None,
         "activities": recent_activities(session, identity),
         "quarantined": quarantined_mail(session, identity),
+        "mailbox_accounts": mailbox_card(session, identity),
     }  # fmt: skip
-
-
-def activity_view(
-    session: Session, identity: WebIdentity, activity_id: int
-) -> dict[str, Any] | None:
-    """One activity the session may see (its tenant, and its staff member unless admin)."""
-    query = select(Activity).where(
-        Activity.tenant_id == identity.tenant_id, Activity.id == activity_id
-    )
-    if not identity.admin:
-        query = query.where(_involves(identity))
-    row = session.scalars(query.options(selectinload(Activity.participants))).one_or_none()
-    if row is None:
-        return None
-    return {
-        "subject": row.subject or "(no subject)",
-        "direction": str(row.direction),
-        "when": row.occurred_at,
-        "participants": [
-            {"role": p.role, "address": p.address, "name": p.name, "kind": str(p.kind)}
-            for p in row.participants
-        ],
-        "text": row.text_body,
-        "private": row.private,
-    }
 
 
 async def home(request: Request) -> Response:
@@ -170,38 +147,29 @@ async def integrations(request: Request) -> Response:
     identity = await current(request)
     if identity is None:
         return pages.redirect("/signin")
+    done = ACCOUNT_DONE.get(request.query_params.get("done", ""), "")
+    return await render_integrations(request, identity, account_done=done)
+
+
+async def render_integrations(
+    request: Request, identity: WebIdentity, status: int = 200, **extra: Any
+) -> Response:
+    """The page, with ``extra`` values from a button's answer (a notice, a new password)."""
+    pages = pages_of(request)
 
     def view(session: Session) -> dict[str, Any]:
         return integrations_view(session, identity, pages.settings)
 
     values = await pages.read(view)
-    return pages.page("integrations.html", signed_in=True, csrf_token=identity.csrf_token, **values)
-
-
-async def activity(request: Request) -> Response:
-    """One of the staff member's activities; anyone else's is a 404."""
-    pages = pages_of(request)
-    identity = await current(request)
-    if identity is None:
-        return pages.redirect("/signin")
-    try:
-        activity_id = int(request.path_params["activity_id"])
-    except ValueError:
-        return pages.not_found()
-
-    def view(session: Session) -> dict[str, Any] | None:
-        return activity_view(session, identity, activity_id)
-
-    found = await pages.read(view)
-    if found is None:
-        return pages.not_found()
-    return pages.page(
-        "activity.html", signed_in=True, csrf_token=identity.csrf_token, activity=found
-    )
+    response = pages.page(
+        "integrations.html", status=status, signed_in=True, admin=identity.admin,
+        csrf_token=identity.csrf_token, **values, **extra,
+    )  # fmt: skip
+    # The mailbox card's sign-in buttons lead to Google's and Microsoft's pages.
+    return allow_sign_in(response, pages.settings)
 
 
 ROUTES = [
     Route("/", home, methods=["GET"]),
     Route("/integrations", integrations, methods=["GET"]),
-    Route("/activities/{activity_id}", activity, methods=["GET"]),
 ]

@@ -2,8 +2,10 @@
 
 ``POST /signin`` always answers the same page, whether or not the address is known (no
 account enumeration), and mails the links after the answer is sent, so the time it takes
-tells nothing either. ``GET /signin/TOKEN`` does not use the link: mail scanners open links
-to look at them. The page it shows has a button that POSTs, and that uses the link once.
+tells nothing either. Past the limits (5 links an address, 20 requests a client, per 15
+minutes) it still answers that page, and mails nothing. ``GET /signin/TOKEN`` does not use
+the link: mail scanners open links to look at them. The page it shows has a button that
+POSTs, and that uses the link once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from mailledger.logs import get_logger
 from mailledger.store import websessions
 from mailledger.web.pages import cookies, csrf
 from mailledger.web.pages.identity import current
@@ -21,6 +24,8 @@ from mailledger.web.pages.signinmail import mail_signin_links
 from mailledger.web.pages.site import pages_of
 
 MAX_ADDRESS = 320  # RFC 5321 §4.5.3.1: 64 + 1 + 255
+
+log = get_logger(__name__)
 
 
 def _anonymous_page(request: Request, name: str, status: int = 200, **values: object) -> Response:
@@ -48,8 +53,29 @@ async def signin_request(request: Request) -> Response:
     if not address.strip() or len(address) > MAX_ADDRESS:
         return _anonymous_page(request, "signin.html", status=400, error="Enter your address.")
     response = _anonymous_page(request, "signin_sent.html", address=address.strip())
-    response.background = BackgroundTask(mail_signin_links, pages, address.strip())
+    if _may_mail(request, address.strip()):
+        wake = getattr(request.app.state, "on_queued", ())  # the delivery worker's
+        response.background = BackgroundTask(mail_signin_links, pages, address.strip(), wake)
+    else:
+        log.info("sign-in link not mailed: rate limited", client=_client(request))
     return response
+
+
+def _client(request: Request) -> str:
+    # uvicorn puts the proxy's X-Forwarded-For here when the proxy is trusted (serving.py).
+    return request.client.host if request.client is not None else ""
+
+
+def _may_mail(request: Request, address: str) -> bool:
+    """Whether this request may mail a link: within both the client's and the address's limit.
+
+    Over either, the page is the same and no mail goes (web/pages/limits.py). A client over
+    its limit spends nothing of the address's allowance.
+    """
+    limits = pages_of(request).limits
+    if limits.signin_client.check(_client(request)):
+        return False
+    return limits.signin_address.check(address.lower()) == 0
 
 
 async def signin_link(request: Request) -> Response:

@@ -19,8 +19,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from mailledger.config import Settings
 from mailledger.dnsauth.resolver import Resolver
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.engine import reading
+from mailledger.web.pages.limits import PageLimits
 
 _T = TypeVar("_T")
 
@@ -60,9 +61,10 @@ class PagesContext:
     """The store and settings behind the pages."""
 
     sessions: sessionmaker[Session]
-    blobs: BlobStore
+    blobs: BlobBackend
     settings: Settings
     env: Environment = field(default_factory=templates)
+    limits: PageLimits = field(default_factory=PageLimits)
     _resolver: Resolver | None = None
 
     @property

@@ -1,0 +1,1 @@
+"""Synced accounts, mailbox and calendar alike: problems in words, statuses, back-off."""

@@ -1,0 +1,1 @@
+"""Calendar sync (DESIGN §13): CalDAV accounts, events both ways, recurrence, meetings."""

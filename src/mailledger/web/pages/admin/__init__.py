@@ -1,0 +1,1 @@
+"""The tenant admin's pages: staff, parties, never-log, quarantine, queue, DNS, webhooks, tokens."""

@@ -1,0 +1,182 @@
+"""Recording a claimed batch in one transaction: one commit, dedupe inside the batch, and a
+message that fails rolled back alone while the others are committed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailledger.capture.pipeline.pending import TRACE, PendingRows
+from mailledger.capture.worker import Worker
+from mailledger.cli.demo import DemoAddresses
+from mailledger.config import DNSSettings, Settings, VerifySettings
+from mailledger.dnsauth.resolver import Resolver
+from mailledger.store.blobs import BlobStore
+from mailledger.store.models import (
+    Activity,
+    ActivitySource,
+    MessageState,
+    Participant,
+    ReceivedMessage,
+    TraceEntry,
+    utcnow,
+)
+from mailledger.testing.mail import make_email, store_received
+from mailledger.verify.authenticate import Authenticator
+
+# The batch holds on both stores (DESIGN §9).
+pytestmark = pytest.mark.postgres
+
+RICHARD = "richard@acme.capture.example"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Loopback trusted, as in the demo; mail from elsewhere is checked against DNS."""
+    return settings.model_copy(update={"verify": VerifySettings(demo_trust_loopback=True)})
+
+
+@pytest.fixture
+def worker(sessions: sessionmaker[Session], blobs: BlobStore, settings: Settings) -> Worker:
+    """A worker whose DNS never answers: a message checked against it waits for a retry.
+
+    Its transactions may hold the database for a minute: each batch here is one of them.
+    """
+    unreachable = DNSSettings(nameservers=["127.0.0.1:9"], timeout_seconds=0.2)
+    processing = settings.processing.model_copy(update={"transaction_hold_seconds": 60.0})
+    settings = settings.model_copy(update={"processing": processing})
+    return Worker(sessions, blobs, settings, Authenticator(Resolver(unreachable), settings))
+
+
+def test_a_transaction_takes_no_message_past_its_hold_time(
+    sessions: sessionmaker[Session],
+    engine: Engine,
+    blobs: BlobStore,
+    settings: Settings,
+    demo: DemoAddresses,
+) -> None:
+    """With a hold time nothing fits in, each message still gets a transaction of its own."""
+    ids = [store_received(sessions, blobs, make_email(), [RICHARD]) for _ in range(3)]
+    processing = settings.processing.model_copy(update={"transaction_hold_seconds": 1e-9})
+    worker = Worker(sessions, blobs, settings.model_copy(update={"processing": processing}))
+    assert sorted(worker.claim_batch()) == ids
+    commits = _commits(engine)
+    worker.process_batch(ids)
+    assert len(commits) == 3
+    with sessions() as session:
+        states = session.scalars(select(ReceivedMessage.state).where(ReceivedMessage.id.in_(ids)))
+        assert set(states) == {MessageState.PROCESSED}
+        assert session.scalar(select(func.count()).select_from(Activity)) == 3
+
+
+def _commits(engine: Engine) -> list[int]:
+    """Counts every commit on ``engine`` from now on."""
+    seen: list[int] = []
+
+    def count(_connection: Any) -> None:
+        seen.append(1)
+
+    event.listen(engine, "commit", count)
+    return seen
+
+
+def _trace(sessions: sessionmaker[Session], message_id: int) -> list[tuple[str, str]]:
+    with sessions() as session:
+        rows = session.execute(
+            select(TraceEntry.step, TraceEntry.decision)
+            .where(TraceEntry.message_id == message_id)
+            .order_by(TraceEntry.id)
+        )
+        return [(step, decision) for step, decision in rows]
+
+
+def test_a_batch_is_one_commit_and_two_copies_in_it_are_one_activity(
+    sessions: sessionmaker[Session],
+    engine: Engine,
+    blobs: BlobStore,
+    worker: Worker,
+    demo: DemoAddresses,
+) -> None:
+    """Three messages, two copies of one email among them: one commit, two activities."""
+    quote = make_email(subject="Quote", message_id="quote@client.example")
+    ids = [
+        store_received(sessions, blobs, quote, [RICHARD]),
+        store_received(sessions, blobs, make_email(subject="Order"), [RICHARD]),
+        store_received(sessions, blobs, quote, [RICHARD]),
+    ]
+    assert sorted(worker.claim_batch()) == ids
+    commits = _commits(engine)
+    worker.process_batch(ids)
+    assert len(commits) == 1
+    with sessions() as session:
+        states = session.scalars(select(ReceivedMessage.state).where(ReceivedMessage.id.in_(ids)))
+        assert set(states) == {MessageState.PROCESSED}
+        activities = session.scalars(select(Activity).order_by(Activity.id)).all()
+        assert [a.subject for a in activities] == ["Quote", "Order"]
+        sources = session.execute(
+            select(ActivitySource.activity_id, ActivitySource.message_id).order_by(
+                ActivitySource.id
+            )
+        ).all()
+        quote_id, order_id = activities[0].id, activities[1].id
+        assert sources == [(quote_id, ids[0]), (order_id, ids[1]), (quote_id, ids[2])]
+        # The second copy names the same parties: each is kept once.
+        roles = session.execute(
+            select(Participant.role, Participant.address).where(Participant.activity_id == quote_id)
+        ).all()
+        assert len(roles) == len(set(roles)) == 2
+    assert ("record", "merged") in _trace(sessions, ids[2])
+
+
+def test_a_message_that_must_wait_is_rolled_back_alone(
+    sessions: sessionmaker[Session], blobs: BlobStore, worker: Worker, demo: DemoAddresses
+) -> None:
+    """A copy whose forwarder cannot be checked now (DNS) waits; the batch around it is kept."""
+    quote = make_email(subject="Quote", message_id="quote@client.example")
+    first = store_received(sessions, blobs, quote, [RICHARD])
+    waiting = store_received(sessions, blobs, make_email(subject="Checked later"), [RICHARD])
+    second = store_received(sessions, blobs, quote, [RICHARD])
+    with sessions.begin() as session:
+        # Not loopback: its forwarder is checked against DNS, which does not answer.
+        session.get_one(ReceivedMessage, waiting).peer = "192.0.2.7:40000"
+    ids = worker.claim_batch()
+    worker.process_batch(ids)
+    with sessions() as session:
+        rows = {m.id: m for m in session.scalars(select(ReceivedMessage))}
+        assert rows[first].state is MessageState.PROCESSED
+        assert rows[second].state is MessageState.PROCESSED
+        held = rows[waiting]
+        assert held.state is MessageState.RECEIVED
+        assert held.claimed_by is None
+        assert held.claim_expires_at is not None
+        assert held.claim_expires_at > utcnow()
+        assert session.scalar(select(func.count()).select_from(Activity)) == 1
+        assert session.scalar(select(func.count()).select_from(ActivitySource)) == 2
+    # Nothing of the rolled-back attempt is left: only intake's line and the deferral.
+    assert _trace(sessions, waiting) == [("intake", "stored"), ("worker", "deferred")]
+    assert ("record", "merged") in _trace(sessions, second)
+
+
+def test_rows_written_inside_a_rolled_back_savepoint_are_written_again(
+    sessions: sessionmaker[Session], blobs: BlobStore, demo: DemoAddresses
+) -> None:
+    """An earlier message's rows, written while a later one ran, survive that one's rollback."""
+    earlier = store_received(sessions, blobs, make_email(), [RICHARD])
+    later = store_received(sessions, blobs, make_email(), [RICHARD])
+    with sessions.begin() as session:
+        rows = PendingRows(session)
+        rows.begin()
+        rows.add(TRACE, [{"message_id": earlier, "step": "test", "decision": "kept"}])
+        rows.begin()
+        savepoint = session.begin_nested()
+        rows.add(TRACE, [{"message_id": later, "step": "test", "decision": "dropped"}])
+        rows.write()  # as a merge does before reading participants
+        savepoint.rollback()
+        rows.discard()
+        rows.write()
+    assert ("test", "kept") in _trace(sessions, earlier)
+    assert [t for t in _trace(sessions, later) if t[0] == "test"] == []
