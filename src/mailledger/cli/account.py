@@ -36,6 +36,7 @@ from mailledger.cli.kit import (
     json_flag,
     limit_flag,
     out,
+    secret_box,
     session_scope,
     sessions_scope,
 )
@@ -44,7 +45,6 @@ from mailledger.cli.switches import history_choice, history_flags
 if TYPE_CHECKING:
     from mailledger.config import Settings
     from mailledger.store.models import CalendarAccount, MailboxAccount
-    from mailledger.store.secretbox import SecretBox
 
 LIST_COLUMNS = [
     "id", "tenant", "staff", "kind", "mode", "status", "login", "last_sync", "last_error",
@@ -52,15 +52,6 @@ LIST_COLUMNS = [
 ]  # fmt: skip
 ERROR_COLUMNS = ["at", "status", "what", "fix"]
 FOLDER_COLUMNS = ["name", "flags", "synced_as"]
-
-
-def _box(settings: Settings) -> SecretBox:
-    from mailledger.store.secretbox import SecretBox, SecretError
-
-    try:
-        return SecretBox.from_file(settings.secrets.key_file)
-    except SecretError as exc:
-        raise CommandError(str(exc)) from None
 
 
 def read_password(path: str) -> str:
@@ -97,7 +88,7 @@ def oauth_sign_in(
             raise NotFoundError(f"no {what} {account_id}")
         return account
 
-    box = _box(settings)
+    box = secret_box(settings)
     public_url = settings.http.public_url
     try:
         with session_scope(settings) as session:
@@ -153,7 +144,7 @@ def cmd_account_add(args: argparse.Namespace, settings: Settings) -> int:
         err("say which IMAP server: --imap HOST[:PORT]")
         return EXIT_USAGE
     password = read_password(args.password_file) if args.password_file else None
-    box = _box(settings)
+    box = secret_box(settings)
     with session_scope(settings) as session:
         request = AccountRequest(
             tenant=directory.find_tenant(session, args.tenant),
@@ -233,7 +224,7 @@ def _syncer(settings: Settings, sessions: Any) -> Any:
     from mailledger.store.blobbackend import open_blob_backend
     from mailledger.sync.passes import Syncer
 
-    return Syncer(sessions, open_blob_backend(settings), settings, _box(settings))
+    return Syncer(sessions, open_blob_backend(settings), settings, secret_box(settings))
 
 
 def cmd_account_test(args: argparse.Namespace, settings: Settings) -> int:
@@ -328,7 +319,7 @@ def cmd_account_reconnect(args: argparse.Namespace, settings: Settings) -> int:
         password = read_password(args.password_file)
         with session_scope(settings) as session:
             account = find_account(session, args.id)
-            reconnect_password(session, _box(settings), account, password, utcnow())
+            reconnect_password(session, secret_box(settings), account, password, utcnow())
     else:
         if args.password_file is not None:
             err(f"account {args.id} signs in with {kind.value}: no password, just sign in")

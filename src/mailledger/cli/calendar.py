@@ -34,6 +34,7 @@ from mailledger.cli.kit import (
     json_flag,
     limit_flag,
     out,
+    secret_box,
     session_scope,
     sessions_scope,
 )
@@ -41,22 +42,12 @@ from mailledger.cli.switches import history_choice, history_flags
 
 if TYPE_CHECKING:
     from mailledger.config import Settings
-    from mailledger.store.secretbox import SecretBox
 
 LIST_COLUMNS = [
     "id", "tenant", "staff", "calendar", "privacy", "status", "incremental", "last_sync",
     "last_error", "events", "errors",
 ]  # fmt: skip
 ERROR_COLUMNS = ["at", "status", "what", "fix"]
-
-
-def _box(settings: Settings) -> SecretBox:
-    from mailledger.store.secretbox import SecretBox, SecretError
-
-    try:
-        return SecretBox.from_file(settings.secrets.key_file)
-    except SecretError as exc:
-        raise CommandError(str(exc)) from None
 
 
 def _said(problem: Any) -> CommandError:
@@ -74,7 +65,7 @@ def _sign_in(settings: Settings, account_id: int, calendar: str) -> None:
         oauth_sign_in(settings, account_id, CalendarAccount)
         with sessions_scope(settings) as sessions:
             try:
-                find_signed_in(sessions, _box(settings), settings, account_id, calendar)
+                find_signed_in(sessions, secret_box(settings), settings, account_id, calendar)
             except SyncProblem as problem:
                 raise _said(problem) from None
             except calendars.CalendarAccountError as exc:
@@ -102,7 +93,7 @@ def cmd_calendar_add(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EXIT_USAGE
     password = read_password(args.password_file) if args.password_file else None
-    box = _box(settings)
+    box = secret_box(settings)
     with sessions_scope(settings) as sessions:
         with sessions() as session:
             tenant = directory.find_tenant(session, args.tenant)
@@ -173,7 +164,7 @@ def cmd_calendar_test(args: argparse.Namespace, settings: Settings) -> int:
 
     with sessions_scope(settings) as sessions:
         try:
-            report = test(sessions, _box(settings), settings, args.id)
+            report = test(sessions, secret_box(settings), settings, args.id)
         except SyncProblem as problem:
             err(f"calendar account {args.id}: {problem.what}")
             err(f"fix: {problem.fix}")
@@ -194,7 +185,7 @@ def cmd_calendar_sync(args: argparse.Namespace, settings: Settings) -> int:
     with session_scope(settings) as session:
         calendars.retry_now(session, calendars.find_account(session, args.id), utcnow())
     with sessions_scope(settings) as sessions:
-        result = CalendarSyncer(sessions, settings, _box(settings)).run(args.id)
+        result = CalendarSyncer(sessions, settings, secret_box(settings)).run(args.id)
     if result.mode == "busy":
         err(f"calendar account {args.id} is being synced right now (by the service): try later")
         return EXIT_REFUSED
@@ -232,7 +223,7 @@ def cmd_calendar_reconnect(args: argparse.Namespace, settings: Settings) -> int:
     password = read_password(args.password_file)
     with session_scope(settings) as session:
         account = calendars.find_account(session, args.id)
-        calendars.reconnect_password(session, _box(settings), account, password, utcnow())
+        calendars.reconnect_password(session, secret_box(settings), account, password, utcnow())
     out(f"calendar account {args.id} re-connected; its next pass starts soon")
     return EXIT_OK
 

@@ -21,6 +21,7 @@ from mailledger.cli.kit import (
     group,
     json_flag,
     out,
+    secret_box,
     session_scope,
     sessions_scope,
 )
@@ -45,14 +46,9 @@ def _moment(value: str) -> datetime:
 
 def _sync_now(settings: Settings, account_id: int) -> None:
     from mailledger.calendar.passes import CalendarSyncer
-    from mailledger.store.secretbox import SecretBox, SecretError
 
-    try:
-        box = SecretBox.from_file(settings.secrets.key_file)
-    except SecretError as exc:
-        raise CommandError(str(exc)) from None
     with sessions_scope(settings) as sessions:
-        result = CalendarSyncer(sessions, settings, box).run(account_id)
+        result = CalendarSyncer(sessions, settings, secret_box(settings)).run(account_id)
     if result.problem is not None:
         raise CommandError(
             f"saved, but not yet on the calendar: {result.problem.what}\nfix: {result.problem.fix}"

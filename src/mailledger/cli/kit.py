@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from mailledger.config import Settings
+    from mailledger.store.secretbox import SecretBox
 
 Handler = Callable[[argparse.Namespace, "Settings"], int]
 # A command that needs no settings (it must work before a configuration exists).
@@ -152,6 +153,16 @@ def sessions_scope(settings: Settings) -> Iterator[sessionmaker[Session]]:
         yield make_sessionmaker(engine)
     finally:
         engine.dispose()
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    """The box of ``[secrets] key_file``; a missing or unusable key is a refusal naming it."""
+    from mailledger.store.secretbox import SecretBox, SecretError
+
+    try:
+        return SecretBox.from_file(settings.secrets.key_file)
+    except SecretError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def positive(value: str) -> int:

@@ -20,12 +20,12 @@ from mailledger.cli.kit import (
     json_flag,
     limit_flag,
     out,
+    secret_box,
     session_scope,
 )
 
 if TYPE_CHECKING:
     from mailledger.config import Settings
-    from mailledger.store.secretbox import SecretBox
 
 # The values of ``mailledger.store.webhooks.EVENT_TYPES``, copied so that building the parser
 # needs no SQLAlchemy (tests/integration/test_webhooks_cli.py keeps the two equal).
@@ -54,16 +54,6 @@ def _check_target(settings: Settings, url: str) -> str:
         raise CommandError(f"{url}: {exc}") from exc
 
 
-def _secret_box(settings: Settings) -> SecretBox:
-    """The box that seals signing secrets (``[secrets] key_file``), or a CommandError."""
-    from mailledger.store.secretbox import SecretBox, SecretError
-
-    try:
-        return SecretBox.from_file(settings.secrets.key_file)
-    except SecretError as exc:
-        raise CommandError(str(exc)) from exc
-
-
 def cmd_webhook_add(args: argparse.Namespace, settings: Settings) -> int:
     """Register an endpoint; print its id and, once, its signing secret."""
     from mailledger.store import directory, webhooks
@@ -76,7 +66,7 @@ def cmd_webhook_add(args: argparse.Namespace, settings: Settings) -> int:
     with session_scope(settings) as session:
         tenant = directory.find_tenant(session, args.tenant)
         endpoint, secret = webhooks.add_endpoint(
-            session, tenant, url, events, box=_secret_box(settings)
+            session, tenant, url, events, box=secret_box(settings)
         )
         ident = endpoint.id
     out(f"webhook endpoint {ident}: {url} ({', '.join(events) or 'every event'})")
@@ -113,7 +103,7 @@ def cmd_webhook_rotate(args: argparse.Namespace, settings: Settings) -> int:
 
     from mailledger.store import webhooks
 
-    box = _secret_box(settings)
+    box = secret_box(settings)
     with session_scope(settings) as session:
         endpoint = webhooks.find_endpoint(session, args.id)
         secret = webhooks.rotate_secret(
