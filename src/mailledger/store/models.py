@@ -869,7 +869,45 @@ class AccountStatus(enum.StrEnum):
     RECONNECT = "reconnect"  # authentication failed: disabled until the user re-connects
 
 
-class MailboxAccount(Base):
+class _AccountState:
+    """The columns every synced account has, which ``accounts/`` reads and writes.
+
+    Mailbox and calendar accounts keep their credentials, OAuth sign-in and status the same
+    way, so one implementation of the statuses, the error log's rules and OAuth serves both.
+    """
+
+    login: Mapped[str] = mapped_column(String(320))
+    # Sealed (store/secretbox.py): the password, or the OAuth refresh token.
+    secret: Mapped[str] = mapped_column(Text, default="")
+    # Sealed OAuth access token and when it expires (refreshed before).
+    access_token: Mapped[str] = mapped_column(Text, default="")
+    access_token_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # An OAuth sign-in under way (accounts/oauth.py): the state the provider sends back, the
+    # sealed PKCE verifier, and when it began (it lapses after a quarter of an hour).
+    oauth_state: Mapped[str | None] = mapped_column(String(64), default=None, unique=True)
+    oauth_verifier: Mapped[str] = mapped_column(Text, default="")
+    oauth_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    status: Mapped[AccountStatus] = mapped_column(
+        _enum(AccountStatus, "account_status"), default=AccountStatus.PENDING
+    )
+    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The last status told to webhooks (`syncing` comes and goes every pass and is not), and
+    # the last one the staff member was mailed about, so each is told once.
+    announced_status: Mapped[str] = mapped_column(String(16), default="pending")
+    mailed_status: Mapped[str] = mapped_column(String(16), default="")
+    last_sync_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    # The start of the current unbroken run of failures (two days of it: `connection`).
+    failing_since: Mapped[datetime | None] = mapped_column(default=None)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    # No pass before this (back-off, a server's "try again in N", the daily limit's next day).
+    retry_at: Mapped[datetime | None] = mapped_column(default=None)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MailboxAccount(_AccountState, Base):
     """A staff member's mailbox (or a shared one) that the server sweeps over IMAP."""
 
     __tablename__ = "mailbox_accounts"
@@ -884,17 +922,6 @@ class MailboxAccount(Base):
     port: Mapped[int] = mapped_column(Integer)
     security: Mapped[str] = mapped_column(String(16), default="tls")  # tls | starttls | none
     allow_invalid_cert: Mapped[bool] = mapped_column(Boolean, default=False)
-    login: Mapped[str] = mapped_column(String(320))
-    # Sealed (store/secretbox.py): the password, or the OAuth refresh token.
-    secret: Mapped[str] = mapped_column(Text, default="")
-    # Sealed OAuth access token and when it expires (refreshed before).
-    access_token: Mapped[str] = mapped_column(Text, default="")
-    access_token_expires_at: Mapped[datetime | None] = mapped_column(default=None)
-    # An OAuth sign-in under way (sync/oauth.py): the state the provider sends back, the
-    # sealed PKCE verifier, and when it began (it lapses after a quarter of an hour).
-    oauth_state: Mapped[str | None] = mapped_column(String(64), default=None, unique=True)
-    oauth_verifier: Mapped[str] = mapped_column(Text, default="")
-    oauth_started_at: Mapped[datetime | None] = mapped_column(default=None)
     mode: Mapped[SyncMode] = mapped_column(_enum(SyncMode, "sync_mode"), default=SyncMode.SWEEP)
     # Mail from this moment on (`--since`), fixed when the account is created.
     since: Mapped[datetime] = mapped_column(default=utcnow)
@@ -904,29 +931,11 @@ class MailboxAccount(Base):
     source_folder: Mapped[str] = mapped_column(String(255), default="mailledger")
     processed_folder: Mapped[str] = mapped_column(String(255), default="mailledger/Processed")
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[AccountStatus] = mapped_column(
-        _enum(AccountStatus, "account_status"), default=AccountStatus.PENDING
-    )
-    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # The last status told to webhooks (`syncing` comes and goes every pass and is not), and
-    # the last one the staff member was mailed about (sync/notices.py), so each is told once.
-    announced_status: Mapped[str] = mapped_column(String(16), default="pending")
-    mailed_status: Mapped[str] = mapped_column(String(16), default="")
-    last_sync_at: Mapped[datetime | None] = mapped_column(default=None)
-    last_error: Mapped[str] = mapped_column(Text, default="")
-    # The start of the current unbroken run of failures (two days of it: `connection`).
-    failing_since: Mapped[datetime | None] = mapped_column(default=None)
-    failures: Mapped[int] = mapped_column(Integer, default=0)
-    # No pass before this (back-off, a server's "try again in N", the daily limit's next day).
-    retry_at: Mapped[datetime | None] = mapped_column(default=None)
-    claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
-    claim_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     messages_synced: Mapped[int] = mapped_column(Integer, default=0)
     # Sent copies (sync.sentcopy): the last received message (submitted through our relay by
     # this staff member) already APPENDed to the mailbox's Sent folder; None until the first
     # look, which starts from the newest so history is not appended.
     sent_copied_through: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class MailboxViewer(Base):
@@ -1036,7 +1045,7 @@ class EventOrigin(enum.StrEnum):
     CALENDAR = "calendar"  # made in the calendar: read-only in the CRM
 
 
-class CalendarAccount(Base):
+class CalendarAccount(_AccountState, Base):
     """A staff member's CalDAV calendar, synced both ways over a window of days."""
 
     __tablename__ = "calendar_accounts"
@@ -1051,16 +1060,6 @@ class CalendarAccount(Base):
     url: Mapped[str] = mapped_column(String(2000))
     calendar_url: Mapped[str] = mapped_column(String(2000), default="")
     calendar_name: Mapped[str] = mapped_column(String(255), default="")
-    login: Mapped[str] = mapped_column(String(320))
-    # Sealed (store/secretbox.py): the password, or the OAuth refresh token.
-    secret: Mapped[str] = mapped_column(Text, default="")
-    access_token: Mapped[str] = mapped_column(Text, default="")
-    access_token_expires_at: Mapped[datetime | None] = mapped_column(default=None)
-    # An OAuth sign-in under way (accounts/oauth.py), as on MailboxAccount: the state the
-    # provider sends back, the sealed PKCE verifier, and when it began.
-    oauth_state: Mapped[str | None] = mapped_column(String(64), default=None, unique=True)
-    oauth_verifier: Mapped[str] = mapped_column(Text, default="")
-    oauth_started_at: Mapped[datetime | None] = mapped_column(default=None)
     privacy: Mapped[CalendarPrivacy] = mapped_column(
         _enum(CalendarPrivacy, "calendar_privacy"), default=CalendarPrivacy.PUBLIC
     )
@@ -1071,22 +1070,7 @@ class CalendarAccount(Base):
     # The last full comparison of the window's hrefs and ETags: once a day the window moves
     # on, and events it reaches that did not change are read then.
     compared_at: Mapped[datetime | None] = mapped_column(default=None)
-    # The same status columns and rules as MailboxAccount (mailledger.accounts).
-    status: Mapped[AccountStatus] = mapped_column(
-        _enum(AccountStatus, "account_status"), default=AccountStatus.PENDING
-    )
-    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
-    announced_status: Mapped[str] = mapped_column(String(16), default="pending")
-    mailed_status: Mapped[str] = mapped_column(String(16), default="")
-    last_sync_at: Mapped[datetime | None] = mapped_column(default=None)
-    last_error: Mapped[str] = mapped_column(Text, default="")
-    failing_since: Mapped[datetime | None] = mapped_column(default=None)
-    failures: Mapped[int] = mapped_column(Integer, default=0)
-    retry_at: Mapped[datetime | None] = mapped_column(default=None)
-    claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
-    claim_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     events_synced: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class CalendarViewer(Base):
