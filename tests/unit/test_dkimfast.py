@@ -6,7 +6,7 @@ import hashlib
 import random
 import secrets
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import dkim
 import pytest
@@ -97,3 +97,86 @@ def test_relaxed_headers_are_dkimpys() -> None:
     dkimfast.install()
     policy = dkim.canonicalization.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
     assert policy.canonicalize_headers([[b"To", b" a\r\n\t b\r\n"]]) == [(b"to", b"a b\r\n")]
+
+
+ORIGINAL_EVALUATE_PK, ORIGINAL_SELECT_HEADERS = cast(
+    "tuple[Callable[..., tuple[Any, ...]], Callable[..., list[object]]]",
+    dkimfast.original_key_and_selection(),
+)
+
+
+def _reading(evaluate: Callable[..., tuple[Any, ...]], record: object) -> object:
+    """What dkimpy makes of a key record: its reading, or its error's type and text."""
+    try:
+        pk, keysize, ktag, tlsrpt = evaluate(b"s1._domainkey.client.example.", record)
+    except Exception as exc:  # noqa: BLE001 - the error is what is compared
+        return type(exc), str(exc)
+    if pk is not None and not isinstance(pk, dict):
+        pk = bytes(pk)  # an Ed25519 key: compare its bytes
+    return pk, keysize, ktag, tlsrpt
+
+
+def test_key_records_are_read_as_dkimpy_reads_them() -> None:
+    """RSA and Ed25519 records, as bytes and as text, and broken ones: the cached reading (or
+    error) is dkimpy's own, the first time and the second."""
+    rsa_txt = make_key("client.example").txt
+    ed_txt = make_key("client.example", algorithm="ed25519").txt
+    p_value = rsa_txt.split("p=", 1)[1]
+    records: list[object] = [
+        rsa_txt,
+        rsa_txt.encode(),
+        ed_txt.encode(),
+        rsa_txt.replace("v=DKIM1; ", "").encode(),
+        f"v=DKIM1; s=email; p={p_value}".encode(),
+        f"v=DKIM1; s=tlsrpt; p={p_value}".encode(),
+        f"v=DKIM1; s=other; p={p_value}".encode(),
+        b"v=DKIM2; p=" + p_value.encode(),
+        b"v=DKIM1; k=rsa; p=",
+        b"v=DKIM1; k=rsa; p=" + p_value[:40].encode(),
+        b"v=DKIM1; k=rsa; p=!!!",
+        b"v=DKIM1; k=dsa; p=" + p_value.encode(),
+        b"v=DKIM1; k=rsa",
+        b"not a tag list",
+        b"",
+        None,
+        "v=DKIM1; p=\u00e9",
+    ]
+    for record in records:
+        expected = _reading(ORIGINAL_EVALUATE_PK, record)
+        assert _reading(dkimfast.evaluate_pk, record) == expected, record
+        assert _reading(dkimfast.evaluate_pk, record) == expected, record
+
+
+def test_each_caller_gets_its_own_rsa_numbers() -> None:
+    """The cached key cannot be changed through what one signature's check was handed."""
+    record = make_key("client.example").txt.encode()
+    first = dkimfast.evaluate_pk(b"a.", record)[0]
+    assert isinstance(first, dict)
+    first["modulus"] = 7
+    second = dkimfast.evaluate_pk(b"a.", record)[0]
+    assert isinstance(second, dict)
+    assert second["modulus"] != 7
+    assert second == ORIGINAL_EVALUATE_PK(b"a.", record)[0]
+
+
+def test_the_key_cache_is_bounded() -> None:
+    """Records from DNS are remembered up to KEY_CACHE_SIZE, the least recently used dropped."""
+    info = dkimfast._evaluated.cache_info()
+    assert info.maxsize == dkimfast.KEY_CACHE_SIZE
+    record = make_key("client.example").txt.encode()
+    dkimfast.evaluate_pk(b"a.", record)
+    before = dkimfast._evaluated.cache_info().hits
+    dkimfast.evaluate_pk(b"b.", record)  # another name, the same record: the same reading
+    assert dkimfast._evaluated.cache_info().hits == before + 1
+
+
+def test_header_selection_is_dkimpys() -> None:
+    """Repeated, missing and over-signed names, any case: dkimpy's instances, bottom first."""
+    rng = random.Random(5425)
+    names = [b"From", b"from", b"To", b"Subject", b"DKIM-Signature", b"X-A"]
+    for _ in range(3000):
+        headers = [[rng.choice(names), str(i).encode()] for i in range(rng.randrange(0, 12))]
+        wanted = [rng.choice(names).lower() for _ in range(rng.randrange(0, 10))]
+        assert dkimfast.select_headers(headers, wanted) == ORIGINAL_SELECT_HEADERS(headers, wanted)
+    with pytest.raises(AssertionError):
+        dkimfast.select_headers([[b"From", b"x"]], [b"From"])

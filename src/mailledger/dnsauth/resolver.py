@@ -33,6 +33,11 @@ import dns.resolver
 import spf
 
 from mailledger.config import DNSSettings
+from mailledger.dnsauth.spfverdicts import (
+    SPFVerdicts,
+    record_answer,
+    record_unkeepable,
+)
 
 Status = Literal["ok", "nxdomain", "nodata", "temperror", "permerror"]
 # TXT/SPF, A/AAAA, PTR/CNAME/NS and other types are strings; MX is (preference, exchange).
@@ -305,6 +310,7 @@ class Resolver:
         settings = settings or DNSSettings()
         self.timeout_seconds = settings.timeout_seconds
         self._cache = _TTLCache(cache_size)
+        self._spf_verdicts = SPFVerdicts()
         self._config_error = ""
         servers = [parse_nameserver(v) for v in settings.nameservers]
         self._sync = self._make(dns.resolver.Resolver, servers)
@@ -329,6 +335,7 @@ class Resolver:
     def clear_cache(self) -> None:
         """Forget every cached answer (operators changing records, tests)."""
         self._cache.clear()
+        self._spf_verdicts.clear()
 
     @property
     def cache_size(self) -> int:
@@ -477,10 +484,13 @@ class Resolver:
         try:
             result = self.query_sync(name, qtype, lifetime=timeout)
         except DNSBudgetExhaustedError as exc:
+            record_unkeepable()
             # Like pyspf's own lookup limits (RFC 7208 §4.6.4): the record asks too much.
             raise spf.PermError(str(exc)) from exc
         if result.status == "temperror":
+            record_unkeepable()
             raise spf.TempError(f"DNS {result.detail or 'temporary failure'}")
+        record_answer(name, qtype, result, (text_bytes(r) for r in result.texts))
         if result.status != "ok":
             return []
         key = (name, qtype)
@@ -516,15 +526,23 @@ class Resolver:
         """RFC 7208 check_host() through this resolver: (result, explanation). Blocking.
 
         ``querytime`` bounds the whole check (RFC 7208 §4.6.4 suggests 20 s); by default it
-        is four times the per-lookup timeout, so a check never runs unbounded.
+        is four times the per-lookup timeout, so a check never runs unbounded. The same
+        check again, while every answer it used is still the cached one, gives the verdict
+        computed then (``spfverdicts``).
         """
+        key = (ip, sender, helo, receiver, strict)
+        kept = self._spf_verdicts.get(key, self._to_ask)
+        if kept is not None:
+            return kept
         budget = querytime if querytime is not None else 4 * self.timeout_seconds
-        with self.spf_context():
+        with self._spf_verdicts.recording(key) as keep, self.spf_context():
             q = spf.query(
                 i=ip, s=sender, h=helo, receiver=receiver, strict=strict, querytime=budget
             )
             result, _code, explanation = q.check()
-        return str(result), str(explanation)
+            verdict = str(result), str(explanation)
+            keep(verdict, verdict[0] != "temperror")
+        return verdict
 
     # -- dkimpy --------------------------------------------------------------------------
 

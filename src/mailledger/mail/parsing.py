@@ -120,21 +120,33 @@ def _repeated(headers: dict[str, list[str]]) -> tuple[tuple[str, int], ...]:
     return tuple((name, count) for name, count in counts if count > 1)
 
 
-def _first(message: Message, name: str) -> str:
-    values = _raw_values(message, name)
+def _all_headers(message: Message) -> dict[str, list[str]]:
+    """Lowercased name → raw values in order: ``_raw_values`` of every name, in one pass."""
+    headers: dict[str, list[str]] = {}
+    for name, value in message.raw_items():
+        headers.setdefault(name.lower(), []).append(str(value))
+    return headers
+
+
+def _first(headers: dict[str, list[str]], name: str) -> str:
+    values = headers.get(name.lower(), [])
     return values[0] if values else ""
 
 
-def _addresses(message: Message, name: str) -> tuple[Mailbox, ...]:
+def _addresses(headers: dict[str, list[str]], name: str) -> tuple[Mailbox, ...]:
     found: list[Mailbox] = []
-    for value in _raw_values(message, name):
+    for value in headers.get(name.lower(), []):
         found.extend(parse_mailbox_list(header_text_for_addresses(value)).mailboxes)
     return tuple(found)
 
 
+# The bytes 0x80-0xFF of an 8-bit header, as the parser's surrogateescape decoding left them.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
 def header_text_for_addresses(value: str) -> str:
     """Undo 8-bit transport decoding but keep encoded words for the address parser."""
-    if any("\udc80" <= ch <= "\udcff" for ch in value):
+    if _ESCAPED_BYTE.search(value):
         value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
     return " ".join(value.split())
 
@@ -144,8 +156,8 @@ def message_ids(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_MSGID.findall(value)))
 
 
-def _date(message: Message, received_at: datetime) -> datetime | None:
-    value = _first(message, "Date")
+def _date(headers: dict[str, list[str]], received_at: datetime) -> datetime | None:
+    value = _first(headers, "Date")
     if not value:
         return None
     try:
@@ -191,7 +203,8 @@ def parse_message(
     if not isinstance(raw, bytes):
         raw.seek(0)
     message = _parse_bytes(raw)
-    from_values = _raw_values(message, "From")
+    headers = _all_headers(message)
+    from_values = headers.get("from", [])
     from_list = MailboxList((), ())
     if from_values:
         merged = [parse_mailbox_list(header_text_for_addresses(v)) for v in from_values]
@@ -199,20 +212,17 @@ def parse_message(
             tuple(box for item in merged for box in item.mailboxes),
             tuple(bad for item in merged for bad in item.invalid),
         )
-    headers: dict[str, list[str]] = {}
-    for name, value in message.raw_items():
-        headers.setdefault(name.lower(), []).append(str(value))
-    message_id_values = message_ids(_first(message, "Message-ID"))
+    message_id_values = message_ids(_first(headers, "Message-ID"))
     return ParsedMessage(
         from_fields=len(from_values),
         from_list=from_list,
-        to=_addresses(message, "To"),
-        cc=_addresses(message, "Cc"),
-        subject=header_text(_first(message, "Subject"))[:MAX_SUBJECT_CHARS],
-        date=_date(message, received_at),
+        to=_addresses(headers, "To"),
+        cc=_addresses(headers, "Cc"),
+        subject=header_text(_first(headers, "Subject"))[:MAX_SUBJECT_CHARS],
+        date=_date(headers, received_at),
         message_id=message_id_values[0] if message_id_values else "",
-        in_reply_to=message_ids(_first(message, "In-Reply-To")),
-        references=message_ids(" ".join(_raw_values(message, "References"))),
+        in_reply_to=message_ids(_first(headers, "In-Reply-To")),
+        references=message_ids(" ".join(headers.get("references", []))),
         repeated=_repeated(headers),
         headers=headers,
         body=extract_body(message),

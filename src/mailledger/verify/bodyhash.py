@@ -64,6 +64,20 @@ def _trailing_crlfs(piece: bytes) -> int:
     return (len(piece) - end) // 2
 
 
+def _relaxed_lines(lines: bytes) -> bytes:
+    """Relaxed body canonicalization of CRLF lines (RFC 6376 §3.4.4), dkimpy's two steps.
+
+    Each step runs only where it can change something: a blank before a CRLF, then a tab or
+    two blanks in a row. Most text has neither, and the regular expressions stopping at every
+    single space between words were the largest item of a forward's checks.
+    """
+    if b" \r\n" in lines or b"\t\r\n" in lines:
+        lines = _BLANKS_BEFORE_CRLF.sub(_CRLF, lines)
+    if b"\t" in lines or b"  " in lines:
+        lines = _BLANKS.sub(b" ", lines)
+    return lines
+
+
 def canonical_pieces(raw: bytes, start: int, algorithm: bytes) -> Iterator[bytes]:
     """The canonicalized body (``simple`` or ``relaxed``), piece by piece.
 
@@ -78,7 +92,7 @@ def canonical_pieces(raw: bytes, start: int, algorithm: bytes) -> Iterator[bytes
         if lines.count(b"\n") != lines.count(_CRLF):
             lines = _NEWLINE.sub(_CRLF, lines)
         if relaxed:
-            lines = _BLANKS.sub(b" ", _BLANKS_BEFORE_CRLF.sub(_CRLF, lines))
+            lines = _relaxed_lines(lines)
         trailing = _trailing_crlfs(lines)
         text = lines[: len(lines) - 2 * trailing] if trailing else lines
         if text:

@@ -15,6 +15,11 @@ still parses the key and applies its size rules, and hands over only the last st
 Relaxed header canonicalization ran two regular expressions over every header field for each
 signature and each ARC seal checked, about 1.2 ms of a forwarded message's 4 ms of checks;
 each field's result is the same every time, so it is computed once and remembered.
+
+A key record is read the same way every time too: dkimpy parsed the tag list, base64 and
+ASN.1 of the public key for each signature (three a forward, all from two or three records
+the resolver already caches), which cost more than the RSA check itself. ``evaluate_pk``
+keeps each record's reading, keyed by the record's exact text (``KEY_CACHE_SIZE`` records).
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ _ORIGINAL_STR2INT = dkim.crypto.str2int
 _ORIGINAL_SIGN = dkim.crypto.RSASSA_PKCS1_v1_5_sign
 _ORIGINAL_VERIFY = dkim.crypto.RSASSA_PKCS1_v1_5_verify
 _ORIGINAL_RELAXED = dkim.canonicalization.Relaxed.canonicalize_headers
+_ORIGINAL_EVALUATE_PK = dkim.evaluate_pk
+_ORIGINAL_SELECT_HEADERS = dkim.select_headers
+KEY_CACHE_SIZE = 256  # distinct key records remembered; a record is a few hundred bytes
 _UNFOLD = re.compile(b"\r?\n")  # dkimpy's unfold_header_value
 _BLANKS = re.compile(b"[\t ]+")  # dkimpy's compress_whitespace
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
@@ -163,6 +171,51 @@ def rsa_verify(digest: Any, signature: bytes, public_key: dict[str, int]) -> boo
     return True
 
 
+@functools.lru_cache(maxsize=KEY_CACHE_SIZE, typed=True)
+def _evaluated(record: bytes | str) -> tuple[Any, Any, Any, bool]:
+    # dkimpy names the record only in its "missing public key" error, for an empty record,
+    # which ``evaluate_pk`` never sends here. A record dkimpy refuses raises, and
+    # lru_cache keeps no exceptions: a bad record is read (and refused) again every time.
+    return _ORIGINAL_EVALUATE_PK(b"", record)  # type: ignore[no-any-return]
+
+
+def evaluate_pk(name: Any, record: Any) -> tuple[Any, Any, Any, bool]:
+    """dkimpy's ``evaluate_pk`` (a key record's text → key, size, type, tlsrpt), read once.
+
+    The reading depends on the record's text alone, so the same text (bytes, or str: cached
+    apart) gives the same key however it was looked up; the resolver's TTL decides when a
+    record is looked up again, and changed text is a new entry. The RSA numbers come back in
+    a fresh dict each time, as dkimpy's would: no caller can change the cached one.
+    """
+    if not record or not isinstance(record, bytes | str):
+        return _ORIGINAL_EVALUATE_PK(name, record)  # type: ignore[no-any-return]
+    pk, keysize, ktag, seqtlsrpt = _evaluated(record)
+    return (dict(pk) if isinstance(pk, dict) else pk), keysize, ktag, seqtlsrpt
+
+
+def select_headers(headers: Sequence[Any], include_headers: Sequence[bytes]) -> list[Any]:
+    """dkimpy's ``select_headers`` (RFC 6376 §5.4.2), each field's name lowered once.
+
+    For each name signed, the next instance up from the last one taken, bottom first; a name
+    not found (again) takes nothing. dkimpy lowered a field's name at every comparison: for a
+    forward's 30-odd fields and three signatures, most of the hashing's Python time.
+    """
+    names = [field[0].lower() for field in headers]
+    selected = []
+    last: dict[bytes, int] = {}
+    for name in include_headers:
+        if name != name.lower():  # dkimpy asserts this: its callers lower h= first
+            raise AssertionError(name)
+        index = last.get(name, len(headers))
+        while index > 0:
+            index -= 1
+            if names[index] == name:
+                selected.append(headers[index])
+                break
+        last[name] = index
+    return selected
+
+
 @functools.lru_cache(maxsize=8192)
 def _relaxed_field(name: bytes, value: bytes) -> tuple[bytes, bytes]:
     return name.lower().rstrip(), _BLANKS.sub(b" ", _UNFOLD.sub(b"", value)).strip() + b"\r\n"
@@ -181,11 +234,19 @@ def install() -> None:
     dkim.RSASSA_PKCS1_v1_5_sign = rsa_sign
     dkim.RSASSA_PKCS1_v1_5_verify = rsa_verify
     dkim.canonicalization.Relaxed.canonicalize_headers = staticmethod(relaxed_headers)
+    # ``load_pk_from_dns`` and ``hash_headers`` call the names in dkimpy's module.
+    dkim.evaluate_pk = evaluate_pk
+    dkim.select_headers = select_headers
 
 
 def originals() -> tuple[object, object, object, object]:
     """dkimpy's own functions, for tests that compare them with these."""
     return _ORIGINAL_INT2STR, _ORIGINAL_STR2INT, _ORIGINAL_SIGN, _ORIGINAL_RELAXED
+
+
+def original_key_and_selection() -> tuple[object, object]:
+    """dkimpy's own ``evaluate_pk`` and ``select_headers``, for the tests comparing them."""
+    return _ORIGINAL_EVALUATE_PK, _ORIGINAL_SELECT_HEADERS
 
 
 def original_verify() -> object:

@@ -3,8 +3,9 @@
 Two libraries are changed in place, never as a side effect of importing one of our modules:
 
 - dkimpy (``verify.dkimfast``): byte/integer conversions, RSA signing and RSA verification
-  through C and OpenSSL, and relaxed header canonicalization computed once per field. Same
-  results (verification: the same verdicts, checked against dkimpy's own), less CPU.
+  through C and OpenSSL, relaxed header canonicalization computed once per field, each key
+  record read once, and the signed fields chosen without lowering names again and again.
+  Same results (verification: the same verdicts, checked against dkimpy's own), less CPU.
 - pyspf (``dnsauth.resolver``): every DNS lookup of an SPF check goes through our resolver, so
   configured name servers, time budgets and the cache apply (pyspf has no resolver parameter).
 

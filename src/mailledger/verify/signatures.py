@@ -19,7 +19,7 @@ import base64
 import binascii
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dkim
@@ -46,20 +46,55 @@ NOT_CHECKED = "not checked (limit)"
 # Verdicts listed per message; a header section full of signatures ends in one summary line.
 MAX_LISTED = 100
 MIN_KEY_BITS = 1024  # RFC 8301 §3.2
+_WHITESPACE = re.compile(rb"\s+")
+
+
+Fields = list[list[bytes]]  # dkimpy's header fields: [name, value] in header order
 
 
 @dataclass(frozen=True)
 class SignedMessage:
-    """A message split once for every signature check: dkimpy's header section, our body hashes."""
+    """A message split once for every signature check: dkimpy's header section, our body hashes.
+
+    The header section is also parsed once (``fields``) for the DKIM and the ARC check alike.
+    """
 
     headers: bytes
     body: BodyHashes
+    _parsed: list[tuple[Fields, bytes | str] | Exception] = field(
+        default_factory=list, repr=False, compare=False
+    )
+
+    def fields(self) -> tuple[Fields, bytes | str]:
+        """dkimpy's own reading of the header section (``DomainSigner.set_message``).
+
+        Parsed on first asking and kept, error included: the ARC check gets the same fields
+        or the same error as the DKIM check. Each caller gets its own copy of the fields.
+        """
+        if not self._parsed:
+            try:
+                self._parsed.append(dkim.rfc822_parse(self.headers) if self.headers else ([], ""))
+            except (dkim.DKIMException, IndexError) as exc:  # IndexError: a folded first line
+                self._parsed.append(exc)
+        found = self._parsed[0]
+        if isinstance(found, Exception):
+            raise found
+        fields, body = found
+        return [[name, value] for name, value in fields], body
 
 
 def signed_message(raw: bytes) -> SignedMessage:
     """Split ``raw`` for ``verify_dkim`` and ``verify_arc``; their body hashes are shared."""
     start = body_start(raw)
     return SignedMessage(raw[:start], BodyHashes(raw, start))
+
+
+def _signer(kind: Any, message: SignedMessage) -> Any:
+    """A dkimpy verifier holding the message's fields, as ``kind(headers)`` would."""
+    signer = kind(None, minkey=MIN_KEY_BITS)
+    signer.headers, signer.body = message.fields()
+    signer.body_hashes = message.body
+    return signer
 
 
 class _HashedBody:
@@ -95,7 +130,7 @@ class _HashedBody:
         limit = int(sig[b"l"]) if b"l" in sig and not self.tlsrpt else None
         digest = self.body_hashes.digest(policy.body_algorithm.name, hasher().name, limit)
         try:
-            expected = base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]))
+            expected = base64.b64decode(_WHITESPACE.sub(b"", sig[b"bh"]))
         except (TypeError, binascii.Error) as exc:
             # dkimpy validates the form of b= where it means bh=, so a malformed bh= of a
             # length divisible by 4 gets here: a broken signature, not a broken message.
@@ -139,7 +174,7 @@ def _listed_signatures(signer: dkim.DKIM) -> list[dict[bytes, bytes]]:
     listed = []
     for name, value in signer.headers:
         if name.lower() == b"dkim-signature":
-            unfolded = re.sub(rb"\s+", b" ", bytes(value))
+            unfolded = _WHITESPACE.sub(b" ", bytes(value))
             listed.append({m.group(1): m.group(2).strip() for m in _TAG.finditer(unfolded)})
     return listed
 
@@ -179,8 +214,7 @@ def verify_dkim(
     """
     split = _split(message)
     try:
-        signer = _DKIM(split.headers, minkey=MIN_KEY_BITS)
-        signer.body_hashes = split.body
+        signer = _signer(_DKIM, split)
     except (dkim.DKIMException, IndexError) as exc:  # IndexError: a folded first line
         return (DKIMResult(PERMERROR, "", reason=f"unparseable message: {exc}"),)
     listed = _listed_signatures(signer)
@@ -257,7 +291,7 @@ def _newest_ams_headers(signer: dkim.DomainSigner) -> tuple[str, ...]:
     for name, value in signer.headers:
         if name.lower() != b"arc-message-signature":
             continue
-        unfolded = re.sub(rb"\s+", b" ", value)
+        unfolded = _WHITESPACE.sub(b" ", value)
         instance = _I_TAG.search(unfolded)
         if instance is None or int(instance.group(1)) <= newest:
             continue
@@ -273,8 +307,7 @@ def verify_arc(message: bytes | SignedMessage, dnsfunc: DNSFunc) -> ARCResult:
     split = _split(message)
     try:
         # dkimpy's arc_verify, keeping the parsed message for the AMS header list below.
-        arc = _ARC(split.headers, minkey=MIN_KEY_BITS)
-        arc.body_hashes = split.body
+        arc = _signer(_ARC, split)
         cv, instances, reason = arc.verify(dnsfunc=dnsfunc)
     except DNSTempError as exc:
         return ARCResult(TEMPERROR, reason=f"temperror: {exc}")
