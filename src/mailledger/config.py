@@ -150,7 +150,8 @@ class RelaySettings(_Section):
     max_concurrent: int = Field(default=50, ge=1)
     lease_seconds: float = Field(default=600.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
-    # Where DKIM private keys live (files, mode 0600), outside the database.
+    # Where DKIM private key files were kept before keys moved into the database (sealed):
+    # `db upgrade` / `dkim import` read old files from here once; nothing new is written.
     dkim_key_dir: str = "var/dkim"
     # Mail whose From domain has no verified DKIM key: "hold" it, or "send" it unsigned.
     unsigned_policy: Literal["hold", "send"] = "hold"
@@ -177,6 +178,10 @@ class ServiceSettings(_Section):
     node_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     # On SIGTERM, how long a session in DATA may take to finish before it is cut off.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # Processes accepting capture mail on the same port (SO_REUSEPORT, Linux), each with its
+    # own intake writer; the server's own process is one of them. A process that dies is
+    # restarted. More than 1 needs SO_REUSEPORT.
+    listener_processes: int = Field(default=1, ge=1, le=64)
     # The sender of our own mail to staff (sign-in links); "" means noreply@<hostname>. A
     # tenant may choose one of its own addresses instead (`tenant set --system-sender`).
     system_address: str = ""
@@ -338,8 +343,9 @@ class WebhookSettings(_Section):
 
 class SecretsSettings(_Section):
     # The key that seals secrets we must read back (webhook signing secrets, mailbox
-    # passwords, OAuth tokens): one Fernet key per line, the first seals. `db upgrade` creates
-    # it (mode 0600) when missing. Keep it out of database backups, and back it up apart.
+    # passwords, OAuth tokens, DKIM private keys; every node needs the same file): one Fernet
+    # key per line, the first seals. `db upgrade` creates it (mode 0600) when missing. Keep it
+    # out of database backups, and back it up apart.
     key_file: str = "var/secret.key"
 
 

@@ -223,11 +223,12 @@ def _children(pid: int) -> list[int]:
 
 
 def _traced_server_calls(tmp_path: Path) -> set[str]:
-    """Every system call `mailledger serve` makes, with one processing process, until stopped.
+    """Every system call `mailledger serve` makes, with one processing process and a second
+    listener process, until stopped.
 
     The server runs under ``strace -f -c``; it is stopped with SIGTERM once its processing
-    process has lowered its own priority (the os.nice at issue), so the trace covers start-up,
-    the worker's start and a clean stop.
+    process has lowered its own priority (the os.nice at issue) and its listener process
+    accepts, so the trace covers start-up, both processes' start and a clean stop.
     """
     config = tmp_path / "traced.toml"
     config.write_text(
@@ -246,6 +247,8 @@ listen = "127.0.0.1:0"
 [processing]
 worker_processes = 1
 poll_interval_seconds = 0.05
+[service]
+listener_processes = 2
 [logging]
 format = "json"
 """,
@@ -265,12 +268,14 @@ format = "json"
         )
         try:
             worker = 0
+            listening = False
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 for line in log.read_text(encoding="utf-8").splitlines():
                     if '"processing process started"' in line:
                         worker = json.loads(line)["pid"]
-                if worker and os.getpriority(os.PRIO_PROCESS, worker) > 0:
+                    listening = listening or '"listener processes accepting"' in line
+                if listening and worker and os.getpriority(os.PRIO_PROCESS, worker) > 0:
                     break
                 assert tracer.poll() is None, log.read_text(encoding="utf-8")
                 time.sleep(0.1)
@@ -293,7 +298,8 @@ format = "json"
 
 @pytest.mark.slow
 def test_the_filter_admits_every_call_of_a_server_with_worker_processes(tmp_path: Path) -> None:
-    """`serve` with [processing] worker_processes = 1, traced, makes no call the unit denies.
+    """`serve` with a processing process and a second listener process ([service]
+    listener_processes = 2: SO_REUSEPORT), traced, makes no call the unit denies.
 
     Under the unit a denied call fails with EPERM (SystemCallErrorNumber=); the processing
     processes' os.nice (setpriority) failing would kill every one of them as it starts.

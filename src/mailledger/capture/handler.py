@@ -8,6 +8,8 @@ it asks ``routing`` who a recipient is, ``screening`` whether the bytes are safe
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,6 +19,7 @@ from mailledger.logs import get_logger
 from mailledger.mail import replies
 from mailledger.mail.addresses import AddressError, parse_address
 from mailledger.mail.headerscan import message_id_in_head
+from mailledger.mail.replies import Reply
 from mailledger.metrics import Metrics
 from mailledger.routing.routes import RecipientRouter, Refusal
 from mailledger.smtp import screening
@@ -37,6 +40,18 @@ from mailledger.store.inbox import (
 )
 
 log = get_logger(__name__)
+_stdlib_log = logging.getLogger(__name__)  # the level check, without building a logger
+
+
+class AcceptCounter(Protocol):
+    """Where the handler counts its answers: ``Metrics``, or a listener process's relay of
+    its counts to the server's ``Metrics`` (``service.listeners``)."""
+
+    def message_accepted(self, listener: str = "capture") -> None:
+        """A message was stored and answered 250."""
+
+    def message_refused(self, stage: str, reply: Reply) -> None:
+        """A command was refused with ``reply``."""
 
 
 class CaptureHandler:
@@ -47,12 +62,12 @@ class CaptureHandler:
         router: RecipientRouter,
         intake: Intake,
         capture: CaptureSettings,
-        metrics: Metrics | None = None,
+        metrics: AcceptCounter | None = None,
     ) -> None:
         self._router = router
         self._intake = intake
         self._capture = capture
-        self._metrics = metrics or Metrics()
+        self._metrics: AcceptCounter = metrics or Metrics()
 
     def update_limits(self, capture: CaptureSettings) -> None:
         """Apply reloaded limits (recipients, headers, hops) to the next commands."""
@@ -138,7 +153,8 @@ class CaptureHandler:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         # Debug: the accepted recipients are in the one "message accepted" line.
-        log.debug("recipient accepted", rcpt=address, kind=str(decision.kind))
+        if _stdlib_log.isEnabledFor(logging.DEBUG):
+            log.debug("recipient accepted", rcpt=address, kind=str(decision.kind))
         return str(replies.RECIPIENT_OK)
 
     async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name

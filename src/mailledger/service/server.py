@@ -21,7 +21,6 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.capture.handler import CaptureHandler
 from mailledger.capture.worker import Worker
 from mailledger.capture.workerpool import WorkerProcesses
 from mailledger.config import ConfigError, Settings, load_settings
@@ -32,25 +31,28 @@ from mailledger.metrics import Metrics
 from mailledger.relay.held import HeldReleaser
 from mailledger.relay.submission import SubmissionHandler, SubmissionListener
 from mailledger.relay.worker import DeliveryWorker
-from mailledger.routing.routes import RecipientRouter
 from mailledger.service.calendars import CalendarWorker
 from mailledger.service.forwardinghealth import HealthRunner
+from mailledger.service.listeners import (
+    INTAKE_LOCK_POLL_SECONDS,
+    ListenerProcesses,
+    can_share_port,
+    capture_side,
+)
 from mailledger.service.preflight import preflight
 from mailledger.service.runtime import ServiceRuntime
 from mailledger.service.syncing import SyncWorker
-from mailledger.smtp.listener import CaptureListener
 from mailledger.smtp.protocol import build_tls_context
 from mailledger.store.blobbackend import BlobBackend, open_blob_backend
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.freespace import FreeSpaceGuard, storage_paths
-from mailledger.store.inbox import Intake
 from mailledger.verify.patches import install_patches
 from mailledger.web.app import build_app
 from mailledger.web.serving import HTTPServer
 from mailledger.web.webhooks import WebhookWorker
 
 log = get_logger("mailledger.service.server")  # not "__main__" under python -m
-LOCK_POLL = 0.001  # seconds between tries for the write lock at most
+LOCK_POLL = INTAKE_LOCK_POLL_SECONDS  # seconds between tries for the write lock at most
 
 Ready = Callable[[list[tuple[str, int]]], None]
 HTTPReady = Callable[[tuple[str, int]], None]
@@ -77,7 +79,9 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
     # off (store.engine._begin_immediate); processing processes keep SQLite's backoff and so
     # give way to them.
     engine = make_engine(
-        settings.database.url, echo=settings.database.echo, lock_poll_seconds=LOCK_POLL
+        settings.database.url,
+        echo=settings.database.echo,
+        lock_poll_seconds=INTAKE_LOCK_POLL_SECONDS,
     )
     sessions = make_sessionmaker(engine)
     # [storage] backend: the database backend shares this engine (on PostgreSQL).
@@ -92,9 +96,33 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         worker = WorkerProcesses(settings, settings.processing.worker_processes, metrics)
     else:
         worker = Worker(sessions, blobs, settings, metrics=metrics)
-    intake = Intake(sessions, blobs, on_stored=worker.wake, space=guard)
-    router = RecipientRouter(sessions, max_local_part_bytes=settings.capture.max_local_part_bytes)
-    handler = CaptureHandler(router, intake, settings.capture, metrics)
+    settings = _listener_count_checked(settings)
+    tls_context = build_tls_context(settings.tls)
+    # The capture side in this process; [service] listener_processes - 1 more processes
+    # accept on the same port, each with its own (listeners.py).
+    capture = capture_side(
+        settings,
+        sessions,
+        blobs,
+        guard,
+        metrics=metrics,
+        on_stored=worker.wake,
+        tls_context=tls_context,
+    )
+    intake, handler, listener = capture.intake, capture.handler, capture.listener
+    more_listeners = (
+        ListenerProcesses(
+            settings, settings.service.listener_processes - 1, metrics, on_stored=worker.wake
+        )
+        if settings.service.listener_processes > 1
+        else None
+    )
+
+    def apply_reload(new: Settings) -> None:
+        handler.update_limits(new.capture)
+        if more_listeners is not None:
+            more_listeners.reload(new)
+
     runtime = ServiceRuntime(
         settings,
         sessions,
@@ -102,11 +130,9 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         guard,
         metrics=metrics,
         config_path=config_path,
-        appliers=[lambda new: handler.update_limits(new.capture)],
+        appliers=[apply_reload],
     )
-    tls_context = build_tls_context(settings.tls)
     blobs.sweep_spool()
-    listener = CaptureListener(settings, handler, tls_context=tls_context, spool=blobs.new_file)
     resolver = Resolver(settings.dns)
     delivery = DeliveryWorker(sessions, blobs, settings, resolver, metrics=metrics)
     webhook_worker = WebhookWorker(
@@ -164,6 +190,9 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
     try:
         await runtime.start()
         addresses = await listener.start()
+        if more_listeners is not None:
+            # The port the kernel gave this process (port 0) is the one the others bind.
+            await more_listeners.start(list(addresses))
         if submission is not None:
             addresses += await submission.start()
         if http is not None:
@@ -189,7 +218,10 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         grace = settings.service.shutdown_grace_seconds
         if submission is not None:
             await submission.stop(grace)
-        await listener.stop(grace)
+        if more_listeners is not None:
+            await asyncio.gather(listener.stop(grace), more_listeners.stop())
+        else:
+            await listener.stop(grace)
         # After the SMTP listeners, which start refusing at once (421) when stopping begins.
         if http is not None:
             await http.stop()
@@ -208,6 +240,18 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         await runtime.stop()
         engine.dispose()
         log.info("stopped")
+
+
+def _listener_count_checked(settings: Settings) -> Settings:
+    """The settings, with one listener process where the system cannot share a port."""
+    if settings.service.listener_processes > 1 and not can_share_port():
+        log.warning(
+            "listener_processes needs SO_REUSEPORT (Linux); accepting in one process",
+            listener_processes=settings.service.listener_processes,
+        )
+        service = settings.service.model_copy(update={"listener_processes": 1})
+        return settings.model_copy(update={"service": service})
+    return settings
 
 
 def _submission_listener(

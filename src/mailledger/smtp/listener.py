@@ -32,10 +32,14 @@ class CaptureListener:
         *,
         tls_context: ssl.SSLContext | None = None,
         spool: Callable[[], BlobFile] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """``handler`` is the aiosmtpd handler object (STYLE: one seam); ``spool`` starts a blob
-        file, so large messages go to disk as they arrive."""
+        file, so large messages go to disk as they arrive; ``reuse_port`` binds with
+        SO_REUSEPORT, so several processes accept on one port (``[service]
+        listener_processes``) and the kernel spreads new connections over them."""
         self._settings = settings
+        self._reuse_port = reuse_port
         self._handler = handler
         self._tls_context = tls_context
         self._spool = spool
@@ -60,7 +64,11 @@ class CaptureListener:
             for value in self._settings.capture.listen:
                 host, port = split_listen(value)
                 server = await loop.create_server(
-                    self._protocol, host or None, port, reuse_address=True
+                    self._protocol,
+                    host or None,
+                    port,
+                    reuse_address=True,
+                    reuse_port=self._reuse_port or None,
                 )
                 self._servers.append(server)
                 for sock in server.sockets:

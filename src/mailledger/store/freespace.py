@@ -56,6 +56,9 @@ class FreeSpaceGuard:
     def __init__(self, paths: Iterable[str | Path], min_free_bytes: int) -> None:
         self.paths = [Path(p) for p in paths]
         self.min_free_bytes = min_free_bytes
+        # Each path as the absolute string statvfs is asked about, once it exists: the check
+        # runs twice per message (MAIL and DATA), and building the path cost more than statvfs.
+        self._measured: dict[Path, str] = {}
 
     def shortage(self, incoming_bytes: int = 0) -> SpaceShortage | None:
         """The first path without room for ``incoming_bytes`` beyond the reserve, or None.
@@ -68,9 +71,24 @@ class FreeSpaceGuard:
         needed = self.min_free_bytes + max(incoming_bytes, 0)
         for path in self.paths:
             try:
-                free = free_bytes(path)
+                free = self._free(path)
             except OSError:
                 continue
             if free < needed:
                 return SpaceShortage(str(path), free, needed)
         return None
+
+    def _free(self, path: Path) -> int:
+        """``free_bytes(path)``, asking statvfs directly once the path is known to exist."""
+        where = self._measured.get(path)
+        if where is not None:
+            try:
+                stats = os.statvfs(where)
+            except OSError:
+                del self._measured[path]  # removed or unmounted: measure it the long way
+            else:
+                return stats.f_bavail * stats.f_frsize
+        free = free_bytes(path)
+        if path.is_dir():
+            self._measured[path] = str(path.absolute())
+        return free
