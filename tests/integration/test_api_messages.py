@@ -42,6 +42,7 @@ from mailledger.store.models import (
     Staff,
     Tenant,
 )
+from mailledger.store.secretbox import SecretBox
 from mailledger.testing.api import bearer, insert_activity, make_token, running_api
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.recorder import Recorder, Transaction, start_recorders
@@ -125,7 +126,8 @@ async def world(
         read_only = make_token(session, acme, read_only=True)
         richard = directory.find_staff(session, acme, "richard")
         directory.set_signature(session, richard, text=SIGNATURE, html=SIGNATURE_HTML)
-        key = keys.create_key(session, acme, "acme.example", site.relay.dkim_key_dir, selector="s1")
+        box = SecretBox.from_file(site.secrets.key_file)
+        key = keys.create_key(session, acme, "acme.example", box, selector="s1")
         dns.add(keys.record_name(key.selector, key.domain), "TXT", key.public_record)
         globex = directory.add_tenant(
             session, "globex", "globex.capture.example", ["globex.example"]
@@ -467,9 +469,8 @@ async def test_system_sender_needs_a_verified_key_and_signs_the_signin_mail(
         acme = session.get_one(Tenant, world.acme_id)
         directory.add_customer_domain(session, acme, "acme.net")
         directory.add_staff(session, acme, "office", ["office@acme.net"])
-        key = keys.create_key(
-            session, acme, "acme.net", world.settings.relay.dkim_key_dir, selector="sys"
-        )
+        box = SecretBox.from_file(world.settings.secrets.key_file)
+        key = keys.create_key(session, acme, "acme.net", box, selector="sys")
         record = (keys.record_name(key.selector, key.domain), key.public_record)
     args = ("tenant", "set", "acme", "--system-sender")
 

@@ -1,9 +1,8 @@
-"""DKIM keys: generated, stored as private files, and checked against the live record."""
+"""DKIM keys: generated, the private half sealed in the database, checked against the record."""
 
 from __future__ import annotations
 
 import base64
-import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,11 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.cli.demo import DemoAddresses
+from mailledger.config import Settings
 from mailledger.dnsauth.resolver import Resolver
 from mailledger.domains import keys
 from mailledger.domains.keys import DkimKeyError
 from mailledger.store.directory import add_tenant, find_tenant
 from mailledger.store.models import DkimKey
+from mailledger.store.secretbox import SecretBox, ensure_key_file
 from mailledger.testing.dnsserver import DNSServer
 
 MESSAGE = (
@@ -28,17 +29,17 @@ MESSAGE = (
 
 
 @pytest.fixture
-def key_dir(tmp_path: Path) -> Path:
-    return tmp_path / "keys" / "dkim"
+def box(settings: Settings) -> SecretBox:
+    return SecretBox.from_file(settings.secrets.key_file)
 
 
 def _create(
-    sessions: sessionmaker[Session], key_dir: Path, selector: str | None = "s1", **kw: str
+    sessions: sessionmaker[Session], box: SecretBox, selector: str | None = "s1", **kw: str
 ) -> DkimKey:
     with sessions.begin() as session:
         tenant = find_tenant(session, "acme")
         domain = kw.pop("domain", "acme.example")
-        key = keys.create_key(session, tenant, domain, key_dir, selector=selector, **kw)  # type: ignore[arg-type]
+        key = keys.create_key(session, tenant, domain, box, selector=selector, **kw)  # type: ignore[arg-type]
         session.expunge(key)
     return key
 
@@ -51,34 +52,41 @@ def _publish(server: DNSServer, key: DkimKey, text: str | list[str] | None = Non
 
 @pytest.mark.usefixtures("demo")
 @pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
-def test_key_files_are_private_and_sign_what_the_record_verifies(
+def test_keys_are_sealed_in_the_database_and_sign_what_the_record_verifies(
+    *,
     sessions: sessionmaker[Session],
-    key_dir: Path,
+    box: SecretBox,
+    settings: Settings,
     dns_server: DNSServer,
     resolver: Resolver,
     algorithm: str,
 ) -> None:
-    """The stored private key signs with dkimpy; the printed record verifies it through DNS."""
-    key = _create(sessions, key_dir, algorithm=algorithm)
-    path = Path(key.private_key_path)
-    assert path.parent == key_dir.resolve()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(key_dir.stat().st_mode) == 0o700
-    assert [p.name for p in key_dir.iterdir()] == [path.name]  # no temporary file left behind
+    """The sealed private key signs with dkimpy; the printed record verifies it through DNS.
+
+    Nothing is written to disk: the row alone, opened with the secrets key, signs.
+    """
+    key = _create(sessions, box, algorithm=algorithm)
+    assert key.private_key is not None and key.private_key.startswith("fernet:")
+    assert key.private_key_path is None
+    assert not Path(settings.relay.dkim_key_dir).exists()
+    private = keys.load_private_key(key, box)
+    assert private.decode() not in key.private_key  # sealed, not merely encoded
     assert key.public_record.startswith(f"v=DKIM1; k={algorithm}; p=")
     assert key.active and key.verified_at is None and key.retired_at is None
+    assert key.activated_at == key.created_at
     if algorithm == "ed25519":
         # RFC 8463 §4.2: p= is the raw 32-byte public key; dkimpy's private form is the raw seed.
         assert len(base64.b64decode(key.public_record.split("p=")[1])) == 32
-        assert len(base64.b64decode(keys.load_private_key(key))) == 32
+        assert len(base64.b64decode(private)) == 32
     else:
-        rsa_key = serialization.load_pem_private_key(keys.load_private_key(key), None)
+        rsa_key = serialization.load_pem_private_key(private, None)
         assert rsa_key.key_size == 2048  # type: ignore[union-attr]
+    assert keys.public_key_b64(algorithm, private) == keys.our_public_key(key)
     signature = dkim.sign(
         MESSAGE,
         key.selector.encode(),
         key.domain.encode(),
-        keys.load_private_key(key),
+        private,
         signature_algorithm=b"rsa-sha256" if algorithm == "rsa" else b"ed25519-sha256",
         include_headers=[b"from", b"to", b"subject"],
     )
@@ -90,59 +98,53 @@ def test_key_files_are_private_and_sign_what_the_record_verifies(
 
 
 def test_the_domain_must_be_a_verified_customer_domain_of_the_tenant(
-    sessions: sessionmaker[Session], demo: DemoAddresses, key_dir: Path
+    sessions: sessionmaker[Session], demo: DemoAddresses, box: SecretBox
 ) -> None:
     """Keys are only made for the tenant's own, verified customer domains."""
     with sessions.begin() as session:
         add_tenant(session, "other", "other.capture.example", ["other.example"])
     with pytest.raises(DkimKeyError, match="not a customer domain of tenant 'acme'"):
-        _create(sessions, key_dir, domain="other.example")
+        _create(sessions, box, domain="other.example")
     with pytest.raises(DkimKeyError, match="not a customer domain"):
-        _create(sessions, key_dir, domain="acme.capture.example")
-    assert not key_dir.exists()
+        _create(sessions, box, domain="acme.capture.example")
+    with sessions() as session:
+        assert session.scalar(select(DkimKey.id)) is None
 
 
 @pytest.mark.parametrize("selector", ["", "-bad", "a_b", "a..b", "x" * 64, "sp ace"])
 def test_bad_selectors_are_refused(
-    sessions: sessionmaker[Session], demo: DemoAddresses, key_dir: Path, selector: str
+    sessions: sessionmaker[Session], demo: DemoAddresses, selector: str
 ) -> None:
-    """A selector must be a sub-domain (RFC 6376 §3.1); it also names the key file."""
+    """A selector must be a sub-domain (RFC 6376 §3.1): it names the DNS record."""
     with pytest.raises(DkimKeyError, match="selector"):
         keys.check_selector(selector)
 
 
 def test_first_key_is_active_later_ones_wait_and_selectors_are_unique(
-    sessions: sessionmaker[Session], demo: DemoAddresses, key_dir: Path
+    sessions: sessionmaker[Session], demo: DemoAddresses, box: SecretBox
 ) -> None:
     """A domain's first key is active; the next is not; a used selector is refused."""
-    first = _create(sessions, key_dir, selector=None)
+    first = _create(sessions, box, selector=None)
     assert first.selector == f"ml{datetime.now(UTC):%Y%m}"
-    second = _create(sessions, key_dir, selector=None)
+    second = _create(sessions, box, selector=None)
     assert second.selector == f"{first.selector}-2"
     assert first.active and not second.active
+    assert second.activated_at is None
     with pytest.raises(DkimKeyError, match="already has a key"):
-        _create(sessions, key_dir, selector=first.selector.upper())
+        _create(sessions, box, selector=first.selector.upper())
     with sessions() as session:
         assert session.scalar(select(DkimKey.id).where(DkimKey.selector == "S1")) is None
-
-
-def test_existing_key_file_is_never_overwritten(tmp_path: Path) -> None:
-    """Writing a key refuses to replace a file of the same name."""
-    path = keys.write_private_key(tmp_path / "k", "a.key", b"one")
-    with pytest.raises(DkimKeyError, match="refusing to overwrite"):
-        keys.write_private_key(tmp_path / "k", "a.key", b"two")
-    assert path.read_bytes() == b"one"
 
 
 def test_verify_reports_missing_wrong_split_and_timeout(
     sessions: sessionmaker[Session],
     demo: DemoAddresses,
-    key_dir: Path,
+    box: SecretBox,
     dns_server: DNSServer,
     resolver: Resolver,
 ) -> None:
     """Each way a record can be wrong gets its own reason and the record that fixes it."""
-    key = _create(sessions, key_dir)
+    key = _create(sessions, box)
     name = keys.record_name(key.selector, key.domain)
 
     def check() -> keys.KeyCheck:
@@ -192,13 +194,13 @@ def test_verify_reports_missing_wrong_split_and_timeout(
 def test_rsa_key_published_as_pkcs1_still_matches(
     sessions: sessionmaker[Session],
     demo: DemoAddresses,
-    key_dir: Path,
+    box: SecretBox,
     dns_server: DNSServer,
     resolver: Resolver,
 ) -> None:
     """Some tools publish RSAPublicKey instead of SubjectPublicKeyInfo; the key is the same."""
-    key = _create(sessions, key_dir)
-    private = serialization.load_pem_private_key(keys.load_private_key(key), None)
+    key = _create(sessions, box)
+    private = serialization.load_pem_private_key(keys.load_private_key(key, box), None)
     pkcs1 = private.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.PKCS1
     )
@@ -209,12 +211,12 @@ def test_rsa_key_published_as_pkcs1_still_matches(
 async def test_async_twin_gives_the_same_answer(
     sessions: sessionmaker[Session],
     demo: DemoAddresses,
-    key_dir: Path,
+    box: SecretBox,
     dns_server: DNSServer,
     resolver: Resolver,
 ) -> None:
     """verify_key_published_async looks up on the event loop and judges alike."""
-    key = _create(sessions, key_dir, algorithm="ed25519")
+    key = _create(sessions, box, algorithm="ed25519")
     assert (await keys.verify_key_published_async(resolver, key)).status == "missing"
     _publish(dns_server, key)
     resolver.clear_cache()
@@ -224,20 +226,20 @@ async def test_async_twin_gives_the_same_answer(
 def test_record_check_and_rotation(
     sessions: sessionmaker[Session],
     demo: DemoAddresses,
-    key_dir: Path,
+    box: SecretBox,
     dns_server: DNSServer,
     resolver: Resolver,
 ) -> None:
     """verified_at follows the check; signing moves to a new key only once it is verified."""
     with sessions.begin() as session:
         tenant = find_tenant(session, "acme")
-        old = keys.create_key(session, tenant, "acme.example", key_dir, selector="old")
+        old = keys.create_key(session, tenant, "acme.example", box, selector="old")
         assert keys.signing_key(session, "acme.example") is None  # not verified yet
         _publish(dns_server, old)
         keys.record_check(old, keys.verify_key_published(resolver, old))
         assert keys.signing_key(session, "acme.example") is old
 
-        new = keys.create_key(session, tenant, "acme.example", key_dir, selector="new")
+        new = keys.create_key(session, tenant, "acme.example", box, selector="new")
         keys.record_check(new, keys.verify_key_published(resolver, new))
         assert new.verified_at is None
         assert keys.settle_active(session, tenant, "acme.example") is old
@@ -249,6 +251,7 @@ def test_record_check_and_rotation(
         keys.record_check(new, keys.verify_key_published(resolver, new))
         assert keys.settle_active(session, tenant, "acme.example") is new
         assert not old.active and old.verified_at is not None  # still verifies old signatures
+        assert new.activated_at is not None and new.activated_at >= new.created_at
         keys.retire_key(session, tenant, "acme.example", "old")
         assert old.retired_at is not None
         assert keys.domain_keys(session, tenant, "acme.example") == [new]
@@ -265,11 +268,25 @@ def test_record_check_and_rotation(
         assert keys.signing_key(session, "acme.example") is None
 
 
-def test_unreadable_private_key_is_a_clear_error(
-    sessions: sessionmaker[Session], demo: DemoAddresses, key_dir: Path, resolver: Resolver
+def test_a_key_sealed_under_another_secrets_key_is_a_clear_error(
+    sessions: sessionmaker[Session], demo: DemoAddresses, box: SecretBox, tmp_path: Path
 ) -> None:
-    """A key file that went missing is named, not a traceback from deep inside."""
-    key = _create(sessions, key_dir)
-    Path(key.private_key_path).unlink()
-    with pytest.raises(DkimKeyError, match=r"cannot read the private key of s1\._domainkey"):
+    """A node with the wrong [secrets] key_file is told so, not given a traceback."""
+    key = _create(sessions, box)
+    other = tmp_path / "other.key"
+    ensure_key_file(other)
+    with pytest.raises(DkimKeyError, match=r"cannot open the private key of s1\._domainkey"):
+        keys.load_private_key(key, SecretBox.from_file(other))
+
+
+def test_a_key_still_in_a_file_is_named_with_the_fix(
+    sessions: sessionmaker[Session], demo: DemoAddresses, box: SecretBox, resolver: Resolver
+) -> None:
+    """A key made before keys moved into the database says to run `dkim import`."""
+    key = _create(sessions, box)
+    key.private_key, key.private_key_path = None, "/var/lib/mailledger/dkim/s1.key"
+    expected = r"s1\._domainkey\.acme\.example is still a file \(/var/lib/mailledger/dkim/s1\.key\)"
+    with pytest.raises(DkimKeyError, match=expected + r": run `mailledger dkim import`"):
+        keys.load_private_key(key, box)
+    with pytest.raises(DkimKeyError, match=expected):
         keys.verify_key_published(resolver, key)

@@ -22,6 +22,7 @@ from mailledger.domains import keys
 from mailledger.domains.check import RecordCheck, all_ok, check_tenant
 from mailledger.store.directory import find_tenant
 from mailledger.store.models import DkimKey
+from mailledger.store.secretbox import SecretBox
 from mailledger.testing.dnsserver import DNSServer
 
 RELAY = "192.0.2.10"
@@ -57,7 +58,8 @@ def key(sessions: sessionmaker[Session], demo: DemoAddresses, live: Settings) ->
     """acme.example's RSA key, selector s1."""
     with sessions.begin() as session:
         tenant = find_tenant(session, "acme")
-        made = keys.create_key(session, tenant, DOMAIN, live.relay.dkim_key_dir, selector="s1")
+        box = SecretBox.from_file(live.secrets.key_file)
+        made = keys.create_key(session, tenant, DOMAIN, box, selector="s1")
         session.expunge(made)
     return made
 
@@ -418,6 +420,8 @@ nameservers = {live.dns.nameservers!r}
 timeout_seconds = 0.3
 [relay]
 dkim_key_dir = "{live.relay.dkim_key_dir}"
+[secrets]
+key_file = "{live.secrets.key_file}"
 [service]
 hostname = "mx.capture.example"
 spf_include_domain = "{INCLUDE}"
@@ -489,6 +493,8 @@ def test_keygen_rotate_list_retire_commands(
     rows = {row["selector"]: row for row in json.loads(text)}
     assert rows["one"]["active"] and not rows["two"]["active"]
     assert rows["one"]["verified_at"] is None
+    assert {row["private_key"] for row in rows.values()} == {"database"}
+    assert "PRIVATE KEY" not in text
 
     dns_server.add(INCLUDE, "TXT", f"v=spf1 ip4:{RELAY} -all")
     dns_server.add(DOMAIN, "TXT", f"v=spf1 include:{INCLUDE} ~all")

@@ -29,6 +29,7 @@ from mailledger.store.blobs import BlobStore
 from mailledger.store.directory import find_tenant
 from mailledger.store.dnschecks import CheckedBy, last_checks, record_check
 from mailledger.store.models import CustomerDomain, DnsCheck, Staff
+from mailledger.store.secretbox import SecretBox
 from mailledger.testing.api import bearer, make_token
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.webpages import CHROMIUM, Browser, RunningPages
@@ -175,7 +176,8 @@ def test_a_dns_failure_is_kept_as_unanswered_not_wrong(
     """With a name server that never answers, every verdict is kept as a failed lookup
     (status error, lookup_failed), and the domain's outcome is "unanswered", never "wrong"."""
     with sessions.begin() as session:  # a key, so DKIM is looked up too (not "no key yet")
-        keys.create_key(session, find_tenant(session, "acme"), DOMAIN, settings.relay.dkim_key_dir)
+        box = SecretBox.from_file(settings.secrets.key_file)
+        keys.create_key(session, find_tenant(session, "acme"), DOMAIN, box)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         dead = _site(settings, f"127.0.0.1:{silent.getsockname()[1]}", tmp_path)

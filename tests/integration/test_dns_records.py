@@ -18,6 +18,7 @@ from mailledger.domains.records import relay_mechanisms, service_spf, tenant_rec
 from mailledger.domains.spfrecord import SpfSyntaxError, combined_record, merged_record, parse_terms
 from mailledger.domains.zonetext import character_strings, txt_value, zone_line
 from mailledger.store.directory import find_tenant
+from mailledger.store.secretbox import SecretBox
 from mailledger.testing.dnsserver import DNSServer
 
 INCLUDE = "_spf.capture.example"
@@ -111,7 +112,8 @@ def test_tenant_records_merge_the_live_spf_record(
     dns_server.add("acme.example", "TXT", "v=spf1 mx -all")
     with sessions.begin() as session:
         tenant = find_tenant(session, "acme")
-        key = keys.create_key(session, tenant, "acme.example", live.relay.dkim_key_dir)
+        box = SecretBox.from_file(live.secrets.key_file)
+        key = keys.create_key(session, tenant, "acme.example", box)
         records = tenant_records(session, tenant, live, Resolver(live.dns))
     by_kind = {r.kind: r for r in records}
     assert [r.kind for r in records] == ["spf", "dkim", "dmarc", "mx"]
@@ -142,6 +144,7 @@ def test_records_command_formats(
         f'[database]\nurl = "{live.database.url}"\n'
         f'[dns]\nnameservers = ["{dns_server.address}"]\ntimeout_seconds = 0.3\n'
         f'[relay]\ndkim_key_dir = "{tmp_path / "dkim"}"\n'
+        f'[secrets]\nkey_file = "{live.secrets.key_file}"\n'
         '[service]\nrelay_addresses = ["192.0.2.10"]\n',
         encoding="utf-8",
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dkim
 import pytest
 from sqlalchemy import select
@@ -17,17 +15,19 @@ from mailledger.relay.held import RELEASED_UNSIGNED, release_held
 from mailledger.store import directory, outbox
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import DkimKey, OutboundKind, OutboundMessage, OutboundState
+from mailledger.store.secretbox import SecretBox
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.mail import make_email
 
 pytestmark = pytest.mark.postgres
 
 
-def _hold(sessions: sessionmaker[Session], blobs: BlobStore, tmp_path: Path) -> tuple[str, str]:
+def _hold(sessions: sessionmaker[Session], blobs: BlobStore, settings: Settings) -> tuple[str, str]:
     """A key for acme.example and one held message from Richard; (queue id, TXT name)."""
     with sessions.begin() as session:
         tenant = directory.find_tenant(session, "acme")
-        key = create_key(session, tenant, "acme.example", tmp_path / "dkim")
+        box = SecretBox.from_file(settings.secrets.key_file)
+        key = create_key(session, tenant, "acme.example", box)
         raw = make_email(sender="richard@acme.example", to="carol@client.example")
         rows = outbox.enqueue(
             session,
@@ -51,10 +51,9 @@ async def test_held_mail_is_signed_and_queued_once_the_key_is_published(
     demo: DemoAddresses,
     dns_server: DNSServer,
     resolver: Resolver,
-    tmp_path: Path,
 ) -> None:
     """Before the record is published the mail stays held; after, it is signed and queued."""
-    queue_id, name = _hold(sessions, blobs, tmp_path)
+    queue_id, name = _hold(sessions, blobs, settings)
     [first] = await release_held(sessions, blobs, resolver, settings)
     assert not first.released
     assert "not verified" in first.signing
@@ -81,10 +80,9 @@ async def test_operator_can_release_held_mail_unsigned(
     settings: Settings,
     demo: DemoAddresses,
     resolver: Resolver,
-    tmp_path: Path,
 ) -> None:
     """`queue release --unsigned` sends it without a signature, and says so on the row."""
-    queue_id, _ = _hold(sessions, blobs, tmp_path)
+    queue_id, _ = _hold(sessions, blobs, settings)
     [result] = await release_held(
         sessions, blobs, resolver, settings, ident=queue_id, unsigned=True
     )

@@ -48,6 +48,7 @@ from mailledger.store.models import (
     Staff,
     Tenant,
 )
+from mailledger.store.secretbox import SecretBox
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.forwarding import dkim_sign, gmail_forward, make_key
 from mailledger.testing.mail import make_email
@@ -135,7 +136,8 @@ def relay_settings(
                     "poll_interval_seconds": 0.05,
                     "retry_schedule_seconds": [0.2],
                     "connect_timeout_seconds": 2.0,
-                    "dkim_key_dir": str(tmp_path / "dkim"),
+                    # Keys live in the database, sealed: this node has no key directory.
+                    "dkim_key_dir": str(tmp_path / "no-key-directory"),
                     **relay,
                 }
             ),
@@ -157,9 +159,8 @@ def seed_world(sessions: sessionmaker[Session], settings: Settings, dns: DNSServ
             tenant = session.scalars(select(Tenant).where(Tenant.capture_domain == domain)).one()
             staff = directory.find_staff(session, tenant, user)
             staff.password_hash = hash_password(password)
-        key = keys.create_key(
-            session, acme, "acme.example", settings.relay.dkim_key_dir, selector="s1"
-        )
+        box = SecretBox.from_file(settings.secrets.key_file)
+        key = keys.create_key(session, acme, "acme.example", box, selector="s1")
         dns.add(keys.record_name(key.selector, key.domain), "TXT", key.public_record)
 
 
@@ -245,7 +246,10 @@ async def send(world: World, login: str, mail_from: str, data: bytes, **kw: Any)
 
 
 async def test_submitted_mail_is_signed_delivered_and_recorded(world: World) -> None:
-    """STARTTLS + AUTH PLAIN: DKIM-signed at the MX, log@ not relayed, one outbound activity."""
+    """STARTTLS + AUTH PLAIN: DKIM-signed at the MX, log@ not relayed, one outbound activity.
+
+    The node has no key directory: it signs with the key sealed in the database.
+    """
     raw = email_from("Richard Smith <richard@acme.example>", subject="Your quote")
     result = await send(
         world,
@@ -269,6 +273,7 @@ async def test_submitted_mail_is_signed_delivered_and_recorded(world: World) -> 
     assert b"h=from:from:" in header.replace(b"\r\n\t", b"").replace(b" ", b"")
     resolver = Resolver(world.settings.dns)
     assert dkim.verify(data, dnsfunc=resolver.dkim_dnsfunc)
+    assert not await asyncio.to_thread(Path(world.settings.relay.dkim_key_dir).exists)
 
     def activity() -> Activity | None:
         with world.sessions() as session:

@@ -1,7 +1,8 @@
-"""``mailledger dkim keygen | rotate | retire | list``: the DKIM keys of customer domains.
+"""``mailledger dkim keygen | rotate | retire | list | import``: the DKIM keys of customer domains.
 
 A new key signs only once ``mailledger dns check`` sees its record published: mail signed with
-a key nobody can look up fails DKIM everywhere.
+a key nobody can look up fails DKIM everywhere. Private keys are kept in the database, sealed
+with ``[secrets] key_file``; no command prints one (only the public records to publish).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from mailledger.cli.kit import (
     EXIT_OK,
+    EXIT_REFUSED,
     CommandError,
     command,
     emit,
     group,
     json_flag,
     out,
+    secret_box,
     session_scope,
+    sessions_scope,
 )
 
 if TYPE_CHECKING:
@@ -43,6 +47,9 @@ def _key_dict(key: DkimKey) -> dict[str, Any]:
         "algorithm": key.algorithm,
         "name": record_name(key.selector, key.domain),
         "active": key.active,
+        # Where the private key is: "database" (sealed), or "file" until `dkim import`.
+        "private_key": "database" if key.private_key is not None else "file",
+        "activated_at": when(key.activated_at),
         "verified_at": when(key.verified_at),
         "retired_at": when(key.retired_at),
         "created_at": when(key.created_at),
@@ -62,7 +69,7 @@ def _new_key(
             session,
             tenant,
             args.domain,
-            settings.relay.dkim_key_dir,
+            secret_box(settings),
             selector=args.selector,
             algorithm=args.algorithm,
         )
@@ -148,8 +155,41 @@ def cmd_dkim_list(args: argparse.Namespace, settings: Settings) -> int:
     with session_scope(settings) as session:
         tenant = find_tenant(session, args.tenant)
         rows = [_key_dict(k) for k in domain_keys(session, tenant, include_retired=True)]
-    columns = ["domain", "selector", "algorithm", "active", "verified_at", "retired_at"]
+    columns = [
+        "domain",
+        "selector",
+        "algorithm",
+        "active",
+        "private_key",
+        "created_at",
+        "activated_at",
+        "verified_at",
+        "retired_at",
+    ]
     emit(rows, columns, as_json=args.json, empty=f"tenant {tenant.name} has no DKIM keys")
+    return EXIT_OK
+
+
+def import_key_files(settings: Settings) -> bool:
+    """Move every key that is still a file into the database; True when none is left behind.
+
+    ``dkim import`` and ``db upgrade`` both call it. Each line names the key and its file,
+    never its contents.
+    """
+    from mailledger.domains.keyimport import import_key_files as move_files
+
+    with sessions_scope(settings) as sessions:
+        results = move_files(sessions, secret_box(settings), settings.relay.dkim_key_dir)
+    for result in results:
+        out(f"{result.name}: {result.reason}")
+    return all(result.imported for result in results)
+
+
+def cmd_dkim_import(_args: argparse.Namespace, settings: Settings) -> int:
+    """Seal key files made before keys lived in the database into it; the files stay."""
+    if not import_key_files(settings):
+        return EXIT_REFUSED
+    out("every DKIM private key is in the database")
     return EXIT_OK
 
 
@@ -171,3 +211,4 @@ def register(commands: Any) -> None:
     sub.add_argument("selector", metavar="SELECTOR")
     sub = json_flag(command(dkim_group, "list", cmd_dkim_list, "the tenant's DKIM keys"))
     sub.add_argument("tenant", metavar="TENANT")
+    command(dkim_group, "import", cmd_dkim_import, "move key files into the database, sealed")

@@ -1,22 +1,21 @@
-"""DKIM keys of tenants: generated here, private halves in files, public halves checked in DNS.
+"""DKIM keys of tenants: generated here, private halves sealed in the database, public halves
+checked in DNS.
 
 The relay signs as a customer's domain only with a key whose record the live check saw
 published and matching (STYLE: Postal's ``dkim_header.rb``), so this module both makes keys
-and answers "is this key published?" (:func:`verify_key_published`). Private keys never enter
-the database: they are files of mode 0600 in ``[relay] dkim_key_dir`` (mode 0700), written to
-a temporary name, fsynced and renamed, so a crash leaves either no key or a whole one.
+and answers "is this key published?" (:func:`verify_key_published`). The private key is kept
+in its ``dkim_keys`` row, sealed with ``[secrets] key_file`` (``store.dkimkeys``), in the same
+transaction as its public record: every node signs with it, and no node needs a key file.
+Keys made before that were files; ``domains.keyimport`` moves them in.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Final, Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -27,7 +26,9 @@ from sqlalchemy.orm import Session
 
 from mailledger.dnsauth.resolver import DNSResult, Resolver
 from mailledger.domains.zonetext import zone_line
+from mailledger.store.dkimkeys import PrivateKeyNotStoredError, open_private_key, seal_private_key
 from mailledger.store.models import CustomerDomain, DkimKey, Tenant, utcnow
+from mailledger.store.secretbox import SecretBox, SecretError
 
 Algorithm = Literal["rsa", "ed25519"]
 ALGORITHMS: Final[tuple[Algorithm, ...]] = ("rsa", "ed25519")
@@ -51,7 +52,7 @@ class DkimKeyError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class KeyMaterial:
-    """A fresh key pair: the private key file's bytes and the public key for ``p=``."""
+    """A fresh key pair: the private key's bytes and the public key for ``p=``."""
 
     algorithm: Algorithm
     private_bytes: bytes = field(repr=False)
@@ -86,12 +87,12 @@ def generate_key_material(algorithm: Algorithm = "rsa") -> KeyMaterial:
 
 
 def public_key_b64(algorithm: str, private_bytes: bytes) -> str:
-    """The ``p=`` value belonging to a private key file's contents."""
+    """The ``p=`` value belonging to a private key (PEM, or a base64 Ed25519 seed)."""
     try:
         if algorithm == "rsa":
             key = serialization.load_pem_private_key(private_bytes, password=None)
             if not isinstance(key, rsa.RSAPrivateKey):
-                raise DkimKeyError("the key file does not hold an RSA key")
+                raise DkimKeyError("the private key is not an RSA key")
             der = key.public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
@@ -139,34 +140,6 @@ def _default_selector(session: Session, domain: str, now: datetime) -> str:
     return f"{base}-{suffix}"
 
 
-def write_private_key(key_dir: str | Path, filename: str, data: bytes) -> Path:
-    """Write a private key file (0600) in a 0700 directory: temp name, fsync, rename."""
-    directory = Path(key_dir).resolve()
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory.chmod(0o700)  # mkdir leaves an existing directory's mode alone
-    final = directory / filename
-    if final.exists():
-        raise DkimKeyError(f"{final} already exists; refusing to overwrite a key")
-    temp = directory / f".{filename}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temp.rename(final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    # The rename is durable only once the directory entry is (POSIX fsync on the directory).
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return final
-
-
 def customer_domain(session: Session, tenant: Tenant, domain: str) -> CustomerDomain:
     """The tenant's verified customer domain, or :class:`DkimKeyError` saying why not."""
     name = domain.strip().lower().rstrip(".")
@@ -187,12 +160,12 @@ def create_key(
     session: Session,
     tenant: Tenant,
     domain: str,
-    key_dir: str | Path,
+    box: SecretBox,
     *,
     selector: str | None = None,
     algorithm: Algorithm = "rsa",
 ) -> DkimKey:
-    """Generate a key for one of the tenant's domains and record it.
+    """Generate a key for one of the tenant's domains and record it, the private half sealed.
 
     The domain's first key is ``active`` (signing still waits for ``verified_at``); later keys
     are rotations, made active by :func:`settle_active` once the check sees them published.
@@ -214,44 +187,64 @@ def create_key(
         is None
     )
     material = generate_key_material(algorithm)
-    path = write_private_key(
-        key_dir, f"{record_name(chosen, name)}.{algorithm}.key", material.private_bytes
+    key = DkimKey(
+        tenant_id=tenant.id,
+        domain=name,
+        selector=chosen,
+        algorithm=algorithm,
+        public_record=key_record(algorithm, material.public_b64),
+        active=first,
+        activated_at=now if first else None,
+        created_at=now,
     )
-    try:
-        key = DkimKey(
-            tenant_id=tenant.id,
-            domain=name,
-            selector=chosen,
-            algorithm=algorithm,
-            private_key_path=str(path),
-            public_record=key_record(algorithm, material.public_b64),
-            active=first,
-            created_at=now,
-        )
-        session.add(key)
-        session.flush()
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    # One row holds both halves, committed together: no crash leaves one without the other.
+    seal_private_key(key, box, material.private_bytes)
+    session.add(key)
+    session.flush()
     return key
 
 
 # --- reading keys -----------------------------------------------------------------------------
 
 
-def load_private_key(key: DkimKey) -> bytes:
+def not_imported_reason(key: DkimKey) -> str:
+    """Why a key made before keys moved into the database cannot sign yet, and the fix."""
+    where = f" ({key.private_key_path})" if key.private_key_path else ""
+    return (
+        f"the private key of {record_name(key.selector, key.domain)} is still a file{where}: "
+        "run `mailledger dkim import` on the node that holds it"
+    )
+
+
+def load_private_key(key: DkimKey, box: SecretBox) -> bytes:
     """The private key in the form ``dkim.sign(privkey=…)`` takes (PEM, or base64 Ed25519)."""
     try:
-        return Path(key.private_key_path).read_bytes()
-    except OSError as exc:
+        return open_private_key(key, box)
+    except PrivateKeyNotStoredError:
+        raise DkimKeyError(not_imported_reason(key)) from None
+    except SecretError as exc:
         raise DkimKeyError(
-            f"cannot read the private key of {record_name(key.selector, key.domain)}: {exc}"
-        ) from exc
+            f"cannot open the private key of {record_name(key.selector, key.domain)}: {exc}"
+        ) from None
 
 
 def our_public_key(key: DkimKey) -> str:
-    """The ``p=`` value derived from the private key file (not from the stored record)."""
-    return public_key_b64(key.algorithm, load_private_key(key))
+    """The ``p=`` value of the key's record, the public half kept beside the sealed private one.
+
+    Both halves are written in one row when a key is made (an imported file is checked
+    against the record first), so the record is our key; comparing DNS with it needs no
+    secrets key, and ``mailledger dns check`` runs on any node. A key whose private half is
+    not in the database yet is an error here: its record may be published, but nothing can
+    sign with it.
+    """
+    if key.private_key is None:
+        raise DkimKeyError(not_imported_reason(key))
+    try:
+        return re.sub(r"\s+", "", parse_tags(key.public_record)["p"])
+    except (ValueError, KeyError):
+        raise DkimKeyError(
+            f"the stored record of {record_name(key.selector, key.domain)} has no p= key"
+        ) from None
 
 
 def domain_keys(
@@ -441,7 +434,7 @@ def judge_key_record(key: DkimKey, ours_b64: str, result: DNSResult) -> KeyCheck
 
 
 def verify_key_published(resolver: Resolver, key: DkimKey) -> KeyCheck:
-    """Look up the key's record and compare its ``p=`` with our private key. Blocking.
+    """Look up the key's record and compare its ``p=`` with our key. Blocking.
 
     The relay's signer calls this and, on ``check.matches``, calls :func:`record_check`
     (which sets ``verified_at``); it never sets ``verified_at`` any other way.
@@ -452,7 +445,7 @@ def verify_key_published(resolver: Resolver, key: DkimKey) -> KeyCheck:
 
 
 async def verify_key_published_async(resolver: Resolver, key: DkimKey) -> KeyCheck:
-    """:func:`verify_key_published` on the event loop (the key file is small; read inline)."""
+    """:func:`verify_key_published` on the event loop (the key is already loaded)."""
     ours = our_public_key(key)
     return judge_key_record(key, ours, await resolver.txt(record_name(key.selector, key.domain)))
 
@@ -481,6 +474,8 @@ def settle_active(session: Session, tenant: Tenant, domain: str) -> DkimKey | No
         return next((k for k in keys if k.active), None)
     newest = verified[-1]
     for key in keys:
+        if key is newest and not key.active:
+            key.activated_at = utcnow()
         key.active = key is newest
     session.flush()
     return newest

@@ -5,14 +5,19 @@ A signature with a key receivers cannot find fails DKIM, which is worse than non
 only once the live check saw its record published and matching (STYLE: Postal's
 ``dkim_header.rb``); until then the configured policy applies (``[relay] unsigned_policy``:
 hold the message, or send it unsigned) and what happened is recorded on the outbound rows.
-The check itself is ``dns.keys.verify_key_published_async``, shared with ``mailledger dns
+The check itself is ``domains.keys.verify_key_published_async``, shared with ``mailledger dns
 check``, so the relay and the operator see the same verdict.
+
+The private key comes from the database, sealed (``store.dkimkeys``), and is opened with
+``[secrets] key_file`` for each message: every node signs with the same key, no node needs a
+key file, and a secrets key changed on disk (a new line on top) is used without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 import dkim
 from sqlalchemy import select
@@ -31,6 +36,7 @@ from mailledger.domains.keys import (
 from mailledger.logs import get_logger
 from mailledger.store.engine import reading
 from mailledger.store.models import DkimKey
+from mailledger.store.secretbox import SecretBox, SecretError
 
 log = get_logger(__name__)
 
@@ -104,6 +110,11 @@ def dkim_signature(raw: bytes, key: DkimKey, private: bytes) -> bytes:
     return bytes(header)
 
 
+def _signature(raw: bytes, key: DkimKey, key_file: str | Path) -> bytes:
+    # One worker-thread hop for opening and signing: both are CPU work off the event loop.
+    return dkim_signature(raw, key, _private_key(key, key_file))
+
+
 def _unsigned(raw: bytes, why: str, relay: RelaySettings) -> SigningOutcome:
     if relay.unsigned_policy == "hold":
         return SigningOutcome(raw, f"held: {why}", held=True)
@@ -116,6 +127,15 @@ def _load(sessions: sessionmaker[Session], tenant_id: int, domain: str) -> DkimK
         if key is not None:
             session.expunge(key)
         return key
+
+
+def _private_key(key: DkimKey, key_file: str | Path) -> bytes:
+    """The key's private half, opened with the box of ``key_file``."""
+    try:
+        box = SecretBox.from_file(key_file)
+    except SecretError as exc:
+        raise DkimKeyError(str(exc)) from None
+    return load_private_key(key, box)
 
 
 def _mark_verified(sessions: sessionmaker[Session], key_id: int, check: KeyCheck) -> None:
@@ -133,8 +153,12 @@ async def sign_outgoing(
     raw: bytes,
     tenant_id: int,
     from_domain: str,
+    key_file: str | Path,
 ) -> SigningOutcome:
-    """Sign ``raw`` with the tenant's key for ``from_domain``, or apply the unsigned policy."""
+    """Sign ``raw`` with the tenant's key for ``from_domain``, or apply the unsigned policy.
+
+    ``key_file`` is ``[secrets] key_file``, which opens the sealed private key.
+    """
     key = await asyncio.to_thread(_load, sessions, tenant_id, from_domain)
     if key is None:
         return _unsigned(raw, f"no DKIM key for {from_domain}", relay)
@@ -147,8 +171,7 @@ async def sign_outgoing(
                 return _unsigned(raw, f"DKIM key {name} not verified: {check.reason}", relay)
             await asyncio.to_thread(_mark_verified, sessions, key.id, check)
             log.info("DKIM key verified", key=name)
-        private = await asyncio.to_thread(load_private_key, key)
-        signature = await asyncio.to_thread(dkim_signature, raw, key, private)
+        signature = await asyncio.to_thread(_signature, raw, key, key_file)
     except (DkimKeyError, dkim.DKIMException) as exc:
         log.warning("DKIM signing failed", key=name, error=str(exc))
         return _unsigned(raw, f"DKIM signing with {name} failed: {exc}", relay)

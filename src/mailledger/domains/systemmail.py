@@ -99,6 +99,7 @@ async def queue_system_mail(
             raw=system_message(sender, address, subject, body),
             tenant_id=tenant_id,
             from_domain=chosen.domain,
+            key_file=settings.secrets.key_file,
         )
         ready.append((staff_id, address, outcome))
 

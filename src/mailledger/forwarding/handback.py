@@ -255,7 +255,13 @@ async def send_challenge(
     # A challenge is never held for want of a key: whether it arrives is what we want to see.
     relay = settings.relay.model_copy(update={"unsigned_policy": "send"})
     outcome = await sign_outgoing(
-        sessions, resolver, relay, raw=raw, tenant_id=tenant_id, from_domain=domain
+        sessions,
+        resolver,
+        relay,
+        raw=raw,
+        tenant_id=tenant_id,
+        from_domain=domain,
+        key_file=settings.secrets.key_file,
     )
     with sessions.begin() as session:
         enqueue(

@@ -111,7 +111,13 @@ async def release_held(
         if item.tenant_id is None or domain is None:
             continue  # nothing to sign with: only an operator's unsigned release sends it
         outcome = await sign_outgoing(
-            sessions, resolver, relay, raw=raw, tenant_id=item.tenant_id, from_domain=domain
+            sessions,
+            resolver,
+            relay,
+            raw=raw,
+            tenant_id=item.tenant_id,
+            from_domain=domain,
+            key_file=settings.secrets.key_file,
         )
         signed_blob = item.blob
         if not outcome.held:

@@ -198,6 +198,7 @@ class StaffSender:
                 raw=prepared,
                 tenant_id=login.tenant_id,
                 from_domain=sender.domain,
+                key_file=self._settings.secrets.key_file,
             )
         else:
             outcome = SigningOutcome(prepared, "not relayed: only the log@ copy")

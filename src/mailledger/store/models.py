@@ -574,7 +574,11 @@ class OutboundMessage(Base):
 
 
 class DkimKey(Base):
-    """A tenant's DKIM key for one customer domain and selector; the private key is a file."""
+    """A tenant's DKIM key for one customer domain and selector, the private half sealed.
+
+    The private key lives here, sealed with ``[secrets] key_file`` (``store.dkimkeys``), so
+    every node signs with the same key and none needs a key file or a shared disk.
+    """
 
     __tablename__ = "dkim_keys"
     __table_args__ = (UniqueConstraint("domain", "selector"),)
@@ -584,13 +588,21 @@ class DkimKey(Base):
     domain: Mapped[str] = mapped_column(String(255))
     selector: Mapped[str] = mapped_column(String(63))
     algorithm: Mapped[str] = mapped_column(String(16))  # rsa, ed25519
-    private_key_path: Mapped[str] = mapped_column(Text)
+    # The private key (PEM, or dkimpy's base64 Ed25519 seed), sealed (store.secretbox). None
+    # only for a key made before migration 0018 whose file `dkim import` has not read yet.
+    private_key: Mapped[str | None] = mapped_column(Text, default=None)
+    # The file a key made before 0018 was kept in (read once by `dkim import`, then it can be
+    # deleted); None for every key made since.
+    private_key_path: Mapped[str | None] = mapped_column(Text, default=None)
     # The TXT record to publish at <selector>._domainkey.<domain>.
     public_record: Mapped[str] = mapped_column(Text)
     # Set only when the live DNS check saw the record published and matching the key.
     verified_at: Mapped[datetime | None] = mapped_column(default=None)
     # The key signing uses for its domain; rotation switches it once the new one is verified.
     active: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When it became the key signing uses: a domain's first key when made, a later one when
+    # rotation switched to it.
+    activated_at: Mapped[datetime | None] = mapped_column(default=None)
     retired_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -936,6 +948,11 @@ class MailboxAccount(_AccountState, Base):
     # this staff member) already APPENDed to the mailbox's Sent folder; None until the first
     # look, which starts from the newest so history is not appended.
     sent_copied_through: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # --- Mailbox trust (DESIGN §4, §12) ---
+    # `--authserv-id`: the id a plain IMAP account's own server stamps on its
+    # Authentication-Results, the only ones trusted for its mail (verify.messageauth); empty:
+    # none are. Google's and Microsoft 365's are known and not stored here.
+    authserv_id: Mapped[str] = mapped_column(String(255), default="")
 
 
 class MailboxViewer(Base):
