@@ -25,6 +25,7 @@ from mailledger.store.models import (
     TraceEntry,
     utcnow,
 )
+from mailledger.store.precompiled import Cursor
 from mailledger.testing.mail import make_email, store_received
 from mailledger.verify.authenticate import Authenticator
 
@@ -161,22 +162,46 @@ def test_a_message_that_must_wait_is_rolled_back_alone(
     assert ("record", "merged") in _trace(sessions, second)
 
 
+class _RollBackError(Exception):
+    """Raised inside a savepoint to roll it back."""
+
+
 def test_rows_written_inside_a_rolled_back_savepoint_are_written_again(
     sessions: sessionmaker[Session], blobs: BlobStore, demo: DemoAddresses
 ) -> None:
     """An earlier message's rows, written while a later one ran, survive that one's rollback."""
     earlier = store_received(sessions, blobs, make_email(), [RICHARD])
     later = store_received(sessions, blobs, make_email(), [RICHARD])
-    with sessions.begin() as session:
-        rows = PendingRows(session)
+    with sessions.begin() as session, Cursor.of(session) as sql:
+        rows = PendingRows(sql)
         rows.begin()
         rows.add(TRACE, [{"message_id": earlier, "step": "test", "decision": "kept"}])
         rows.begin()
-        savepoint = session.begin_nested()
-        rows.add(TRACE, [{"message_id": later, "step": "test", "decision": "dropped"}])
-        rows.write()  # as a merge does before reading participants
-        savepoint.rollback()
+        with pytest.raises(_RollBackError), sql.savepoint():
+            rows.add(TRACE, [{"message_id": later, "step": "test", "decision": "dropped"}])
+            rows.write()  # as a merge does before reading participants
+            raise _RollBackError
         rows.discard()
         rows.write()
     assert ("test", "kept") in _trace(sessions, earlier)
     assert [t for t in _trace(sessions, later) if t[0] == "test"] == []
+
+
+def test_a_message_past_its_attempts_fails_in_the_batch_and_the_others_are_recorded(
+    sessions: sessionmaker[Session], blobs: BlobStore, worker: Worker, demo: DemoAddresses
+) -> None:
+    """One claimed too often ends failed with its trace line; the batch around it records."""
+    tired = store_received(sessions, blobs, make_email(subject="Tired"), [RICHARD])
+    fresh = store_received(sessions, blobs, make_email(subject="Fresh"), [RICHARD])
+    ids = worker.claim_batch()
+    with sessions.begin() as session:
+        session.get_one(ReceivedMessage, tired).attempts = 1000
+    worker.process_batch(ids)
+    with sessions() as session:
+        failed = session.get_one(ReceivedMessage, tired)
+        assert failed.state is MessageState.FAILED
+        assert failed.reason == "too many processing attempts"
+        assert failed.claimed_by is None
+        assert session.get_one(ReceivedMessage, fresh).state is MessageState.PROCESSED
+        assert session.scalars(select(Activity.subject)).all() == ["Fresh"]
+    assert _trace(sessions, tired)[-1] == ("worker", "failed")

@@ -179,14 +179,14 @@ def test_the_original_senders_verdicts_come_from_the_providers_headers(
     demo: DemoAddresses,
     dovecot: Dovecot,
 ) -> None:
-    """The receiving provider's Authentication-Results are recorded as the original verdict."""
+    """The account's provider's Authentication-Results are recorded as the original verdict."""
     results = (
         b"Authentication-Results: mx.provider.example; spf=pass smtp.mailfrom=client.example;\r\n"
         b" dkim=pass header.d=client.example header.s=s1; dmarc=pass header.from=client.example\r\n"
     )
     raw = results + make_email(subject="Signed")
     dovecot.append(USER, "INBOX", [raw])
-    account_id = add_account(sessions, settings, dovecot, USER)
+    account_id = add_account(sessions, settings, dovecot, USER, authserv_id="mx.provider.example")
     syncer(sessions, blobs, settings, dovecot).run(account_id)
     process_received(sessions, blobs, settings)
     (activity,) = _activities(sessions)

@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.cli.demo import DemoAddresses, seed_demo
 from mailledger.config import Settings
+from mailledger.store.blobs import BlobStore, BlobStoreError
+from mailledger.store.deferredblobs import DeferredBlobs
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.freespace import free_bytes
 from mailledger.store.models import Base, MessageState, ReceivedMessage
@@ -292,3 +294,32 @@ async def test_postgres_stopping_gives_451_and_the_service_recovers(
     assert status(after.data) == "250 2.0.0"
     assert recovered == 200
     assert states == [MessageState.PROCESSED, MessageState.PROCESSED]
+
+
+# --- Blobs a processing batch stores together -----------------------------------------------
+
+
+def test_deferred_blobs_are_stored_at_flush_and_a_full_disk_raises(tmp_path: Path) -> None:
+    """Kept blobs read from memory, reach the disk only at ``flush``, and a flush that hits
+    ENOSPC raises instead of returning, so the worker never commits a row naming them."""
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        store = BlobStore(disk / "blobs")
+        kept = DeferredBlobs(store)
+        small = kept.put_pieces((b"Authentication-Results: x\r\n", memoryview(b"body\r\n")))
+        assert small == BlobStore(tmp_path / "reference").put(
+            b"Authentication-Results: x\r\nbody\r\n"
+        )
+        assert kept.exists(small) and not store.exists(small)
+        assert kept.get(small) == b"Authentication-Results: x\r\nbody\r\n"
+        with kept.open(small) as stream:
+            assert stream.read() == kept.get(small)
+        assert kept.size(small) == len(kept.get(small))
+        kept.flush()
+        assert store.get(small) == b"Authentication-Results: x\r\nbody\r\n"
+        assert kept.waiting == 0
+
+        too_big = kept.put(b"z" * (2 * 1024 * 1024))
+        with pytest.raises(BlobStoreError):
+            kept.flush()
+        assert not store.exists(too_big)
+        assert kept.waiting == 0  # handed back to the caller's retry, not kept for ever

@@ -87,7 +87,7 @@ def test_a_backfill_killed_halfway_records_every_message_once(
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
         seed_demo(session)
-    add_account(sessions, settings, dovecot, USER)
+    add_account(sessions, settings, dovecot, USER, authserv_id="mx.provider.example")
     synced = select(func.count(ReceivedMessage.id))
 
     server = ServerProcess.for_config(config, port=port, log=tmp_path / "server.log")

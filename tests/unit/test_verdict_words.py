@@ -83,6 +83,12 @@ FORWARD = {
             [Arrival("log", "Richard", "richard@acme.example", {"trust": "submission"})],
             "Sent through mailledger by Richard, who signed in with their relay password.",
         ),
+        (
+            {"from_domain": "client.example", "original": {"result": "none", "via": "dmarc"}},
+            [Arrival("sync", "Richard", "carol@client.example", {"trust": "mailbox"})],
+            "Not signed by client.example: nothing proves who sent it; "
+            "fetched by mailbox sync from Richard's own mailbox.",
+        ),
         ({}, [], "No authentication verdicts were recorded for this activity."),
     ],
 )

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailledger.capture.pipeline.claimed import ClaimedMessage
 from mailledger.capture.pipeline.context import Context, Mail
 from mailledger.capture.pipeline.decisions import (
     CONFIRMATION,
@@ -38,9 +40,23 @@ from mailledger.mail.parsing import ParsedMessage, ParseFailure, parse_message
 from mailledger.routing import dedupe
 from mailledger.store import webhooks
 from mailledger.store.blobbackend import BlobBackend
-from mailledger.store.models import MessageState, ReceivedMessage, Tenant, utcnow
+from mailledger.store.models import (
+    AccountKind,
+    MailboxAccount,
+    MessageState,
+    ReceivedMessage,
+    Tenant,
+    utcnow,
+)
+from mailledger.store.precompiled import Cursor
 from mailledger.verify.authenticate import Authenticator
-from mailledger.verify.messageauth import Gateway, MessageAuth, authenticate_message
+from mailledger.verify.messageauth import (
+    Gateway,
+    MailboxTrust,
+    MessageAuth,
+    authenticate_message,
+    mailbox_trust,
+)
 
 # Messages larger than this are parsed from their file, then read whole.
 PARSE_FROM_FILE_BYTES = 1024 * 1024
@@ -60,7 +76,8 @@ class Arrival:
     helo: str
     mail_from: str
     gateways: Mapping[int, Gateway]  # every tenant the message is for, with its gateway
-    fetched: bool = False  # read from a mailbox by sync (DESIGN §12), not received over SMTP
+    # Read from a mailbox by sync (DESIGN §12), not received over SMTP: whose verdicts count.
+    mailbox: MailboxTrust | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +127,7 @@ def prepare(
         helo=arrival.helo,
         mail_from=arrival.mail_from,
         gateways=arrival.gateways,
-        fetched=arrival.fetched,
+        mailbox=arrival.mailbox,
     )
     return Prepared(raw, parsed, failure, auth)
 
@@ -119,6 +136,11 @@ def _arrival_of(session: Session, message: ReceivedMessage) -> Arrival:
     """The arrival facts of a loaded message, with its tenants' gateway settings."""
     tenants = [session.get_one(Tenant, t) for t in {route.tenant_id for route in message.routes}]
     gateways = {t.id: Gateway(tuple(t.gateway_networks), t.gateway_authserv_id) for t in tenants}
+    account = (
+        session.get(MailboxAccount, message.mailbox_account_id)
+        if message.mailbox_account_id is not None
+        else None
+    )
     return Arrival(
         message.blob,
         message.received_at,
@@ -126,8 +148,41 @@ def _arrival_of(session: Session, message: ReceivedMessage) -> Arrival:
         message.helo,
         message.mail_from,
         gateways,
-        fetched=message.mailbox_account_id is not None,
+        mailbox=mailbox_of(
+            message.mailbox_account_id,
+            account.kind if account is not None else None,
+            account.authserv_id if account is not None else None,
+        ),
     )
+
+
+# The fetching account's kind and --authserv-id beside a message's own facts (None for mail
+# received over SMTP), so the worker reads them in the statement it already runs.
+MAILBOX_FACTS = (
+    select(MailboxAccount.kind)
+    .where(MailboxAccount.id == ReceivedMessage.mailbox_account_id)
+    .scalar_subquery()
+    .label("mailbox_kind"),
+    select(MailboxAccount.authserv_id)
+    .where(MailboxAccount.id == ReceivedMessage.mailbox_account_id)
+    .scalar_subquery()
+    .label("mailbox_authserv_id"),
+)
+
+
+def mailbox_of(
+    account_id: int | None, kind: AccountKind | None, authserv_id: str | None
+) -> MailboxTrust | None:
+    """Whose Authentication-Results a fetched message is judged on; None: not fetched.
+
+    An account that cannot be found (a database without foreign keys enforced) trusts
+    nobody's: nothing then says which provider stamped the message.
+    """
+    if account_id is None:
+        return None
+    if kind is None:
+        return MailboxTrust()
+    return mailbox_trust(kind, authserv_id or "")
 
 
 def process_message(
@@ -138,32 +193,58 @@ def process_message(
     authenticator: Authenticator,
     *,
     final_attempt: bool = True,
-    prepared: Prepared | None = None,
-    lookups: Lookups | None = None,
-    rows: PendingRows | None = None,
 ) -> None:
-    """Decide every route of one received message and set its final state and reason.
+    """Decide every route of one loaded message and set its final state and reason.
 
-    The worker prepares the message before it opens the transaction; without ``prepared``
-    it is prepared here. Raises RetryLater when a check failed temporarily and this is not
-    the last attempt; the caller rolls back and tries again later.
-
-    The worker records a batch of messages in one transaction and passes the batch's
-    ``lookups`` and pending ``rows``, written once for all of them; without them the
-    message's rows are written here.
+    Prepared here, in the caller's transaction, and its rows written at once: the worker
+    prepares messages before its transaction opens and records them with
+    :func:`record_claimed`. Raises RetryLater when a check failed temporarily and this is
+    not the last attempt; the caller rolls back and tries again later.
     """
-    if prepared is None:
-        arrival = _arrival_of(session, message)
-        prepared = prepare(blobs, settings, authenticator, arrival)
-    alone = rows is None
-    rows = rows if rows is not None else PendingRows(session)
-    lookups = lookups if lookups is not None else Lookups(session)
+    prepared = prepare(blobs, settings, authenticator, _arrival_of(session, message))
+    claimed = ClaimedMessage.of(message)
+    with Cursor.of(session) as sql:
+        rows = PendingRows(sql)
+        record_claimed(
+            session,
+            sql,
+            blobs,
+            claimed,
+            settings,
+            prepared=prepared,
+            final_attempt=final_attempt,
+            lookups=Lookups(session, sql),
+            rows=rows,
+        )
+        rows.write()
+    claimed.apply_to(message)
+
+
+def record_claimed(
+    session: Session,
+    sql: Cursor,
+    blobs: BlobBackend,
+    message: ClaimedMessage,
+    settings: Settings,
+    *,
+    prepared: Prepared,
+    final_attempt: bool,
+    lookups: Lookups,
+    rows: PendingRows,
+) -> None:
+    """Decide every route of one prepared message, in the caller's transaction.
+
+    The hot statements run on ``sql``, the driver's cursor of the session's transaction; the
+    message's rows are queued on ``rows`` and its outcome set on ``message``, for the caller
+    to write with the rest of its batch. ``lookups`` are the transaction's answers.
+    """
     trace = Tracer(rows, message)
     # Explicit flushes only: an autoflush before each lookup wrote the message row again and
     # again. What a lookup must see (a new activity, a new contact) is written where made.
     with session.no_autoflush:
         _decide(
             session,
+            sql,
             blobs,
             message,
             settings,
@@ -182,14 +263,13 @@ def process_message(
                 session, message, delay_seconds=settings.webhooks.retry_schedule_seconds[0]
             )
     trace.write()
-    if alone:
-        rows.write()
 
 
 def _decide(
     session: Session,
+    sql: Cursor,
     blobs: BlobBackend,
-    message: ReceivedMessage,
+    message: ClaimedMessage,
     settings: Settings,
     *,
     trace: Tracer,
@@ -221,6 +301,7 @@ def _decide(
     key = dedupe.message_id_key(parsed.message_id) if parsed.message_id else checksum
     mail = Mail(
         session,
+        sql,
         blobs,
         settings,
         message,
@@ -256,7 +337,7 @@ def _decide(
     _finish(message, state, "; ".join(dict.fromkeys(outcomes)))
 
 
-def _quarantine_all(message: ReceivedMessage, trace: Tracer, reason: str) -> None:
+def _quarantine_all(message: ClaimedMessage, trace: Tracer, reason: str) -> None:
     """The whole message is kept aside, every route with the same reason."""
     trace("quarantine", "quarantined", reason)
     for route in message.routes:
@@ -264,7 +345,7 @@ def _quarantine_all(message: ReceivedMessage, trace: Tracer, reason: str) -> Non
     _finish(message, MessageState.QUARANTINED, reason)
 
 
-def _finish(message: ReceivedMessage, state: MessageState, reason: str) -> None:
+def _finish(message: ClaimedMessage, state: MessageState, reason: str) -> None:
     message.state = state
     message.reason = reason
     message.finished_at = utcnow()

@@ -11,7 +11,9 @@ savepoint of its own, so a message that fails is rolled back alone and handled a
 commit (retried later, or ``failed``) while the others are committed. One commit (one fsync on
 SQLite) and one insert per table of the rows every message writes serve the whole batch,
 where a transaction per message spent most of its time in the database's fixed costs
-(`make bench`).
+(`make bench`). The messages are loaded as plain rows and their statements run on the
+driver's cursor (``pipeline.claimed``, ``store.precompiled``): SQLAlchemy's execution of
+them cost more than the database's work (``python -m bench.processing``).
 """
 
 from __future__ import annotations
@@ -25,20 +27,29 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
-from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.capture.pipeline.claimed import ClaimedMessage, load_claimed, write_outcomes
 from mailledger.capture.pipeline.lookups import Lookups
-from mailledger.capture.pipeline.pending import PendingRows
-from mailledger.capture.processor import Arrival, Prepared, RetryLater, prepare, process_message
+from mailledger.capture.pipeline.pending import TRACE, PendingRows
+from mailledger.capture.processor import (
+    MAILBOX_FACTS,
+    Arrival,
+    Prepared,
+    RetryLater,
+    mailbox_of,
+    prepare,
+    record_claimed,
+)
 from mailledger.config import Settings
 from mailledger.dnsauth.resolver import Resolver
 from mailledger.metrics import FinishedSink, Metrics
 from mailledger.store import leases
 from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.blobs import BlobStoreError
+from mailledger.store.deferredblobs import DeferredBlobs
 from mailledger.store.engine import reading
 from mailledger.store.models import (
     MessageRoute,
@@ -48,6 +59,7 @@ from mailledger.store.models import (
     TraceEntry,
     utcnow,
 )
+from mailledger.store.precompiled import Cursor
 from mailledger.verify.authenticate import Authenticator
 from mailledger.verify.messageauth import Gateway
 
@@ -65,6 +77,7 @@ _FACTS = select(
     ReceivedMessage.mail_from,
     ReceivedMessage.received_at,
     ReceivedMessage.mailbox_account_id,
+    *MAILBOX_FACTS,
 ).where(ReceivedMessage.id.in_(bindparam("ids", expanding=True)))
 _ROUTE_GATEWAYS = (
     select(
@@ -76,27 +89,6 @@ _ROUTE_GATEWAYS = (
     .join(Tenant, Tenant.id == MessageRoute.tenant_id)
     .where(MessageRoute.message_id.in_(bindparam("ids", expanding=True)))
 )
-# The claimed messages, locked: the row lock keeps a node whose lease lapsed from racing the
-# new owner (PostgreSQL; SQLite has one writer at a time anyway).
-_CLAIMED = (
-    select(ReceivedMessage)
-    .where(ReceivedMessage.id.in_(bindparam("ids", expanding=True)))
-    .order_by(ReceivedMessage.id)
-    .options(selectinload(ReceivedMessage.routes))
-    .with_for_update(of=ReceivedMessage)
-)
-# What processing sets on a message and its routes, written for the whole batch at once.
-_MESSAGE_RESULT = (
-    "state",
-    "reason",
-    "finished_at",
-    "claimed_by",
-    "claim_expires_at",
-    "message_id",
-    "auth",
-)
-_ROUTE_RESULT = ("outcome", "activity_id")
-
 # Claimed messages are loaded for recording this many at a time: a transaction that runs
 # out of time leaves the rest to the next one, which loads them again.
 LOAD_CHUNK = 4
@@ -124,51 +116,28 @@ class _Finished:
 
 
 @dataclass(slots=True)
-class _Results:
-    """The final columns of the batch's messages and routes, updated in one statement each."""
-
-    messages: list[dict[str, Any]]
-    routes: list[dict[str, Any]]
-
-    def take(self, session: Session, message: ReceivedMessage) -> None:
-        """Keep the message's and its routes' results, and let the session forget them.
-
-        Only when processing changed nothing else on them: then two statements write every
-        message of the batch, where the session's flush would write each one by one.
-        """
-        objects: list[tuple[ReceivedMessage | MessageRoute, tuple[str, ...]]] = [
-            (message, _MESSAGE_RESULT),
-            *((route, _ROUTE_RESULT) for route in message.routes),
-        ]
-        if any(set(instance_state(obj).committed_state) - set(keys) for obj, keys in objects):
-            return  # something else changed: the session's flush writes it all
-        for obj, keys in objects:
-            row = {"id": obj.id} | {key: getattr(obj, key) for key in keys}
-            (self.messages if obj is message else self.routes).append(row)
-        session.expunge(message)  # its routes go with it (cascade)
-
-    def write(self, session: Session) -> None:
-        """Update every message and route taken, by primary key (``executemany``)."""
-        if self.messages:
-            session.execute(update(ReceivedMessage), self.messages)
-        if self.routes:
-            session.execute(update(MessageRoute), self.routes)
-
-
-@dataclass(slots=True)
 class _Batch:
-    """One recording transaction's shared state: its caches, pending rows and outcomes."""
+    """One recording transaction's shared state: its cursor, caches, rows and outcomes."""
 
+    session: Session
+    sql: Cursor
+    blobs: DeferredBlobs  # attachments, stored together before the commit
     lookups: Lookups
     rows: PendingRows
-    results: _Results
+    decided: list[ClaimedMessage]  # their outcomes are written together at the end
     finished: list[_Finished]
     failures: dict[int, Exception]
 
     def rolled_back(self, message_id: int, exc: Exception) -> None:
-        """A message's savepoint was rolled back: forget what it added, note why."""
+        """A message's savepoint was rolled back: forget what it added, note why.
+
+        What it changed through the session (forwarding set-up) went with the savepoint;
+        the session forgets its objects, so the commit cannot write them again. Earlier
+        messages' were written at the end of their savepoints.
+        """
         self.rows.discard()
         self.lookups.forget()
+        self.session.expunge_all()
         self.failures[message_id] = exc
 
 
@@ -251,6 +220,8 @@ class Worker:
                 self._release(message_id, retry_now=False)
             return
         prepared: dict[int, Prepared] = {}
+        # The stamped copies, stored together before the messages are recorded.
+        blobs = DeferredBlobs(self._blobs)
         started = time.monotonic()
         for message_id in message_ids:
             if self._stopping:
@@ -261,15 +232,28 @@ class Worker:
             with structlog.contextvars.bound_contextvars(**found.log_ids):
                 try:
                     prepared[message_id] = prepare(
-                        self._blobs, self._settings, self._authenticator, found.arrival
+                        blobs, self._settings, self._authenticator, found.arrival
                     )
                 except Exception as exc:  # noqa: BLE001 - one message's fault is its own
                     self._after_failure(message_id, exc)
             if prepared and time.monotonic() - started >= RECORD_AFTER_SECONDS:
-                self._record(prepared, claimed)
+                self._store_and_record(blobs, prepared, claimed)
                 prepared, started = {}, time.monotonic()
         if prepared:
-            self._record(prepared, claimed)
+            self._store_and_record(blobs, prepared, claimed)
+
+    def _store_and_record(
+        self, blobs: DeferredBlobs, prepared: dict[int, Prepared], claimed: dict[int, _Claimed]
+    ) -> None:
+        """Store the prepared messages' blobs (fsyncs side by side), then record them."""
+        try:
+            blobs.flush()
+        except BlobStoreError as exc:
+            for message_id in prepared:
+                with structlog.contextvars.bound_contextvars(**claimed[message_id].log_ids):
+                    self._after_failure(message_id, exc)
+            return
+        self._record(prepared, claimed)
 
     def _read_claimed(self, message_ids: Sequence[int]) -> dict[int, _Claimed]:
         """What preparing the messages needs, read in two statements, outside any write.
@@ -300,7 +284,9 @@ class Worker:
                 message.helo,
                 message.mail_from,
                 tenants,
-                fetched=message.mailbox_account_id is not None,
+                mailbox=mailbox_of(
+                    message.mailbox_account_id, message.mailbox_kind, message.mailbox_authserv_id
+                ),
             )
             # These ids reach every log line of this message's processing.
             log_ids = {
@@ -318,33 +304,57 @@ class Worker:
         waits for the transaction (`make bench`: a whole batch of 32 in one transaction raised
         the p99 to 250 from 41 to 221 ms at a load processing kept up with). A few messages per
         commit already share its fsync.
+
+        The transactions share their lookups (``pipeline.lookups``): they follow one another
+        within about a second. A transaction that fails takes its answers with it.
         """
-        waiting = dict(prepared)
+        waiting: dict[int, Prepared] = dict(prepared)
+        lookups: Lookups | None = None
         while waiting:
-            waiting = self._record_some(waiting, claimed)
+            waiting, lookups = self._record_some(waiting, claimed, lookups)
 
     def _record_some(
-        self, prepared: dict[int, Prepared], claimed: dict[int, _Claimed]
-    ) -> dict[int, Prepared]:
+        self,
+        prepared: dict[int, Prepared],
+        claimed: dict[int, _Claimed],
+        lookups: Lookups | None,
+    ) -> tuple[dict[int, Prepared], Lookups | None]:
         """Record prepared messages in one transaction, then handle those that failed.
 
-        Returns the messages left for the next transaction (the time was up).
+        Returns the messages left for the next transaction (the time was up), and the
+        lookups it may go on with.
         """
         failures: dict[int, Exception] = {}
         finished: list[_Finished] = []
         left: dict[int, Prepared] = {}
         try:
-            with self._sessions.begin() as session:
-                finished, left = self._record_in(session, prepared, claimed, failures)
+            with self._sessions.begin() as session, Cursor.of(session) as sql:
+                if lookups is None:
+                    lookups = Lookups(session, sql)
+                else:
+                    lookups.move_to(session, sql)
+                batch = _Batch(
+                    session,
+                    sql,
+                    DeferredBlobs(self._blobs),
+                    lookups,
+                    PendingRows(sql),
+                    [],
+                    [],
+                    failures,
+                )
+                finished, left = self._record_in(batch, prepared, claimed)
         except IntegrityError as exc:
+            lookups = None
             # A row written for the whole batch clashed with another node's at the same
             # moment: each message alone, so the others are not held back by it.
             if len(prepared) > 1:
                 for message_id, one in prepared.items():
                     self._record({message_id: one}, claimed)
-                return {}
+                return {}, None
             failures, finished, left = dict.fromkeys(prepared, exc), [], {}
         except Exception as exc:  # noqa: BLE001 - handled per message below
+            lookups = None
             failures, finished, left = dict.fromkeys(prepared, exc), [], {}
         for done in finished:
             with structlog.contextvars.bound_contextvars(**claimed[done.id].log_ids):
@@ -355,21 +365,16 @@ class Worker:
         for message_id, fault in failures.items():
             with structlog.contextvars.bound_contextvars(**claimed[message_id].log_ids):
                 self._after_failure(message_id, fault)
-        return left
+        return left, lookups
 
     def _record_in(
-        self,
-        session: Session,
-        prepared: dict[int, Prepared],
-        claimed: dict[int, _Claimed],
-        failures: dict[int, Exception],
+        self, batch: _Batch, prepared: dict[int, Prepared], claimed: dict[int, _Claimed]
     ) -> tuple[list[_Finished], dict[int, Prepared]]:
         """Walk each message in a savepoint of its own; write the batch's rows at the end.
 
         Returns the finished messages, and those left for another transaction.
         """
         began = time.monotonic()
-        batch = _Batch(Lookups(session), PendingRows(session), _Results([], []), [], failures)
         waiting = sorted(prepared)
 
         def time_is_up() -> bool:
@@ -380,43 +385,46 @@ class Worker:
         while waiting and not time_is_up():
             # A few at a time: what does not fit is loaded again by the next transaction.
             chunk, waiting = waiting[:LOAD_CHUNK], waiting[LOAD_CHUNK:]
-            messages = session.scalars(_CLAIMED, {"ids": chunk}).all()
+            messages = load_claimed(batch.sql, chunk)
             for index, message in enumerate(messages):
                 if time_is_up():
                     waiting = [m.id for m in messages[index:]] + waiting
                     break
                 with structlog.contextvars.bound_contextvars(**claimed[message.id].log_ids):
-                    self._record_one(session, message, prepared[message.id], batch)
+                    self._record_one(message, prepared[message.id], batch)
+        batch.blobs.flush()  # durable before any row naming them commits
         batch.rows.write()
-        batch.results.write(session)
+        write_outcomes(batch.sql, batch.decided)
         return batch.finished, {message_id: prepared[message_id] for message_id in waiting}
 
-    def _record_one(
-        self, session: Session, message: ReceivedMessage, prepared: Prepared, batch: _Batch
-    ) -> None:
-        """One message in its own savepoint: rolled back alone if it fails."""
+    def _record_one(self, message: ClaimedMessage, prepared: Prepared, batch: _Batch) -> None:
+        """One message in its own savepoint: rolled back alone if it fails.
+
+        The savepoint is taken on the driver's cursor (``store.precompiled``): the session's
+        own cost more than the statements of a message.
+        """
         settings = self._settings.processing
         if message.state is not MessageState.RECEIVED or message.claimed_by != self._owner:
             return  # finished elsewhere, or our lease lapsed and another node took it
         if message.attempts > settings.max_attempts:
-            self._fail(session, message, "too many processing attempts")
+            batch.rows.add(TRACE, [_fail(message, "too many processing attempts")])
+            batch.decided.append(message)
             return
         try:
-            with session.begin_nested():
+            with batch.sql.savepoint():
                 batch.rows.begin()
-                process_message(
-                    session,
-                    self._blobs,
+                record_claimed(
+                    batch.session,
+                    batch.sql,
+                    batch.blobs,
                     message,
                     self._settings,
-                    self._authenticator,
-                    final_attempt=message.attempts >= settings.max_attempts,
                     prepared=prepared,
+                    final_attempt=message.attempts >= settings.max_attempts,
                     lookups=batch.lookups,
                     rows=batch.rows,
                 )
-                done = _Finished(message.id, message.state, message.reason, message.received_at)
-                batch.results.take(session, message)
+                _flush_session(batch.session)
         except (OperationalError, DBAPIError) as exc:
             if not isinstance(exc, IntegrityError):
                 raise  # the database itself failed: the whole transaction waits
@@ -424,7 +432,10 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - rolled back alone, handled after commit
             batch.rolled_back(message.id, exc)
         else:
-            batch.finished.append(done)
+            batch.decided.append(message)
+            batch.finished.append(
+                _Finished(message.id, message.state, message.reason, message.received_at)
+            )
 
     def _after_failure(self, message_id: int, exc: Exception) -> None:
         """What a message that could not be finished becomes: retried soon, later, or failed."""
@@ -444,18 +455,6 @@ class Worker:
             bound.error("processing failed", exc_info=exc)
             self._record_error(message_id, f"{type(exc).__name__}: {exc}"[:500])
 
-    def _fail(self, session: Session, message: ReceivedMessage, reason: str) -> None:
-        message.state = MessageState.FAILED
-        message.reason = reason
-        message.finished_at = utcnow()
-        message.claimed_by = None
-        message.claim_expires_at = None
-        session.add(
-            TraceEntry(
-                message_id=message.id, at=utcnow(), step="worker", decision="failed", detail=reason
-            )
-        )
-
     def _record_error(self, message_id: int, error: str) -> None:
         """Note the error in the trace; the message is retried until max_attempts."""
         try:
@@ -473,7 +472,7 @@ class Worker:
                     )
                 )
                 if message.attempts >= self._settings.processing.max_attempts:
-                    self._fail(session, message, f"processing error: {error}")
+                    session.add(TraceEntry(**_fail(message, f"processing error: {error}")))
                 else:
                     message.claimed_by = None
                     message.claim_expires_at = utcnow() + timedelta(
@@ -518,3 +517,32 @@ class Worker:
         """Hand back messages claimed but not processed, so they need not wait for the lease."""
         with contextlib.suppress(OperationalError, DBAPIError), self._sessions.begin() as session:
             leases.release(session, leases.PROCESSING, owner=self._owner, refund_attempt=True)
+
+
+def _fail(message: ReceivedMessage | ClaimedMessage, reason: str) -> dict[str, Any]:
+    """Give up on the message: it ends ``failed``. Returns its trace line, for the caller."""
+    message.state = MessageState.FAILED
+    message.reason = reason
+    message.finished_at = utcnow()
+    message.claimed_by = None
+    message.claim_expires_at = None
+    return {
+        "message_id": message.id,
+        "at": message.finished_at,
+        "step": "worker",
+        "decision": "failed",
+        "detail": reason,
+    }
+
+
+def _flush_session(session: Session) -> None:
+    """Write what a step changed through the session, inside the message's savepoint.
+
+    Forwarding set-up (a Gmail confirmation kept, a check proven) goes through the session;
+    its flush must happen before the savepoint is released, so a message rolled back later
+    leaves nothing behind. The session's own savepoint keeps a failed flush from spoiling
+    the transaction for the other messages.
+    """
+    if session.new or session.dirty or session.deleted:
+        with session.begin_nested():
+            session.flush()

@@ -1,6 +1,7 @@
 """``mailledger account …``: mailbox accounts the server syncs (DESIGN §12).
 
-``add`` connects a staff member's (or a shared) mailbox and prints its id; ``test`` logs in
+``add`` connects a staff member's (or a shared) mailbox and prints its id; ``set`` changes
+whose Authentication-Results a plain IMAP account's mail is judged on; ``test`` logs in
 and lists the folders; ``list``, ``show`` and ``errors`` say how each account is doing and
 why, in words; ``sync`` runs one pass now; ``reconnect`` takes a new password or a new
 sign-in; ``remove`` disconnects, keeping or removing what it brought in.
@@ -51,6 +52,12 @@ LIST_COLUMNS = [
     "messages_synced", "errors",
 ]  # fmt: skip
 ERROR_COLUMNS = ["at", "status", "what", "fix"]
+# What a plain IMAP account without --authserv-id means for its mail (verify.messageauth).
+UNTRUSTED_NOTE = (
+    "the mailbox's server is not trusted to report the sender's checks, so its mail is "
+    "recorded with every verdict none; set --authserv-id to the id its "
+    "Authentication-Results use (`mailledger account set ID --authserv-id ID`)"
+)
 FOLDER_COLUMNS = ["name", "flags", "synced_as"]
 
 
@@ -162,6 +169,7 @@ def cmd_account_add(args: argparse.Namespace, settings: Settings) -> int:
             processed_folder=args.processed_folder,
             shared=args.shared,
             visible_to=args.visible_to or [],
+            authserv_id=args.authserv_id,
         )
         account = add_account(
             session,
@@ -179,7 +187,25 @@ def cmd_account_add(args: argparse.Namespace, settings: Settings) -> int:
             with session_scope(settings) as session:
                 session.delete(find_account(session, account_id))
             raise
+    if args.oauth is None and not args.authserv_id.strip():
+        err(f"note: account {account_id}: {UNTRUSTED_NOTE}")
     out(str(account_id))
+    return EXIT_OK
+
+
+def cmd_account_set(args: argparse.Namespace, settings: Settings) -> int:
+    """Change whose Authentication-Results a plain IMAP account's mail is judged on."""
+    from mailledger.store.mailaccounts import find_account, set_authserv_id
+
+    with session_scope(settings) as session:
+        authserv_id = set_authserv_id(find_account(session, args.id), args.authserv_id)
+    if authserv_id:
+        out(
+            f"account {args.id}: the sender's checks are read from the topmost "
+            f"Authentication-Results of {authserv_id}, for mail processed from now on"
+        )
+    else:
+        out(f"account {args.id}: {UNTRUSTED_NOTE}")
     return EXIT_OK
 
 
@@ -362,6 +388,19 @@ def _login_flags(sub: argparse.ArgumentParser) -> None:
     )
 
 
+def _authserv_flag(
+    sub: argparse.ArgumentParser, *, default: str | None, required: bool = False
+) -> None:
+    sub.add_argument(
+        "--authserv-id",
+        metavar="ID",
+        default=default,
+        required=required,
+        help="the id the IMAP server's own Authentication-Results begin with; only those "
+        "are trusted for the sender's SPF/DKIM/DMARC ('' trusts none)",
+    )
+
+
 def register(commands: Any) -> None:
     """Add the ``account`` command group to the CLI."""
     account = group(commands, "account", "mailbox accounts the server syncs over IMAP")
@@ -395,6 +434,10 @@ def register(commands: Any) -> None:
         metavar="USER",
         help="staff who see a shared account",
     )
+    _authserv_flag(sub, default="")
+    sub = command(account, "set", cmd_account_set, "change a plain IMAP account's settings")
+    sub.add_argument("id", type=int)
+    _authserv_flag(sub, default=None, required=True)
     sub = json_flag(command(account, "list", cmd_account_list, "list accounts and statuses"))
     sub.add_argument("--tenant", metavar="T")
     sub = json_flag(command(account, "show", cmd_account_show, "one account in full"))

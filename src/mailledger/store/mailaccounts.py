@@ -53,6 +53,9 @@ PROVIDER_NAMES: Final = {AccountKind.GOOGLE: "Google", AccountKind.MICROSOFT: "M
 NEVER_SWEPT: Final = frozenset({"trash", "junk", "spam", "deleted items", "junk e-mail"})
 MAX_FOLDER_CHARS: Final = 255
 MAX_PASSWORD_CHARS: Final = 1024
+MAX_AUTHSERV_ID_CHARS: Final = 255
+# An authserv-id is a token (RFC 8601 §2.2, RFC 2045 §5.1): no spaces, ";", "=" or quotes.
+_AUTHSERV_ID = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`{|}~-]+$")
 _HOST = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9a-fA-F:.]+\]?$"
 )
@@ -81,6 +84,8 @@ class AccountRequest:
     processed_folder: str = "mailledger/Processed"
     shared: bool = False
     visible_to: list[str] = field(default_factory=list)
+    # `--authserv-id`: whose Authentication-Results a plain IMAP account's mail is judged on.
+    authserv_id: str = ""
 
 
 # --- checking what was asked ------------------------------------------------------------------
@@ -146,6 +151,29 @@ def check_password(password: str | None) -> str:
     return password
 
 
+def check_authserv_id(value: str, kind: AccountKind = AccountKind.IMAP) -> str:
+    """An authserv-id as the account's server stamps it (RFC 8601 §2.2), lowercase; or empty.
+
+    Only a plain IMAP account takes one: Google's and Microsoft 365's are known, and an
+    account that named another would trust headers its provider never wrote.
+    """
+    text = value.strip()
+    if not text:
+        return ""
+    if kind is not AccountKind.IMAP:
+        name = PROVIDER_NAMES.get(kind, kind.value)
+        raise MailAccountError(
+            f"--authserv-id is for plain IMAP accounts: {name}'s Authentication-Results are "
+            "recognised without it"
+        )
+    if len(text) > MAX_AUTHSERV_ID_CHARS or not _AUTHSERV_ID.match(text):
+        raise MailAccountError(
+            f"--authserv-id {value!r}: give the one name the mailbox's server writes at the "
+            "start of its Authentication-Results (such as mail.example.com), nothing after it"
+        )
+    return text.lower()
+
+
 def _check_login(login: str) -> str:
     text = login.strip()
     if not text or len(text) > 320 or any(ord(c) < 33 for c in text):
@@ -201,6 +229,7 @@ def add_account(
     else:
         raise MailAccountError("say which IMAP server: --imap HOST[:PORT]")
     login = _check_login(request.login)
+    authserv_id = check_authserv_id(request.authserv_id, kind)
     if kind is AccountKind.IMAP:
         secret = box.seal(check_password(request.password))
     elif request.password is not None:
@@ -260,6 +289,7 @@ def add_account(
         source_folder=source,
         processed_folder=processed,
         shared=request.shared,
+        authserv_id=authserv_id,
         status=AccountStatus.PENDING,
         status_changed_at=now,
         announced_status=AccountStatus.PENDING.value,
@@ -340,6 +370,7 @@ def account_dicts(session: Session, accounts: list[MailboxAccount]) -> list[dict
             "processed_folder": a.processed_folder,
             "shared": a.shared,
             "visible_to": sorted(viewers.get(a.id, [])),
+            "authserv_id": a.authserv_id,
             "last_sync": _time(a.last_sync_at),
             "last_error": a.last_error,
             "status_changed_at": _time(a.status_changed_at),
@@ -401,6 +432,15 @@ def set_viewers(session: Session, account: MailboxAccount, usernames: list[str])
         session.add(MailboxViewer(account_id=account.id, staff_id=staff.id))
     session.flush()
     return [s.username for s in chosen]
+
+
+def set_authserv_id(account: MailboxAccount, value: str) -> str:
+    """Whose Authentication-Results the account's mail is judged on from now on; the id.
+
+    Mail already processed keeps the verdicts it was recorded with.
+    """
+    account.authserv_id = check_authserv_id(value, account.kind)
+    return account.authserv_id
 
 
 # --- re-connect and remove ----------------------------------------------------------------------

@@ -22,7 +22,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, update
@@ -32,7 +32,6 @@ from mailledger.store import leases, queries
 from mailledger.store.models import (
     Activity,
     EndpointState,
-    ReceivedMessage,
     Staff,
     Tenant,
     WebhookAttempt,
@@ -441,8 +440,41 @@ def activity_changed(
     )
 
 
+class QuarantinedRoute(Protocol):
+    """What ``message.quarantined`` reads of one route: a loaded one, or processing's own."""
+
+    @property
+    def tenant_id(self) -> int: ...
+    @property
+    def rcpt(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...
+
+
+class QuarantinedMessage(Protocol):
+    """What ``message.quarantined`` reads of a message: a loaded one, or processing's own
+    plain copy (``capture.pipeline.claimed``)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def queue_id(self) -> str: ...
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def mail_from(self) -> str: ...
+    @property
+    def received_at(self) -> datetime: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def routes(self) -> Sequence[QuarantinedRoute]: ...
+
+
 def message_quarantined(
-    session: Session, message: ReceivedMessage, *, delay_seconds: float = 0.0
+    session: Session, message: QuarantinedMessage, *, delay_seconds: float = 0.0
 ) -> list[int]:
     """``message.quarantined`` to each tenant the message was for, in the caller's transaction.
 

@@ -52,8 +52,13 @@ def add_account(
     extra_folders: Sequence[str] = (),
     source_folder: str = "mailledger",
     processed_folder: str = "mailledger/Processed",
+    authserv_id: str = "",
 ) -> int:
-    """A mailbox account of ``staff`` on the test server's ``user``; its id."""
+    """A mailbox account of ``staff`` on the test server's ``user``; its id.
+
+    ``authserv_id``: whose Authentication-Results on top its mail is judged on
+    (``account add --authserv-id``); empty: nobody's, every verdict ``none``.
+    """
     box = SecretBox.from_file(settings.secrets.key_file)
     port = server.tls_port if security == "tls" else server.port
     with sessions.begin() as session:
@@ -75,6 +80,7 @@ def add_account(
             extra_folders=list(extra_folders),
             source_folder=source_folder,
             processed_folder=processed_folder,
+            authserv_id=authserv_id,
         )
         session.add(account)
         session.flush()

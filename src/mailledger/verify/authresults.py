@@ -125,10 +125,12 @@ def from_gateway(value: str, from_domain: str) -> AuthOutcome | None:
                 helo_name = props.get("smtp.helo", "")
                 helo = SPFResult(word, helo_name, helo_name.lower(), reason="gateway")
         elif method == "dkim":
+            # Gmail names the signer by header.i=@domain only (RFC 8601 §2.7.1: either).
+            signer = props.get("header.d") or props.get("header.i", "").rpartition("@")[2]
             dkim.append(
                 DKIMResult(
                     word,
-                    props.get("header.d", "").lower(),
+                    signer.lower(),
                     props.get("header.s", ""),
                     reason="gateway",
                 )

@@ -106,6 +106,8 @@ def arrival_words(arrival: Arrival) -> str:
         return f"sent by {who} with a copy to log@, {verified}"
     if trust == "submission":
         return f"sent through mailledger by {who}, who signed in with their relay password"
+    if trust == "mailbox":
+        return f"fetched by mailbox sync from {_possessive(arrival.staff)} own mailbox"
     if trust == "demo-loopback":
         return "accepted from loopback in demo mode, not verified"
     if trust == "untrusted":

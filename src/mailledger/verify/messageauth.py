@@ -19,13 +19,14 @@ import structlog
 
 from mailledger.config import Settings
 from mailledger.store.blobbackend import BlobBackend
+from mailledger.store.models import AccountKind
 from mailledger.verify.authenticate import (
     Authenticator,
     in_networks,
     peer_address,
     temperror_outcome,
 )
-from mailledger.verify.authresults import stamp
+from mailledger.verify.authresults import from_gateway, stamp
 from mailledger.verify.results import (
     NONE,
     ARCResult,
@@ -41,6 +42,14 @@ GATEWAY = "gateway"
 DEMO = "demo"
 # Fetched from the staff member's own mailbox (DESIGN §12): the receiving provider's verdicts.
 MAILBOX = "mailbox"
+# The authserv-id Gmail (and Google Workspace) stamps on mail it receives.
+GOOGLE_AUTHSERV_ID = "mx.google.com"
+# Exchange Online stamps no authserv-id; its verdicts are recorded under this name.
+MICROSOFT_LABEL = "protection.outlook.com"
+UNTRUSTED_SERVER = (
+    "the mailbox's server is not trusted to report the sender's checks: set --authserv-id "
+    "to the id its Authentication-Results use"
+)
 
 
 def trusts_loopback(settings: Settings, peer: str) -> bool:
@@ -76,6 +85,39 @@ class Gateway:
     def fronts(self, peer: str) -> bool:
         """Whether mail from this peer came through the gateway."""
         return bool(self.networks) and in_networks(peer, list(self.networks))
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxTrust:
+    """Whose Authentication-Results the mail of one mailbox account is judged on.
+
+    ``authserv_id``: the id (RFC 8601 §2.2, lowercase) the topmost header must begin with;
+    ``unnamed``: Microsoft 365, whose Exchange Online stamps its header with no id at all.
+    Neither: nobody's, as for a plain IMAP account without ``--authserv-id``.
+    """
+
+    authserv_id: str = ""
+    unnamed: bool = False
+
+    @property
+    def provider(self) -> str:
+        """The provider, named for a reason in words."""
+        if self.unnamed:
+            return "Microsoft 365"
+        return self.authserv_id or "the mailbox's server"
+
+
+def mailbox_trust(kind: AccountKind, configured: str) -> MailboxTrust:
+    """The trust of an account of this kind, with its ``--authserv-id`` (plain IMAP only).
+
+    Google and Microsoft 365 are known; a plain IMAP server's id is whatever its operator
+    configured it to stamp, so only the account's own setting can name it.
+    """
+    if kind is AccountKind.GOOGLE:
+        return MailboxTrust(GOOGLE_AUTHSERV_ID)
+    if kind is AccountKind.MICROSOFT:
+        return MailboxTrust(unnamed=True)
+    return MailboxTrust(configured.strip().lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +163,16 @@ def authenticate_message(
     helo: str,
     mail_from: str,
     gateways: Mapping[int, Gateway],
-    fetched: bool = False,
+    mailbox: MailboxTrust | None = None,
 ) -> MessageAuth:
     """Decide the verdicts of every tenant's copy: demo, gateway, mailbox, or our own checks.
 
     ``gateways`` names each tenant the message is for, with its gateway setting. Our own
     checks run only when a tenant's copy needs them, and then once for all of them.
-    ``fetched``: the message was read from a mailbox by sync, not received over SMTP; there
-    is no SMTP peer to check, and the receiving provider recorded its verdicts when the mail
-    arrived there (``from_mailbox``).
+    ``mailbox``: the message was read from a mailbox by sync, not received over SMTP, and
+    whose Authentication-Results that account trusts; there is no SMTP peer to check, and
+    the receiving provider recorded its verdicts when the mail arrived there
+    (``from_mailbox``).
     """
     undecided = temperror_outcome(
         "no verdicts were decided before processing",
@@ -137,9 +180,9 @@ def authenticate_message(
         mail_from=mail_from,
         from_domain=from_domain,
     )
-    if fetched:
-        mailbox = Verdicts(from_mailbox(authenticator, headers, from_domain), MAILBOX)
-        return MessageAuth(dict.fromkeys(gateways, mailbox), undecided)
+    if mailbox is not None:
+        fetched = Verdicts(from_mailbox(headers, from_domain, mailbox), MAILBOX)
+        return MessageAuth(dict.fromkeys(gateways, fetched), undecided)
     if trusts_loopback(settings, peer):
         log.warning("DEMO ONLY: loopback mail trusted without authentication", peer=peer)
         demo = Verdicts(
@@ -179,44 +222,63 @@ def _from_gateway(
 
 
 def from_mailbox(
-    authenticator: Authenticator, headers: Mapping[str, list[str]], from_domain: str
+    headers: Mapping[str, list[str]], from_domain: str, trust: MailboxTrust
 ) -> AuthOutcome:
-    """The verdicts the mailbox's provider recorded when the mail reached it.
+    """The verdicts the mailbox's provider recorded when the mail reached it, or none.
 
     A message fetched from the staff member's own mailbox has no SMTP arrival of ours to
-    check; the provider that received it (Gmail's mx.google.com, Microsoft's
-    protection.outlook.com) added its Authentication-Results on top, and drops any that came
-    with the same authserv-id (RFC 8601 §5), so the topmost one is the provider's. Without
-    one, its ARC-Authentication-Results (the newest instance) say the same. Without either,
-    nothing is known of the original sender: every verdict ``none``.
+    check. The provider that received it added its Authentication-Results on top of the
+    header section, last, and removes or ignores any that came from outside claiming its
+    authserv-id (RFC 8601 §5). So only the *topmost* header is read, and only when it is the
+    account's provider's: ``trust`` names it. Anything lower down, or on top under another id,
+    may have been written by the sender, so it gives no verdict at all: a spoofer's
+    ``mx.google.com; dkim=pass`` on a Dovecot that stamps nothing stays ``none``.
+
+    ARC-Authentication-Results are not read either. A sender can write them as easily;
+    they could be trusted only with the chain verified and the newest seal the provider's.
+    The providers that seal on receipt (Gmail) stamp their Authentication-Results on the
+    same message, so the seal would add no verdict the topmost header does not already
+    give, and it would cost a DNS-bound ARC check per message and a per-provider sealing
+    domain to maintain; the fallback was only ever reached when the provider's header was
+    missing, which is exactly when what is left is anybody's.
     """
+    if not trust.authserv_id and not trust.unnamed:
+        return _empty(from_domain, UNTRUSTED_SERVER)
     results = headers.get("authentication-results", [])
-    if results:
-        authserv_id = _authserv_id(results[0])
-        outcome = authenticator.from_gateway(results[:1], authserv_id, from_domain)
-        if outcome is not None:
-            return outcome
-    sealed = _newest_arc_results(headers.get("arc-authentication-results", []))
-    if sealed:
-        outcome = authenticator.from_gateway([sealed], _authserv_id(sealed), from_domain)
-        if outcome is not None:
-            return outcome
-    return _empty(from_domain, "the mailbox's provider recorded no Authentication-Results")
+    if not results:
+        why = f"{trust.provider} recorded no Authentication-Results for this message"
+        return _empty(from_domain, why)
+    top = results[0]
+    named = _authserv_id(top)
+    if trust.unnamed:
+        if named:
+            why = (
+                f"the topmost Authentication-Results names {named}, not Microsoft 365's "
+                "(Exchange Online stamps its own without an authserv-id)"
+            )
+            return _empty(from_domain, why)
+        # Read with a stand-in id: the parser, like RFC 8601 §2.2, expects one.
+        outcome = from_gateway(f"{MICROSOFT_LABEL}; {top}", from_domain)
+    elif named.lower() != trust.authserv_id:
+        why = (
+            f"the topmost Authentication-Results is {named or 'without an authserv-id'}'s, "
+            f"not {trust.authserv_id}'s: {trust.provider} stamped none on this message"
+        )
+        return _empty(from_domain, why)
+    else:
+        outcome = from_gateway(top, from_domain)
+    if outcome is None:
+        return _empty(from_domain, f"{trust.provider}'s Authentication-Results could not be read")
+    return outcome
 
 
 def _authserv_id(value: str) -> str:
+    """The authserv-id a header value begins with; empty for Exchange Online's ``spf=...``.
+
+    RFC 8601 §2.2: ``authserv-id [version] ;`` and an id holds no ``=``, where the first
+    result (``method=result``) always does.
+    """
     first = value.split(";", 1)[0].split()
-    return first[0] if first else ""
-
-
-def _newest_arc_results(values: list[str]) -> str:
-    """The highest instance's ARC-Authentication-Results without its ``i=N;`` tag."""
-    best, best_instance = "", -1
-    for value in values:
-        tag, _, rest = value.partition(";")
-        name, _, number = tag.strip().partition("=")
-        if name.strip().lower() == "i" and number.strip().isdigit():
-            instance = int(number)
-            if instance > best_instance:
-                best, best_instance = rest.strip(), instance
-    return best
+    if not first or "=" in first[0]:
+        return ""
+    return first[0]

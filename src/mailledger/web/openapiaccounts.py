@@ -59,6 +59,13 @@ ACCOUNT_PATHS: dict[str, Any] = {
                     "processed_folder": {"type": "string"},
                     "shared": {"type": "boolean"},
                     "visible_to": _STRINGS,
+                    "authserv_id": {
+                        "type": "string",
+                        "description": "The id the IMAP server's own Authentication-Results "
+                        "begin with (`account add --authserv-id`): only the topmost header "
+                        "under it is read for the sender's SPF/DKIM/DMARC. Empty: none is, "
+                        "and every verdict is none.",
+                    },
                 },
                 {
                     "staff": "richard",
@@ -150,6 +157,11 @@ ACCOUNT_SCHEMAS: dict[str, Any] = {
             "processed_folder": {"type": "string"},
             "shared": {"type": "boolean"},
             "visible_to": _STRINGS,
+            "authserv_id": {
+                "type": "string",
+                "description": "Plain IMAP: whose Authentication-Results are trusted (empty: "
+                "none). Google and Microsoft 365 accounts: empty, their provider's are known.",
+            },
             "last_sync": _TIME,
             "last_error": {"type": "string"},
             "status_changed_at": _TIME,

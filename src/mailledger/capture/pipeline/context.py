@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from mailledger.capture.pipeline.claimed import ClaimedMessage, ClaimedRoute
 from mailledger.capture.pipeline.lookups import Lookups
 from mailledger.capture.pipeline.pending import PendingRows
 from mailledger.capture.pipeline.tracer import Tracer
@@ -20,14 +21,8 @@ from mailledger.mail.addresses import Mailbox
 from mailledger.mail.parsing import ParsedMessage
 from mailledger.routing.matcher import Match
 from mailledger.store.blobbackend import BlobBackend
-from mailledger.store.models import (
-    Direction,
-    MessageRoute,
-    PartyKind,
-    ReceivedMessage,
-    RouteKind,
-    Tenant,
-)
+from mailledger.store.models import Direction, PartyKind, RouteKind, Tenant
+from mailledger.store.precompiled import Cursor
 from mailledger.verify.messageauth import MessageAuth
 from mailledger.verify.results import PASS
 
@@ -45,10 +40,11 @@ class Party:
 class Mail:
     """One received message as every route's steps see it: its parse, verdicts and stores."""
 
-    session: Session
+    session: Session  # the rare writes (forwarding set-up, webhook events) go through it
+    sql: Cursor  # the hot statements run on the driver's cursor of the same transaction
     blobs: BlobBackend
     settings: Settings
-    message: ReceivedMessage
+    message: ClaimedMessage
     parsed: ParsedMessage
     sender: Mailbox  # the single From mailbox
     trace: Tracer
@@ -70,7 +66,7 @@ class Context:
     """One route's copy of the message, and what the steps found out about it so far."""
 
     mail: Mail
-    route: MessageRoute
+    route: ClaimedRoute
     tenant: Tenant
     # Set by the match step: From, To and Cc, and what each address is.
     parties: list[Party] = field(default_factory=list)

@@ -24,7 +24,7 @@ from mailledger.forwarding.confirmations import (
     extract_gmail_confirmation,
 )
 from mailledger.mail.addresses import normalize
-from mailledger.store.models import ForwardingConfirmation, RouteKind, Staff
+from mailledger.store.models import ForwardingConfirmation, ReceivedMessage, RouteKind, Staff
 from mailledger.verify.messageauth import DEMO
 from mailledger.verify.results import TEMPERROR, AuthOutcome
 
@@ -54,7 +54,8 @@ def _check(context: Context, token: str) -> Decision:
     assert route.staff_id is not None
     verdict = handback.prove_forwarding(
         mail.session,
-        mail.message,
+        # Intake's facts of the message (envelope, peer, time), which processing never changes.
+        mail.session.get_one(ReceivedMessage, mail.message.id),
         staff_id=route.staff_id,
         capture=route.rcpt,
         token=token,

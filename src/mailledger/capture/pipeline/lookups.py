@@ -1,11 +1,13 @@
-"""What one processing transaction looks up once for all its messages, however many there are.
+"""What processing looks up once for a claimed batch of messages, however many there are.
 
-A batch of claimed messages is recorded in one transaction (``capture.worker``): most of its
-messages ask the same questions of the same rows (the tenant's verified domains, the staff
-member's own addresses, who carol@client.example is, the never-log lists, whether anyone
-subscribes to webhooks). Each is asked once per transaction and kept here. A message whose
+A batch of claimed messages is recorded in a transaction or a few, one after another
+(``capture.worker``): most of its messages ask the same questions of the same rows (the
+tenant, its verified domains, the staff member's own addresses, who carol@client.example is,
+the never-log lists, whether anyone subscribes to webhooks). Each is asked once per batch and
+kept here; the next transaction of the batch takes them over (``move_to``). A message whose
 work is rolled back (its savepoint) may have created what is kept here (a new contact), so
-``forget`` empties the caches and the next message asks again.
+``forget`` empties the caches and the next message asks again; a transaction that fails
+takes its lookups with it.
 """
 
 from __future__ import annotations
@@ -16,27 +18,38 @@ from sqlalchemy.orm import Session
 from mailledger.routing.matcher import Match, match_parties, never_log_matches, never_log_rules
 from mailledger.store import webhooks
 from mailledger.store.models import CustomerDomain, StaffAddress, Tenant
+from mailledger.store.precompiled import Cursor, Statement
 
-# Statements built once: building one costs more than running it on SQLite.
-_VERIFIED_DOMAINS = select(CustomerDomain.domain).where(
-    CustomerDomain.tenant_id == bindparam("tenant_id"), CustomerDomain.verified.is_(True)
+# Run on the driver's cursor, compiled once (``store.precompiled``).
+_VERIFIED_DOMAINS = Statement(
+    select(CustomerDomain.domain).where(
+        CustomerDomain.tenant_id == bindparam("tenant_id"), CustomerDomain.verified.is_(True)
+    )
 )
-_VERIFIED_ADDRESSES = select(StaffAddress.address).where(
-    StaffAddress.staff_id == bindparam("staff_id"), StaffAddress.verified.is_(True)
+_VERIFIED_ADDRESSES = Statement(
+    select(StaffAddress.address).where(
+        StaffAddress.staff_id == bindparam("staff_id"), StaffAddress.verified.is_(True)
+    )
 )
 
 
 class Lookups:
-    """Answers read once per processing transaction, for every message in it."""
+    """Answers read once per claimed batch, for every message in it."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, sql: Cursor) -> None:
         self._session = session
+        self._sql = sql
         self._tenants: dict[int, Tenant] = {}
         self._domains: dict[int, frozenset[str]] = {}
         self._own: dict[int, frozenset[str]] = {}
         self._matches: dict[tuple[int, str], Match] = {}
         self._never_log: dict[int, list[tuple[str, int | None]]] = {}
         self._subscribed: dict[tuple[int, str], bool] = {}
+
+    def move_to(self, session: Session, sql: Cursor) -> None:
+        """Ask what is not known yet in the next transaction of the batch."""
+        self._session = session
+        self._sql = sql
 
     def forget(self) -> None:
         """Drop every answer: a rolled-back message may have changed what they were read from."""
@@ -58,8 +71,8 @@ class Lookups:
         """The tenant's verified customer domains (DESIGN §4)."""
         found = self._domains.get(tenant_id)
         if found is None:
-            rows = self._session.connection().execute(_VERIFIED_DOMAINS, {"tenant_id": tenant_id})
-            found = self._domains[tenant_id] = frozenset(rows.scalars())
+            rows = self._sql.rows(_VERIFIED_DOMAINS, {"tenant_id": tenant_id})
+            found = self._domains[tenant_id] = frozenset(row[0] for row in rows)
         return found
 
     def verified_addresses(self, staff_id: int | None) -> frozenset[str]:
@@ -68,8 +81,8 @@ class Lookups:
             return frozenset()
         found = self._own.get(staff_id)
         if found is None:
-            rows = self._session.connection().execute(_VERIFIED_ADDRESSES, {"staff_id": staff_id})
-            found = self._own[staff_id] = frozenset(rows.scalars())
+            rows = self._sql.rows(_VERIFIED_ADDRESSES, {"staff_id": staff_id})
+            found = self._own[staff_id] = frozenset(row[0] for row in rows)
         return found
 
     def match(self, tenant: Tenant, addresses: list[str]) -> dict[str, Match]:

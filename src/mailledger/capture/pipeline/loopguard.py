@@ -18,22 +18,25 @@ from mailledger.capture.pipeline.context import Context
 from mailledger.capture.pipeline.decisions import CONTINUE, Decision, Quarantine
 from mailledger.mail.loops import loop_evidence
 from mailledger.store.models import Activity, ActivitySource, MessageRoute, utcnow
+from mailledger.store.precompiled import Statement
 
 # The activities that are this email: found by its dedupe key (Message-ID, or the checksum
 # when it has none) or by its content checksum (a forwarder that rewrites the Message-ID
 # sends the same From, To, Date, Subject and text round again under a new one). Each lookup
 # on its own index; the record step decides from the same rows which one it merges into.
-_SAME_EMAIL = union_all(
-    select(Activity.id, Activity.dedupe_key, Activity.content_key, Activity.message_id).where(
-        Activity.tenant_id == bindparam("tenant_id"), Activity.dedupe_key == bindparam("key")
-    ),
-    select(Activity.id, Activity.dedupe_key, Activity.content_key, Activity.message_id).where(
-        Activity.tenant_id == bindparam("tenant_id"),
-        Activity.content_key == bindparam("checksum"),
-    ),
+_SAME_EMAIL = Statement(
+    union_all(
+        select(Activity.id, Activity.dedupe_key, Activity.content_key, Activity.message_id).where(
+            Activity.tenant_id == bindparam("tenant_id"), Activity.dedupe_key == bindparam("key")
+        ),
+        select(Activity.id, Activity.dedupe_key, Activity.content_key, Activity.message_id).where(
+            Activity.tenant_id == bindparam("tenant_id"),
+            Activity.content_key == bindparam("checksum"),
+        ),
+    )
 )
 # How often those activities were recorded from this capture address within the window.
-_ARRIVALS = (
+_ARRIVALS = Statement(
     select(func.count())
     .select_from(ActivitySource)
     .join(MessageRoute, MessageRoute.id == ActivitySource.route_id)
@@ -49,7 +52,7 @@ def same_email(context: Context) -> list[tuple[int, str, str, str]]:
     """The tenant's activities that are this email, read once per route (``Context``)."""
     if context.same_email is None:
         mail = context.mail
-        rows = mail.session.connection().execute(
+        rows = mail.sql.rows(
             _SAME_EMAIL,
             {"tenant_id": context.tenant.id, "key": mail.dedupe_key, "checksum": mail.checksum},
         )
@@ -99,17 +102,13 @@ def _repeated(context: Context) -> Decision:
     if not activities:
         return CONTINUE  # a new email: it never arrived before
     mail.rows.write()  # the sources this transaction added so far are counted too
-    arrivals = (
-        mail.session.connection()
-        .execute(
-            _ARRIVALS,
-            {
-                "activities": activities,
-                "rcpt": route.rcpt,
-                "since": utcnow() - timedelta(seconds=window),
-            },
-        )
-        .scalar_one()
+    arrivals = mail.sql.scalar(
+        _ARRIVALS,
+        {
+            "activities": activities,
+            "rcpt": route.rcpt,
+            "since": utcnow() - timedelta(seconds=window),
+        },
     )
     if arrivals < processing.loop_max_arrivals:
         return CONTINUE

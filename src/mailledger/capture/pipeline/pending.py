@@ -16,17 +16,16 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.orm import Session
-from sqlalchemy.sql.dml import Insert
 
 from mailledger.store.models import ActivitySource, Attachment, Participant, TraceEntry
+from mailledger.store.precompiled import Cursor, Statement
 
-# Statements built once; run on the connection, not the session (the ORM's bulk insert
-# costs more than the insert).
-TRACE = insert(TraceEntry)
-SOURCES = insert(ActivitySource)
-PARTICIPANTS = insert(Participant)
-ATTACHMENTS = insert(Attachment)
+# Run on the driver's cursor (``store.precompiled``): SQLAlchemy's execution of an
+# ``executemany`` cost more than the driver's.
+TRACE = Statement(insert(TraceEntry))
+SOURCES = Statement(insert(ActivitySource))
+PARTICIPANTS = Statement(insert(Participant))
+ATTACHMENTS = Statement(insert(Attachment))
 _ORDER = (TRACE, SOURCES, PARTICIPANTS, ATTACHMENTS)
 
 Row = dict[str, Any]
@@ -35,13 +34,13 @@ Row = dict[str, Any]
 class PendingRows:
     """Rows waiting to be inserted, in the order they were added, table by table."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._rows: list[tuple[Insert, Row]] = []
+    def __init__(self, sql: Cursor) -> None:
+        self._sql = sql
+        self._rows: list[tuple[Statement, Row]] = []
         self._mark = 0  # where the current message's rows start in _rows
-        self._written_in_message: list[tuple[Insert, Row]] = []
+        self._written_in_message: list[tuple[Statement, Row]] = []
 
-    def add(self, statement: Insert, rows: list[Row]) -> None:
+    def add(self, statement: Statement, rows: list[Row]) -> None:
         """Queue rows for one of the tables above."""
         self._rows.extend((statement, row) for row in rows)
 
@@ -59,16 +58,13 @@ class PendingRows:
         """Insert every queued row, one statement per table."""
         if not self._rows:
             return
-        by_table: dict[Insert, list[Row]] = {}
+        by_table: dict[Statement, list[Row]] = {}
         for statement, row in self._rows:
             by_table.setdefault(statement, []).append(row)
-        # Asked of the session each time: inside a savepoint it is the savepoint's connection
-        # (the session takes a savepoint when its connection is first asked for).
-        connection = self._session.connection()
         for statement in _ORDER:
             rows = by_table.get(statement)
             if rows:
-                connection.execute(statement, rows)
+                self._sql.many(statement, rows)
         # Rows of earlier messages written inside the current message's savepoint.
         self._written_in_message.extend(self._rows[: self._mark])
         self._rows = []

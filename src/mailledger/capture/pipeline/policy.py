@@ -13,9 +13,10 @@ from mailledger.capture.pipeline.context import Context, Party
 from mailledger.capture.pipeline.decisions import CONTINUE, Decision, Quarantine
 from mailledger.routing.matcher import Match, company_owners
 from mailledger.store.models import Contact, ContactAddress, Direction, PartyKind, Tenant
+from mailledger.store.precompiled import Cursor, Statement
 
-_NEW_CONTACT = insert(Contact).returning(Contact.id)
-_NEW_CONTACT_ADDRESS = insert(ContactAddress)
+_NEW_CONTACT = Statement(insert(Contact).returning(Contact.id))
+_NEW_CONTACT_ADDRESS = Statement(insert(ContactAddress))
 
 
 class NeverLog:
@@ -67,7 +68,7 @@ class KnownParties:
             # Known only by their company's domain, or not at all: they become contacts.
             for party in candidates:
                 if matches[party.key].kind in (PartyKind.UNMATCHED, PartyKind.COMPANY):
-                    matches[party.key] = _create_contact(mail.session, tenant, party)
+                    matches[party.key] = _create_contact(mail.session, mail.sql, tenant, party)
                     mail.lookups.remember(tenant.id, matches[party.key])
                     mail.trace("contact", "created", f"{party.key} added as a contact")
             return CONTINUE
@@ -80,20 +81,19 @@ class KnownParties:
         return Quarantine(f"{label}: {names} not a contact or company")
 
 
-def _create_contact(session: Session, tenant: Tenant, party: Party) -> Match:
+def _create_contact(session: Session, sql: Cursor, tenant: Tenant, party: Party) -> Match:
     """A new contact for the party, in the one company that owns its domain, if any.
 
-    Core inserts on the connection: the transaction records a batch of messages, and an ORM
+    Inserts on the driver's cursor: the transaction records a batch of messages, and an ORM
     flush here would write every other message's pending changes too.
     """
     owners = company_owners(session, tenant, {party.mailbox.domain})
     company_id = owners.get(party.mailbox.domain)
-    connection = session.connection()
-    contact_id = connection.execute(
+    contact_id = sql.scalar(
         _NEW_CONTACT,
         {"tenant_id": tenant.id, "name": party.mailbox.name[:200], "company_id": company_id},
-    ).scalar_one()
-    connection.execute(
+    )
+    sql.run(
         _NEW_CONTACT_ADDRESS,
         {"contact_id": contact_id, "tenant_id": tenant.id, "address": party.key},
     )

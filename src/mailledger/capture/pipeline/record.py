@@ -8,31 +8,33 @@ the one activity, and the parties a later path names are added to it.
 from __future__ import annotations
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.orm import Session
 
+from mailledger.capture.pipeline.claimed import ClaimedMessage
 from mailledger.capture.pipeline.context import Context
 from mailledger.capture.pipeline.decisions import Decision, Recorded
 from mailledger.capture.pipeline.loopguard import same_email
 from mailledger.capture.pipeline.pending import ATTACHMENTS, PARTICIPANTS, SOURCES
 from mailledger.capture.pipeline.threads import thread_for
 from mailledger.store import webhooks
-from mailledger.store.models import (
-    Activity,
-    OutboundMessage,
-    Participant,
-    ReceivedMessage,
-    utcnow,
-)
+from mailledger.store.models import Activity, OutboundMessage, Participant, utcnow
+from mailledger.store.precompiled import Cursor, Statement
 
-# Statements built once: building one costs more than running it on SQLite.
-_PARTICIPANTS_OF = select(Participant.role, Participant.address).where(
-    Participant.activity_id == bindparam("activity_id")
+# Run on the driver's cursor, compiled once (``store.precompiled``).
+_PARTICIPANTS_OF = Statement(
+    select(Participant.role, Participant.address).where(
+        Participant.activity_id == bindparam("activity_id")
+    )
 )
-_NEW_ACTIVITY = insert(Activity).returning(Activity.id)
-_TOUCH_ACTIVITY = (
+_NEW_ACTIVITY = Statement(insert(Activity).returning(Activity.id))
+_TOUCH_ACTIVITY = Statement(
     update(Activity)
     .where(Activity.id == bindparam("activity_id"))
     .values(updated_at=bindparam("now"))
+)
+_LINK_RELAYED = Statement(
+    update(OutboundMessage)
+    .where(OutboundMessage.queue_id == bindparam("relayed_as"))
+    .values(activity_id=bindparam("activity"))
 )
 
 
@@ -48,13 +50,11 @@ class Record:
         if merged:
             mail.trace("record", "merged", f"merged into activity {activity} (source {route.rcpt})")
             # A new source (and maybe parties): the API's updated_at says the activity changed.
-            mail.session.connection().execute(
-                _TOUCH_ACTIVITY, {"activity_id": activity, "now": utcnow()}
-            )
+            mail.sql.run(_TOUCH_ACTIVITY, {"activity_id": activity, "now": utcnow()})
         else:
             mail.trace("record", "captured", f"activity {activity} ({context.direction.value})")
         _add_participants(context, activity, merged=merged)
-        _link_relayed(mail.session, mail.message, activity)
+        _link_relayed(mail.sql, mail.message, activity)
         # In this transaction: a rollback takes the event with it (DESIGN §11). A merge always
         # adds this path as a source, so it is an update.
         event = webhooks.ACTIVITY_UPDATED if merged else webhooks.ACTIVITY_CREATED
@@ -117,8 +117,7 @@ def _new_activity(context: Context, key: str, checksum: str) -> int:
     subject_lower = parsed.subject.lower()
     keywords = mail.settings.processing.privacy_keywords
     external_keys = [p.key for p in context.external]
-    connection = mail.session.connection()
-    activity = connection.execute(
+    activity = mail.sql.scalar(
         _NEW_ACTIVITY,
         {
             "tenant_id": tenant.id,
@@ -126,7 +125,7 @@ def _new_activity(context: Context, key: str, checksum: str) -> int:
             "content_key": checksum,
             "direction": context.direction,
             "staff_id": context.owner,
-            "thread_id": thread_for(connection, tenant, parsed, external_keys),
+            "thread_id": thread_for(mail.sql, tenant, parsed, external_keys),
             "subject": parsed.subject,
             "from_address": sender.address,
             "from_name": sender.name[:200],
@@ -140,7 +139,7 @@ def _new_activity(context: Context, key: str, checksum: str) -> int:
             "auth": dict(context.verdicts),
             "raw_blob": mail.auth.stored_copy(context.verdict_source, message.blob),
         },
-    ).scalar_one()
+    )
     attachments = [
         {
             "activity_id": activity,
@@ -166,9 +165,7 @@ def _add_participants(context: Context, activity: int, *, merged: bool) -> None:
         mail.rows.write()  # an earlier message of this transaction may have added some
         have = {
             (role, address)
-            for role, address in mail.session.connection().execute(
-                _PARTICIPANTS_OF, {"activity_id": activity}
-            )
+            for role, address in mail.sql.rows(_PARTICIPANTS_OF, {"activity_id": activity})
         }
     rows = []
     for party in context.parties:
@@ -192,14 +189,9 @@ def _add_participants(context: Context, activity: int, *, merged: bool) -> None:
         mail.rows.add(PARTICIPANTS, rows)
 
 
-def _link_relayed(session: Session, message: ReceivedMessage, activity: int) -> None:
+def _link_relayed(sql: Cursor, message: ClaimedMessage, activity: int) -> None:
     """Point the relay's queued copies of a submitted message at its activity."""
     if message.submitted_by_staff_id is None:
         return
     # The relayed copies share the submitted message's queue id.
-    session.execute(
-        update(OutboundMessage)
-        .where(OutboundMessage.queue_id == message.queue_id)
-        .values(activity_id=activity)
-        .execution_options(synchronize_session=False)
-    )
+    sql.run(_LINK_RELAYED, {"relayed_as": message.queue_id, "activity": activity})

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mailledger.capture.pipeline.claimed import ClaimedMessage
 from mailledger.capture.pipeline.pending import TRACE, PendingRows
-from mailledger.store.models import ReceivedMessage, utcnow
+from mailledger.store.models import utcnow
 
 
 class Tracer:
@@ -20,7 +21,7 @@ class Tracer:
     transaction's pending rows, inserted with every other message's in one statement.
     """
 
-    def __init__(self, rows: PendingRows, message: ReceivedMessage) -> None:
+    def __init__(self, rows: PendingRows, message: ClaimedMessage) -> None:
         self._pending = rows
         self._message = message
         self._rows: list[dict[str, Any]] = []

@@ -13,36 +13,46 @@ from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
 
 from mailledger.capture.pipeline.context import Context
 from mailledger.capture.pipeline.decisions import CONTINUE, Decision, Quarantine
-from mailledger.store.engine import is_postgres
 from mailledger.store.models import SenderCount, utcnow
-
-_SENDER_COUNT = select(SenderCount.count).where(
-    SenderCount.tenant_id == bindparam("tenant_id"),
-    SenderCount.sender == bindparam("sender"),
-    SenderCount.bucket == bindparam("bucket"),
-)
+from mailledger.store.precompiled import Statement
 
 
-def _count_sender(insert_for: Any) -> Any:
-    """One statement that adds one to a sender's bucket, creating it, and returns the count."""
+def _count_sender(insert_for: Any) -> Statement:
+    """One statement that adds one to a sender's bucket, creating it, and returns the count
+    with the previous bucket's (None when that bucket is empty)."""
+    earlier = aliased(SenderCount, name="earlier")
+    previous = (
+        select(earlier.count)
+        .where(
+            earlier.tenant_id == bindparam("tenant_id"),
+            earlier.sender == bindparam("sender"),
+            earlier.bucket == bindparam("previous"),
+        )
+        .scalar_subquery()
+    )
     statement = insert_for(SenderCount).values(
         tenant_id=bindparam("tenant_id"),
         sender=bindparam("sender"),
         bucket=bindparam("bucket"),
-        count=bindparam("count"),
+        count=1,
     )
-    return statement.on_conflict_do_update(
-        index_elements=["tenant_id", "sender", "bucket"],
-        set_={"count": SenderCount.count + 1},
-    ).returning(SenderCount.count)
+    return Statement(
+        statement.on_conflict_do_update(
+            index_elements=["tenant_id", "sender", "bucket"],
+            set_={"count": SenderCount.count + 1},
+        ).returning(SenderCount.count, previous)
+    )
 
 
-# Statements built once: building one costs more than running it on SQLite.
-_COUNT_SENDER_SQLITE = _count_sender(sqlite.insert)
-_COUNT_SENDER_POSTGRES = _count_sender(postgresql.insert)
+# Each dialect's upsert, run on the driver's cursor (``store.precompiled``).
+_COUNT_SENDER = {
+    "sqlite": _count_sender(sqlite.insert),
+    "postgresql": _count_sender(postgresql.insert),
+}
 
 
 class VolumeBrake:
@@ -63,11 +73,9 @@ class VolumeBrake:
         sender = context.sender_key
         window = settings.loop_window_seconds
         bucket = int(utcnow().timestamp() // window)
-        connection = mail.session.connection()
-        key = {"tenant_id": context.tenant.id, "sender": sender}
-        upsert = _COUNT_SENDER_POSTGRES if is_postgres(connection.engine) else _COUNT_SENDER_SQLITE
-        current = connection.execute(upsert, key | {"bucket": bucket, "count": 1}).scalar_one()
-        previous = connection.execute(_SENDER_COUNT, key | {"bucket": bucket - 1}).scalar()
+        upsert = _COUNT_SENDER[mail.sql.dialect_name]
+        params = {"tenant_id": context.tenant.id, "sender": sender, "bucket": bucket}
+        [(current, previous)] = mail.sql.rows(upsert, params | {"previous": bucket - 1})
         if current + (previous or 0) > settings.loop_threshold:
             return Quarantine(
                 f"volume: more than {settings.loop_threshold} messages from {sender} "

@@ -45,7 +45,7 @@ from mailledger.web.problems import ProblemError
 
 CREATE_FIELDS = {
     "staff", "login", "imap", "password", "security", "allow_invalid_cert", "mode", "since",
-    "folders", "source_folder", "processed_folder", "shared", "visible_to",
+    "folders", "source_folder", "processed_folder", "shared", "visible_to", "authserv_id",
 }  # fmt: skip
 
 
@@ -76,9 +76,12 @@ def _record(session: Session, account: MailboxAccount) -> dict[str, Any]:
 
 def _field_of(message: str) -> str:
     lowered = message.lower()
-    for name in ("since", "folder", "security", "password", "visible", "imap", "port", "login"):
+    for name in (
+        "authserv", "since", "folder", "security", "password", "visible", "imap", "port", "login",
+    ):  # fmt: skip
         if name in lowered:
-            return {"visible": "visible_to", "folder": "folders", "port": "imap"}.get(name, name)
+            renamed = {"visible": "visible_to", "folder": "folders", "port": "imap"}
+            return renamed.get(name, "authserv_id" if name == "authserv" else name)
     return "staff"
 
 
@@ -113,6 +116,7 @@ async def create_account(request: Request) -> Response:
     processed_folder = text_field(body, "processed_folder") or "mailledger/Processed"
     shared = bool(bool_field(body, "shared"))
     visible_to = list_field(body, "visible_to")
+    authserv_id = text_field(body, "authserv_id") or ""
     box = _box(site)
 
     def add(session: Session) -> dict[str, Any]:
@@ -136,6 +140,7 @@ async def create_account(request: Request) -> Response:
                     processed_folder=processed_folder,
                     shared=shared,
                     visible_to=visible_to,
+                    authserv_id=authserv_id,
                 ),
                 now=utcnow(),
                 max_accounts_per_tenant=site.sync.max_accounts_per_tenant,

@@ -51,7 +51,7 @@ EMPTY_PASSWORD: Final = "password: type the mailbox's password (or its app passw
 # What the connect form remembers after a refusal: never the password.
 FORM_FIELDS: Final = (
     "imap", "login", "security", "allow_invalid_cert", "mode", "since", "folders",
-    "source_folder", "processed_folder",
+    "source_folder", "processed_folder", "authserv_id",
 )  # fmt: skip
 
 
@@ -94,6 +94,7 @@ def imap_request(
         processed_folder=form.get("processed_folder") or "mailledger/Processed",
         shared=shared,
         visible_to=visible_to or [],
+        authserv_id=form.get("authserv_id"),
     )
 
 
