@@ -158,11 +158,10 @@ def advance(folder: MailboxFolder, uidvalidity: int, highest_uid: int, now: date
 def _received(where: Where, message: Fetched, digest: str) -> Received:
     account = where.account
     mailbox = account.login.lower()
-    header = message.raw[:65536]
     facts = SessionFacts(
         peer=f"{account.host}:{account.port}",
         helo="",
-        mail_from=return_path(header),
+        mail_from=return_path(message.raw),
         rcpt_to=[mailbox],
         tls=where.tls,
         trace_id=new_trace_id(),

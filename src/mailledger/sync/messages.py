@@ -15,6 +15,9 @@ from datetime import datetime
 from mailledger.mail.headerscan import message_id_in_head
 
 NOTE_HEADER = "X-Mailledger-Note"
+HEADER_SCAN_BYTES = 65536  # how far into a message its Return-Path is looked for
+_RETURN_PATH = re.compile(rb"^return-path[ \t]*:[ \t]*<?([^>\r\n]*)>?", re.I | re.M)
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 # Header fields that describe the body left out: they would describe the note instead.
 _BODY_FIELDS = re.compile(
     rb"^(content-type|content-transfer-encoding|content-disposition|mime-version)[ \t]*:"
@@ -63,9 +66,16 @@ def message_id_of(raw_or_header: bytes) -> str:
     return message_id_in_head(raw_or_header)
 
 
-def return_path(header: bytes) -> str:
-    """The envelope sender the receiving server recorded (Return-Path), or ""."""
-    match = re.search(rb"^return-path[ \t]*:[ \t]*<?([^>\r\n]*)>?", header[:65536], re.I | re.M)
+def return_path(raw: bytes) -> str:
+    """The envelope sender the receiving server recorded (Return-Path), or "".
+
+    Only the header section is read: a line of the body that starts with "Return-Path:"
+    (a quoted message) is not the envelope, and scanning every body line was an eighth of
+    a backfill's CPU.
+    """
+    window = raw[:HEADER_SCAN_BYTES]
+    end = _BLANK_LINE.search(window)
+    match = _RETURN_PATH.search(window, 0, end.start() if end else len(window))
     if match is None:
         return ""
     return match.group(1).decode("utf-8", "replace").strip()[:320]
