@@ -2,8 +2,9 @@
 
 ``python -m bench.intake_only`` runs the server as ``make bench`` does, with processing in a
 process of its own (``[processing] worker_processes = 1``), and charges the server only the
-CPU of its own process (every thread, not the processing child): that is the listener, the
-intake writer and the idle periodic passes. The bare server gets the same load in the same
+CPU of its own process (every thread, not the processing child) and of its listener processes
+(``--listener-processes``, ``[service] listener_processes``): that is the listeners, the intake
+writers and the idle periodic passes. The bare server gets the same load in the same
 run, in alternating rounds, so a busy machine slows both alike. Printed: CPU ms per message
 and end of DATA → 250 p50/p99 for both.
 """
@@ -23,21 +24,57 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import prepare, run_load
-from bench.procstat import process_cpu_seconds
+from bench.procstat import process_cpu_seconds, tree
 from bench.results import ms, percentile, table
-from bench.servers import bare_server, full_server, write_full_config
+from bench.servers import READY_TIMEOUT_SECONDS, bare_server, write_full_config
 from bench.world import GMAIL_IP, HOSTNAME, RICHARD_CAPTURE, make_keys, make_messages, publish, seed
+from mailledger.service.listeners import PROCESS_TITLE
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.ports import free_port
+from mailledger.testing.servers import ServerProcess
 from mailledger.testing.tls import write_self_signed
 
 KB = 1024
 
 
+def _listeners(pid: int) -> list[int]:
+    """The server process and its listener processes (not the processing processes)."""
+    found = [pid]
+    for child in tree(pid)[1:]:
+        try:
+            name = Path(f"/proc/{child}/comm").read_text().strip()
+        except OSError:
+            continue
+        if name == PROCESS_TITLE.decode():
+            found.append(child)
+    return found
+
+
+def _wait_for_listeners(pid: int, count: int) -> None:
+    """Until the server and its listener processes (``count`` in all) are up."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while len(_listeners(pid)) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} listener processes did not start")
+        time.sleep(0.1)
+    time.sleep(1.0)  # accepting, not just started
+
+
+def _cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += process_cpu_seconds(pid)
+        except OSError:
+            continue
+    return total
+
+
 def _round(port: int, pid: int, work: list[tuple[str, bytes]], sessions: int) -> dict[str, Any]:
-    cpu0 = process_cpu_seconds(pid)
+    pids = _listeners(pid)
+    cpu0 = _cpu(pids)
     load = asyncio.run(run_load(port, RICHARD_CAPTURE, list(work), sessions, GMAIL_IP))
-    cpu = process_cpu_seconds(pid) - cpu0
+    cpu = _cpu(pids) - cpu0
     accepted = load.accepted
     if len(accepted) != len(work):
         raise RuntimeError(f"only {len(accepted)} of {len(work)} accepted")
@@ -81,7 +118,29 @@ def _args() -> argparse.Namespace:
         "--profile", type=Path, help="also record the server process with py-spy (raw stacks)"
     )
     parser.add_argument("--gil", action="store_true", help="profile only the GIL holder")
+    parser.add_argument(
+        "--listener-processes",
+        type=int,
+        default=None,
+        help="[service] listener_processes for the full server (default: the config's)",
+    )
+
     return parser.parse_args()
+
+
+def _full_server(config: Path, port: int, log: Path, args: argparse.Namespace) -> ServerProcess:
+    """``bench.servers.full_server``, with ``--listener-processes`` when given."""
+    env = {}
+    if args.listener_processes is not None:
+        env["MAILLEDGER_SERVICE__LISTENER_PROCESSES"] = str(args.listener_processes)
+    return ServerProcess.for_config(
+        config,
+        port=port,
+        log=log,
+        name="full server",
+        ready_timeout_seconds=READY_TIMEOUT_SECONDS,
+        env=env,
+    )
 
 
 def main() -> int:
@@ -97,7 +156,7 @@ def main() -> int:
         publish(dns, keys)
         ports = {name: free_port() for name in ("capture", "submission", "mx", "metrics", "bare")}
         cert, key = write_self_signed(HOSTNAME, work_dir / "tls")
-        seed(f"sqlite:///{work_dir / 'mailledger.db'}", work_dir / "dkim", dns)
+        seed(f"sqlite:///{work_dir / 'mailledger.db'}", work_dir / "secret.key", dns)
         config = write_full_config(work_dir, dns, ports, cert, key)
         # Distinct messages in every round: the blob store keeps identical bytes only once.
         mails = make_messages(keys, args.messages * args.rounds, args.size, pool)
@@ -107,8 +166,9 @@ def main() -> int:
         results: dict[str, list[dict[str, Any]]] = {"bare": [], "full": []}
         with (
             bare_server(ports["bare"], work_dir / "bare.log") as bare,
-            full_server(config, ports["capture"], work_dir / "server.log") as full,
+            _full_server(config, ports["capture"], work_dir / "server.log", args) as full,
         ):
+            _wait_for_listeners(full.pid, args.listener_processes or 1)
             spy = _spy(full.pid, args.profile, gil=args.gil) if args.profile else None
             for n, work in enumerate(rounds):
                 for name, port, pid in (

@@ -1,47 +1,67 @@
 """Mailbox sync backfill rate: messages/s and CPU per message, beside mbsync, in one run.
 
-``python -m bench.sync_backfill [--messages N]`` fills a Dovecot mailbox (Debian's
-dovecot-imapd, on loopback) with N messages of about 10 KB, then
+``python -m bench.sync_backfill [--messages N] [--processes P]`` fills a Dovecot mailbox
+(Debian's dovecot-imapd, on loopback) with N messages of about 10 KB, then
 
 - ``mbsync`` (Debian's isync) copies the mailbox to a Maildir: the reference, a C program
-  that only copies;
-- our engine backfills the same mailbox (``sync.passes``: batched FETCH, blobs fsynced, the
-  intake rows committed per batch) and the capture worker records every message as an
-  activity through the whole pipeline (parse, verdicts, matching, dedupe, record).
+  that only copies (and fsyncs each message);
+- our engine backfills the same mailbox twice, each time into a fresh SQLite database:
+  - **fetch alone**: ``sync.passes`` with nothing else running (batched UID FETCH, blobs
+    fsynced, the intake rows and the folder's highest UID committed per batch). This is what
+    sync adds before the shared processing pipeline.
+  - **with activities**: the same pass while P processing processes (``[processing]
+    worker_processes``, as ``serve`` runs them; P defaults to the number of cores) record the
+    fetched messages through the whole pipeline (parse, verdicts, matching, dedupe, record),
+    woken by each committed batch, so fetching and recording overlap. The clock runs from
+    the pass's start until the last message is recorded; the processes are started (and have
+    finished importing) before it starts, as they are in a running server.
 
-The rate of each is N over its wall time; CPU per message is the process's own CPU time
-(mbsync's, or this process's) over N; Dovecot's CPU is in neither. Two ratios are printed,
-ours over mbsync's: with every activity recorded (fetch, then the capture worker), and the
-fetch into the store alone (what sync adds before the shared processing pipeline).
+The rate of each is N over its wall time. CPU per message is the CPU time over N of mbsync
+(its process), of the sync pass (this process, every thread) and of the processing processes;
+Dovecot's CPU is in none of them. The ratios are ours over mbsync's: with every activity
+recorded (the issue's target: at least 0.5), and the fetch alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import resource
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bench import procstat
+from mailledger.capture.workerpool import WorkerProcesses
 from mailledger.cli.demo import seed_demo
-from mailledger.config import load_settings
+from mailledger.config import Settings, load_settings
 from mailledger.logs import configure_logging
-from mailledger.store.blobs import BlobStore
+from mailledger.service.server import LOCK_POLL
+from mailledger.store.blobbackend import open_blob_backend
 from mailledger.store.engine import make_engine, make_sessionmaker
-from mailledger.store.models import Base
+from mailledger.store.models import Base, MessageState, ReceivedMessage
 from mailledger.store.secretbox import ensure_key_file
 from mailledger.testing.dovecot import Dovecot
 from mailledger.testing.mail import make_email
-from mailledger.testing.syncing import activity_count, add_account, process_received, syncer
+from mailledger.testing.syncing import activity_count, add_account, syncer
 
 MBSYNC = "/usr/bin/mbsync"
 USER = "bench@mail.test.example"
 PASSWORD = "bench password"
+AUTHSERV_ID = "mx.provider.example"
 DEFAULT_MESSAGES = 2000
 BODY_BYTES = 10 * 1024
+TARGET_RATIO = 0.5  # issue 15: at least half of mbsync's rate, with every activity recorded
+START_SECONDS = 60.0  # for the processing processes to start and import
+FINISH_SECONDS = 1800.0  # for the last activity after the pass
+POLL_SECONDS = 0.05
 
 
 def _message(n: int) -> bytes:
@@ -82,8 +102,66 @@ def _mbsync(server: Dovecot, work: Path) -> dict[str, Any]:
     return {"seconds": wall, "cpu_seconds": cpu, "messages": copied}
 
 
-def _ours(server: Dovecot, work: Path, messages: int) -> dict[str, Any]:
-    """Our backfill and processing into activities: wall time and this process's CPU."""
+class _Processing:
+    """``[processing] worker_processes`` processes as ``serve`` runs them, in a loop thread."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.pool = WorkerProcesses(settings, count)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        me = os.getpid()
+        before = set(procstat.tree(me))
+        self._thread.start()
+        self._running = asyncio.run_coroutine_threadsafe(self.pool.run(), self._loop)
+        deadline = time.monotonic() + START_SECONDS
+        self.pids: list[int] = []
+        while len(self.pids) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self.pids = sorted(set(procstat.tree(me)) - before)
+        self._settle(deadline)
+
+    def _settle(self, deadline: float) -> None:
+        """Wait until the processes have imported and gone idle (their CPU stands still)."""
+        last = -1.0
+        while time.monotonic() < deadline:
+            now = self.cpu_seconds()
+            if now == last:
+                return
+            last = now
+            time.sleep(0.5)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the processing processes so far."""
+        total = 0.0
+        for pid in self.pids:
+            try:
+                total += procstat.process_cpu_seconds(pid)
+            except OSError:
+                continue
+        return total
+
+    def stop(self) -> None:
+        """Stop the processes (each hands back its claims) and the loop."""
+        asyncio.run_coroutine_threadsafe(self.pool.stop(), self._loop).result(timeout=120)
+        self._running.result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+def _unfinished(sessions: sessionmaker[Session]) -> int:
+    """Received messages not yet through processing (recorded, quarantined or failed)."""
+    with sessions() as session:
+        waiting = select(func.count(ReceivedMessage.id)).where(
+            ReceivedMessage.state == MessageState.RECEIVED
+        )
+        return int(session.scalar(waiting) or 0)
+
+
+def _backfill(server: Dovecot, work: Path, processes: int) -> dict[str, Any]:
+    """One backfill into a fresh database; with ``processes`` > 0, until every message is
+    recorded by that many processing processes running beside the pass."""
+    work.mkdir(parents=True)
     database = f"sqlite:///{work / 'sync.db'}"
     env = {
         "MAILLEDGER_DATABASE__URL": database,
@@ -91,77 +169,125 @@ def _ours(server: Dovecot, work: Path, messages: int) -> dict[str, Any]:
         "MAILLEDGER_SECRETS__KEY_FILE": str(work / "secret.key"),
         "MAILLEDGER_DNS__NAMESERVERS": '["127.0.0.1:9"]',
         "MAILLEDGER_LOGGING__LEVEL": '"warning"',
+        "MAILLEDGER_PROCESSING__WORKER_PROCESSES": str(processes),
     }
     settings = load_settings(None, env)
     configure_logging(settings.logging)
     ensure_key_file(settings.secrets.key_file)
-    engine = make_engine(database)
+    # As serve makes it: the sync pass is one of the server's writers (intake's lock polling).
+    engine = make_engine(database, lock_poll_seconds=LOCK_POLL)
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)
-    blobs = BlobStore(settings.storage.blob_dir)
+    blobs = open_blob_backend(settings, engine=engine)
     with sessions.begin() as session:
         seed_demo(session)
-    account = add_account(sessions, settings, server, USER)
-    cpu_before = time.process_time()
-    started = time.perf_counter()
-    result = syncer(sessions, blobs, settings, server).run(account)
-    fetched_at = time.perf_counter()
-    process_received(sessions, blobs, settings)
-    wall = time.perf_counter() - started
-    cpu = time.process_time() - cpu_before
+    # The provider's Authentication-Results on top are trusted, as `account add
+    # --authserv-id` says for a plain IMAP account: the mail is recorded, not held.
+    account = add_account(sessions, settings, server, USER, authserv_id=AUTHSERV_ID)
+    processing = _Processing(settings, processes) if processes else None
+    engine_of_pass = syncer(sessions, blobs, settings, server)
+    if processing is not None:
+        engine_of_pass.on_stored = processing.pool.wake
+    try:
+        processing_cpu = processing.cpu_seconds() if processing is not None else 0.0
+        cpu_before = time.process_time()
+        started = time.perf_counter()
+        result = engine_of_pass.run(account)
+        fetched_at = time.perf_counter()
+        fetch_cpu = time.process_time() - cpu_before
+        backlog = _unfinished(sessions) if processing is not None else 0
+        if processing is not None:
+            deadline = time.monotonic() + FINISH_SECONDS
+            while _unfinished(sessions) and time.monotonic() < deadline:
+                time.sleep(POLL_SECONDS)
+            processing_cpu = processing.cpu_seconds() - processing_cpu
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu_before
+    finally:
+        if processing is not None:
+            processing.stop()
     recorded = activity_count(sessions)
     engine.dispose()
     if result.problem is not None:
         raise RuntimeError(f"the backfill failed: {result.problem}")
     return {
+        "processes": processes,
         "seconds": wall,
         "fetch_seconds": fetched_at - started,
-        "cpu_seconds": cpu,
+        "fetch_cpu_seconds": fetch_cpu,
+        "cpu_seconds": cpu,  # this process: the pass, and (with processes) the waiting
+        "processing_cpu_seconds": processing_cpu,
+        "backlog_at_fetch_end": backlog,
         "messages": result.fetched,
         "activities": recorded,
     }
 
 
-def measure(work: Path, messages: int = DEFAULT_MESSAGES) -> dict[str, Any]:
-    """Both backfills of one mailbox of ``messages`` messages; the figures and the ratio."""
+def _rates(run: dict[str, Any], messages: int) -> dict[str, Any]:
+    seconds = run["seconds"]
+    return run | {
+        "msgs_per_s": round(messages / seconds, 1) if seconds else None,
+        "cpu_ms_per_msg": round(run["cpu_seconds"] * 1000 / messages, 3),
+    }
+
+
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    return round(ours / theirs, 3) if ours and theirs else None
+
+
+def measure(
+    work: Path, messages: int = DEFAULT_MESSAGES, processes: int | None = None
+) -> dict[str, Any]:
+    """mbsync's copy and our two backfills of one mailbox of ``messages`` messages."""
+    processes = processes or os.cpu_count() or 1
     work.mkdir(parents=True, exist_ok=True)
+    load = round(os.getloadavg()[0], 2)  # others' work on the machine slows both sides
     with Dovecot() as server:
         server.add_user(USER, PASSWORD)
         server.append_many(USER, "INBOX", (_message(n) for n in range(messages)))
         reference = _mbsync(server, work)
-        ours = _ours(server, work, messages)
-    out: dict[str, Any] = {"messages": messages}
-    for name, run in (("mbsync", reference), ("sync", ours)):
-        out[name] = run | {
-            "msgs_per_s": round(messages / run["seconds"], 1) if run["seconds"] else None,
-            "cpu_ms_per_msg": round(run["cpu_seconds"] * 1000 / messages, 3),
-        }
-    fetch = out["sync"]["fetch_seconds"]
-    out["sync"]["fetch_msgs_per_s"] = round(messages / fetch, 1) if fetch else None
-    out["fetch_ratio"] = (
-        round(out["sync"]["fetch_msgs_per_s"] / out["mbsync"]["msgs_per_s"], 3)
-        if out["mbsync"]["msgs_per_s"] and out["sync"]["fetch_msgs_per_s"]
-        else None
-    )
-    out["rate_ratio"] = (
-        round(out["sync"]["msgs_per_s"] / out["mbsync"]["msgs_per_s"], 3)
-        if out["mbsync"]["msgs_per_s"]
-        else None
-    )
+        alone = _backfill(server, work / "fetch-alone", 0)
+        ours = _backfill(server, work / "with-activities", processes)
+    out: dict[str, Any] = {"messages": messages, "processes": processes, "load": load}
+    out["mbsync"] = _rates(reference, messages)
+    out["fetch_alone"] = _rates(alone, messages)
+    sync = _rates(ours, messages)
+    sync["processing_cpu_ms_per_msg"] = round(ours["processing_cpu_seconds"] * 1000 / messages, 3)
+    sync["fetch_cpu_ms_per_msg"] = round(ours["fetch_cpu_seconds"] * 1000 / messages, 3)
+    sync["fetch_msgs_per_s"] = round(messages / ours["fetch_seconds"], 1)
+    out["sync"] = sync
+    out["rate_ratio"] = _ratio(sync["msgs_per_s"], out["mbsync"]["msgs_per_s"])
+    out["fetch_ratio"] = _ratio(out["fetch_alone"]["msgs_per_s"], out["mbsync"]["msgs_per_s"])
+    out["target_ratio"] = TARGET_RATIO
     return out
 
 
 def render(result: dict[str, Any]) -> str:
-    """One line per backfill, and the ratio."""
-    mb, ours = result["mbsync"], result["sync"]
+    """What each figure measures, one per line, and the ratios."""
+    mb, alone, ours = result["mbsync"], result["fetch_alone"], result["sync"]
+    met = "met" if (result["rate_ratio"] or 0) >= TARGET_RATIO else "NOT met"
+    cores = os.cpu_count() or 1
+    if met == "met" and result["load"] > cores:
+        # Others' work slows mbsync's fsyncs far more than our CPU-bound path: the ratio
+        # flatters us, so it is no verdict.
+        met += f" only on a busy machine (load {result['load']} > {cores} cores): rerun idle"
     return (
-        f"  mbsync: {mb['msgs_per_s']} msgs/s, {mb['cpu_ms_per_msg']} ms CPU/msg "
-        f"({mb['messages']} copied)\n"
-        f"  sync:   {ours['msgs_per_s']} msgs/s, {ours['cpu_ms_per_msg']} ms CPU/msg "
-        f"with every activity recorded ({ours['activities']} activities)\n"
-        f"  sync fetch into the store alone: {ours['fetch_msgs_per_s']} msgs/s\n"
-        f"  sync / mbsync rate: {result['rate_ratio']} with activities, "
-        f"{result['fetch_ratio']} fetch alone"
+        f"  (load average {result['load']} on {os.cpu_count()} cores at the start: mbsync's "
+        "rate is bound by its fsync per message, ours by the CPU)\n"
+        f"  mbsync copy to a Maildir: {mb['msgs_per_s']} msgs/s, "
+        f"{mb['cpu_ms_per_msg']} ms CPU/msg ({mb['messages']} copied)\n"
+        f"  sync, fetch into the store alone (no processing running): "
+        f"{alone['msgs_per_s']} msgs/s, {alone['cpu_ms_per_msg']} ms CPU/msg\n"
+        f"  sync with every activity recorded ({result['processes']} processing processes "
+        f"beside the pass; clock stops at the last activity): {ours['msgs_per_s']} msgs/s, "
+        f"CPU/msg {ours['fetch_cpu_ms_per_msg']} ms the pass + "
+        f"{ours['processing_cpu_ms_per_msg']} ms processing "
+        f"({ours['activities']} activities)\n"
+        f"    of which the pass ended after {round(ours['fetch_seconds'], 2)} s "
+        f"({ours['fetch_msgs_per_s']} msgs/s), {ours['backlog_at_fetch_end']} messages still "
+        f"waiting for processing then\n"
+        f"  sync / mbsync rate: {result['rate_ratio']} with activities (target "
+        f">= {TARGET_RATIO}: {met}), {result['fetch_ratio']} fetch alone"
     )
 
 
@@ -169,12 +295,18 @@ def main() -> int:
     """Run the measurement and print it."""
     parser = argparse.ArgumentParser(prog="python -m bench.sync_backfill")
     parser.add_argument("--messages", type=int, default=DEFAULT_MESSAGES)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="processing processes beside the pass (default: the number of cores)",
+    )
     args = parser.parse_args()
     if not Path(MBSYNC).exists():
         print("mbsync is not installed (apt-get install isync)")
         return 2
     with tempfile.TemporaryDirectory(prefix="mailledger-sync-bench-") as tmp:
-        result = measure(Path(tmp), args.messages)
+        result = measure(Path(tmp), args.messages, args.processes)
     print(f"sync backfill of {args.messages} messages of ~10 KB from Dovecot:")
     print(render(result))
     return 0

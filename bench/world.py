@@ -23,6 +23,7 @@ from mailledger.relay.credentials import hash_password
 from mailledger.store import directory
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, utcnow
+from mailledger.store.secretbox import SecretBox, ensure_key_file
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.forwarding import SigningKey, dkim_sign, gmail_forward, make_key
 from mailledger.testing.mail import make_email
@@ -81,8 +82,12 @@ def publish(dns: DNSServer, keys: Keys) -> None:
         dns.add(key.record_name, "TXT", key.txt)
 
 
-def seed(database_url: str, dkim_dir: Path, dns: DNSServer) -> sessionmaker[Session]:
-    """Schema, the demo tenant (Richard, Carol, Client Co), a relay password, acme's DKIM key."""
+def seed(database_url: str, secret_key: Path, dns: DNSServer) -> sessionmaker[Session]:
+    """Schema, the demo tenant (Richard, Carol, Client Co), a relay password, acme's DKIM key.
+
+    The key is sealed with ``secret_key`` (created here), the server's ``[secrets] key_file``.
+    """
+    ensure_key_file(secret_key)
     engine = make_engine(database_url)
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)
@@ -91,7 +96,8 @@ def seed(database_url: str, dkim_dir: Path, dns: DNSServer) -> sessionmaker[Sess
         tenant = directory.find_tenant(session, "acme")
         staff = directory.find_staff(session, tenant, "richard")
         staff.password_hash = hash_password(RICHARD_PASSWORD)
-        key = dkim_keys.create_key(session, tenant, "acme.example", str(dkim_dir), selector="s1")
+        box = SecretBox.from_file(secret_key)
+        key = dkim_keys.create_key(session, tenant, "acme.example", box, selector="s1")
         # Published on our DNS server just below; what `dkim check` would record.
         key.verified_at = utcnow()
         dns.add(dkim_keys.record_name(key.selector, key.domain), "TXT", key.public_record)
