@@ -13,32 +13,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.cli.demo import DemoAddresses
-from mailledger.cli.main import main
 from mailledger.config import Settings
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import MailboxAccount, ReceivedMessage, Staff, utcnow
 from mailledger.store.secretbox import SecretBox
+from mailledger.testing.cli import InProcessCli as Cli
+from mailledger.testing.cli import use_settings
 from mailledger.testing.dovecot import Dovecot, running_dovecot
 from mailledger.testing.mail import make_email, store_received
 from mailledger.testing.syncing import activity_count, process_received, sources_by_activity
 
 USER = "richard.smith@mail.test.example"
 PASSWORD = "correct horse battery"
-
-
-class Cli:
-    """``mailledger`` in-process on the test's database; returns stdout, checks the exit."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-        self.err = ""
-
-    def __call__(self, *argv: str, expect: int = 0) -> str:
-        self.capsys.readouterr()
-        code = main(list(argv))
-        out, self.err = self.capsys.readouterr()
-        assert code == expect, f"exit {code}: {out}{self.err}"
-        return out
 
 
 @pytest.fixture
@@ -48,16 +34,7 @@ def cli(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> Cli:
-    env = {
-        "DATABASE__URL": settings.database.url,
-        "STORAGE__BLOB_DIR": settings.storage.blob_dir,
-        "SECRETS__KEY_FILE": settings.secrets.key_file,
-        "DNS__NAMESERVERS": '["127.0.0.1:9"]',
-        "DNS__TIMEOUT_SECONDS": "0.5",
-    }
-    monkeypatch.delenv("MAILLEDGER_CONFIG", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(f"MAILLEDGER_{key}", value)
+    use_settings(monkeypatch, settings)
     return Cli(capsys)
 
 

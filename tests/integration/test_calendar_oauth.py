@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.calendar.passes import CalendarSyncer
 from mailledger.cli.demo import DemoAddresses
-from mailledger.cli.main import main
 from mailledger.config import OAuthSettings, OAuthSettingsAll, Settings
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import (
@@ -34,6 +33,8 @@ from mailledger.store.models import (
 )
 from mailledger.store.secretbox import SecretBox
 from mailledger.testing.bearerproxy import BearerProxy
+from mailledger.testing.cli import InProcessCli as Cli
+from mailledger.testing.cli import use_settings
 from mailledger.testing.oauthserver import CLIENT_ID, CLIENT_SECRET, OAuthServer
 from mailledger.testing.radicale import Radicale
 from mailledger.testing.webpages import RunningPages
@@ -44,21 +45,6 @@ LOGIN = "richard@acme.example"
 CONTACT = "carol@client.example"
 REDIRECT = "http://127.0.0.1:9/accounts/oauth/callback"
 CALENDAR_SCOPE = "https://www.googleapis.com/auth/calendar"
-
-
-class Cli:
-    """``mailledger`` in-process; the standard input plays the person signing in."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-        self.err = ""
-
-    def __call__(self, *argv: str, expect: int = 0) -> str:
-        self.capsys.readouterr()
-        code = main(list(argv))
-        out, self.err = self.capsys.readouterr()
-        assert code == expect, f"exit {code}: {out}{self.err}"
-        return out
 
 
 class Browser:
@@ -121,22 +107,16 @@ def cli(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> Cli:
-    env = {
-        "DATABASE__URL": settings.database.url,
-        "STORAGE__BLOB_DIR": settings.storage.blob_dir,
-        "SECRETS__KEY_FILE": settings.secrets.key_file,
-        "DNS__NAMESERVERS": '["127.0.0.1:9"]',
-        "DNS__TIMEOUT_SECONDS": "0.5",
-        "OAUTH__GOOGLE__CLIENT_ID": CLIENT_ID,
-        "OAUTH__GOOGLE__CLIENT_SECRET": CLIENT_SECRET,
-        "OAUTH__GOOGLE__AUTH_URL": provider.auth_url,
-        "OAUTH__GOOGLE__TOKEN_URL": provider.token_url,
-        "OAUTH__GOOGLE__CALENDAR_SCOPES": f'["{CALENDAR_SCOPE}"]',
-        "OAUTH__GOOGLE__REDIRECT_URI": REDIRECT,
-    }
-    monkeypatch.delenv("MAILLEDGER_CONFIG", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(f"MAILLEDGER_{key}", value)
+    use_settings(
+        monkeypatch,
+        settings,
+        OAUTH__GOOGLE__CLIENT_ID=CLIENT_ID,
+        OAUTH__GOOGLE__CLIENT_SECRET=CLIENT_SECRET,
+        OAUTH__GOOGLE__AUTH_URL=provider.auth_url,
+        OAUTH__GOOGLE__TOKEN_URL=provider.token_url,
+        OAUTH__GOOGLE__CALENDAR_SCOPES=f'["{CALENDAR_SCOPE}"]',
+        OAUTH__GOOGLE__REDIRECT_URI=REDIRECT,
+    )
     return Cli(capsys)
 
 

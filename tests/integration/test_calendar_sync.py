@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.calendar.passes import CalendarSyncer
 from mailledger.cli.demo import DemoAddresses
-from mailledger.cli.main import main
 from mailledger.config import Settings
 from mailledger.store import calendars, directory
 from mailledger.store.models import (
@@ -39,26 +38,13 @@ from mailledger.store.models import (
     utcnow,
 )
 from mailledger.store.secretbox import SecretBox
+from mailledger.testing.cli import InProcessCli as Cli
+from mailledger.testing.cli import use_settings
 from mailledger.testing.radicale import Radicale
 
 USER = "richard"
 PASSWORD = "calendar secret"
 CONTACT = "carol@client.example"
-
-
-class Cli:
-    """``mailledger`` in-process on the test's database; returns stdout, checks the exit."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-        self.err = ""
-
-    def __call__(self, *argv: str, expect: int = 0) -> str:
-        self.capsys.readouterr()
-        code = main(list(argv))
-        out, self.err = self.capsys.readouterr()
-        assert code == expect, f"exit {code}: {out}{self.err}"
-        return out
 
 
 @pytest.fixture
@@ -77,16 +63,7 @@ def cli(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> Cli:
-    env = {
-        "DATABASE__URL": settings.database.url,
-        "STORAGE__BLOB_DIR": settings.storage.blob_dir,
-        "SECRETS__KEY_FILE": settings.secrets.key_file,
-        "DNS__NAMESERVERS": '["127.0.0.1:9"]',
-        "DNS__TIMEOUT_SECONDS": "0.5",
-    }
-    monkeypatch.delenv("MAILLEDGER_CONFIG", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(f"MAILLEDGER_{key}", value)
+    use_settings(monkeypatch, settings)
     return Cli(capsys)
 
 

@@ -23,6 +23,8 @@ from mailledger.config import Settings
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import Activity, MailboxAccount, Tenant
 from mailledger.testing.api import bearer, make_token, running_api
+from mailledger.testing.cli import InProcessCli as Cli
+from mailledger.testing.cli import use_settings
 from mailledger.testing.dovecot import Dovecot, running_dovecot
 from mailledger.testing.mail import make_email
 from mailledger.testing.syncing import add_account, process_received, syncer
@@ -124,21 +126,6 @@ def test_a_configured_id_with_a_forged_header_on_top_is_none(
     assert OWN_ID in auth["original"]["detail"]
 
 
-class Cli:
-    """``mailledger`` in-process on the test's database; returns stdout, checks the exit."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-        self.err = ""
-
-    def __call__(self, *argv: str, expect: int = 0) -> str:
-        self.capsys.readouterr()
-        code = main(list(argv))
-        out, self.err = self.capsys.readouterr()
-        assert code == expect, f"exit {code}: {out}{self.err}"
-        return out
-
-
 @pytest.fixture
 def cli(
     settings: Settings,
@@ -146,16 +133,7 @@ def cli(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> Cli:
-    env = {
-        "DATABASE__URL": settings.database.url,
-        "STORAGE__BLOB_DIR": settings.storage.blob_dir,
-        "SECRETS__KEY_FILE": settings.secrets.key_file,
-        "DNS__NAMESERVERS": '["127.0.0.1:9"]',
-        "DNS__TIMEOUT_SECONDS": "0.5",
-    }
-    monkeypatch.delenv("MAILLEDGER_CONFIG", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(f"MAILLEDGER_{key}", value)
+    use_settings(monkeypatch, settings)
     return Cli(capsys)
 
 
