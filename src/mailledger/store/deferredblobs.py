@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, BinaryIO
 
 from mailledger.store.blobbackend import BlobBackend, hash_pieces
-from mailledger.store.blobs import Blob, BlobFile, BlobStoreError
+from mailledger.store.blobs import SPOOL_MAX_AGE_SECONDS, Blob, BlobFile, BlobStoreError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -85,7 +85,7 @@ class DeferredBlobs:
         """A spool file of the wrapped backend."""
         return self._backend.new_file()
 
-    def sweep_spool(self, max_age_seconds: float = 86400.0) -> int:
+    def sweep_spool(self, max_age_seconds: float = SPOOL_MAX_AGE_SECONDS) -> int:
         """The wrapped backend's sweep."""
         return self._backend.sweep_spool(max_age_seconds)
 
