@@ -110,6 +110,7 @@ async def test_accounts_api(
         ) as reader:
             assert (await reader.get(path)).status_code == 200
             assert (await reader.post(f"{path}/sync")).status_code == 403
+            assert (await reader.patch(path, json={"authserv_id": "x.example"})).status_code == 403
             assert (await reader.delete(f"{path}?history=keep")).status_code == 403
 
         reconnected = await client.post(f"{path}/reconnect", json={"password": "app-password-2"})
@@ -120,6 +121,23 @@ async def test_accounts_api(
             assert box.open(row.secret) == "app-password-2"
         synced = await client.post(f"{path}/sync")
         assert synced.status_code == 202, synced.text
+
+        # Whose Authentication-Results the mail is judged on (`account set --authserv-id`).
+        assert account["authserv_id"] == ""
+        trusted = await client.patch(path, json={"authserv_id": "Mail.Acme.COM"})
+        assert trusted.status_code == 200, trusted.text
+        assert trusted.json()["authserv_id"] == "mail.acme.com"
+        with sessions() as session:
+            assert session.get_one(MailboxAccount, account["id"]).authserv_id == "mail.acme.com"
+        wrong = await client.patch(path, json={"authserv_id": "mail.acme.com; dkim=pass"})
+        assert (wrong.status_code, wrong.json()["field"]) == (422, "authserv_id")
+        assert (await client.patch(path, json={})).status_code == 422
+        assert (await client.patch(path, json={"login": "other"})).status_code == 422
+        assert (
+            await client.patch(f"/v1/accounts/{theirs}", json={"authserv_id": ""})
+        ).status_code == 404
+        cleared = await client.patch(path, json={"authserv_id": ""})
+        assert cleared.json()["authserv_id"] == ""
 
         assert (await client.delete(path)).status_code == 422  # keep or remove: say which
         removed = await client.delete(f"{path}?history=remove")

@@ -25,6 +25,13 @@ from mailledger.web.openapiresources import (
 )
 
 _ACCOUNT_ID = _path_param("account_id", "The mailbox account's id.", integer=True)
+_AUTHSERV_ID = {
+    "type": "string",
+    "description": "The id the IMAP server's own Authentication-Results begin with "
+    "(`account add --authserv-id`): only the topmost header under it is read for the "
+    "sender's SPF/DKIM/DMARC. Empty: none is, and every verdict is none. Google and "
+    "Microsoft 365 accounts use their provider's id and refuse another.",
+}
 _STATUSES = ["pending", "syncing", "enabled", "error", "connection", "reconnect"]
 
 ACCOUNT_PATHS: dict[str, Any] = {
@@ -59,13 +66,7 @@ ACCOUNT_PATHS: dict[str, Any] = {
                     "processed_folder": {"type": "string"},
                     "shared": {"type": "boolean"},
                     "visible_to": _STRINGS,
-                    "authserv_id": {
-                        "type": "string",
-                        "description": "The id the IMAP server's own Authentication-Results "
-                        "begin with (`account add --authserv-id`): only the topmost header "
-                        "under it is read for the sender's SPF/DKIM/DMARC. Empty: none is, "
-                        "and every verdict is none.",
-                    },
+                    "authserv_id": _AUTHSERV_ID,
                 },
                 {
                     "staff": "richard",
@@ -86,6 +87,19 @@ ACCOUNT_PATHS: dict[str, Any] = {
             "The account.",
             _ref("Account"),
             ONE,
+        ),
+        "patch": operation(
+            "updateAccount",
+            "Change whose Authentication-Results the account's mail is judged on "
+            "(`account set --authserv-id`); mail already processed keeps its verdicts.",
+            "The account.",
+            _ref("Account"),
+            WRITE_BODY,
+            body=_body(
+                {"authserv_id": _AUTHSERV_ID},
+                {"authserv_id": "mail.acme.com"},
+                ["authserv_id"],
+            ),
         ),
         "delete": operation(
             "deleteAccount",

@@ -2,7 +2,8 @@
 
 The same store functions as the CLI (``store.mailaccounts``). A password is accepted on
 create and re-connect and never returned; OAuth accounts are connected where a person can
-sign in (the integrations page, ``account add --oauth``). "Sync now" makes the account due at
+sign in (the integrations page, ``account add --oauth``). PATCH changes ``authserv_id``
+(``account set``). "Sync now" makes the account due at
 once for the sync worker (202): a pass can take minutes, longer than a request should.
 """
 
@@ -170,6 +171,28 @@ async def get_account(request: Request) -> Response:
     return JSONResponse(await context_of(request).read(show))
 
 
+async def update_account(request: Request) -> Response:
+    """Change whose Authentication-Results the account's mail is judged on (``account set``).
+
+    Only ``authserv_id`` can change: the server, login and mode are the account's identity
+    (remove it and connect again), and a password changes by ``reconnect``.
+    """
+    identity = await writer(request)
+    account_id = path_id(request, "account_id")
+    body = await json_object(request, {"authserv_id"})
+    if "authserv_id" not in body:
+        raise ProblemError(422, "say what to change: authserv_id", field="authserv_id")
+    authserv_id = text_field(body, "authserv_id") or ""
+
+    def change(session: Session) -> dict[str, Any]:
+        account = _find(session, identity.tenant_id, account_id)
+        with problem_from(MailAccountError, field="authserv_id"):
+            mailaccounts.set_authserv_id(account, authserv_id)
+        return _record(session, account)
+
+    return JSONResponse(await context_of(request).write(change))
+
+
 async def delete_account(request: Request) -> Response:
     """Disconnect, keeping or removing what it brought in (``account remove``)."""
     identity = await writer(request)
@@ -236,8 +259,8 @@ ROUTES = [
     Route("/v1/accounts", by_method(list_accounts, post=create_account), methods=["GET", "POST"]),
     Route(
         "/v1/accounts/{account_id:int}",
-        by_method(get_account, delete=delete_account),
-        methods=["GET", "DELETE"],
+        by_method(get_account, patch=update_account, delete=delete_account),
+        methods=["GET", "PATCH", "DELETE"],
     ),
     Route("/v1/accounts/{account_id:int}/errors", account_errors, methods=["GET"]),
     Route("/v1/accounts/{account_id:int}/reconnect", reconnect_account, methods=["POST"]),
