@@ -242,6 +242,31 @@ def test_a_wrong_password_shows_reconnect_with_the_fix_and_reconnecting_clears_i
     browser.shot("reconnected")
 
 
+def test_the_sender_checks_server_is_set_on_the_card(world: World, browser: Browser) -> None:
+    """The card's "Authentication-Results id" form sets whose checks the mail is judged on,
+    as ``account set --authserv-id`` does; a value that is not one name is refused in words."""
+    sign_in(browser, world.link(world.richard))
+    account_id = _connect_imap(world, browser, PASSWORD)
+    page = browser.page
+    assert "nobody" in page.inner_text(f"#account-{account_id}-authserv-id")
+    page.fill(f"#authserv-id-{account_id}", "Mail.Acme.COM")
+    page.click(f"#authserv-{account_id}")
+    page.wait_for_selector("#account-done")
+    assert "Saved" in page.inner_text("#account-done")
+    assert "mail.acme.com" in page.inner_text(f"#account-{account_id}-authserv-id")
+    assert page.input_value(f"#authserv-id-{account_id}") == "mail.acme.com"
+    account = world.account(account_id)
+    assert account is not None and account.authserv_id == "mail.acme.com"
+
+    page.fill(f"#authserv-id-{account_id}", "mail.acme.com; dkim=pass")
+    page.click(f"#authserv-{account_id}")
+    page.wait_for_selector("#account-error")
+    assert "give the one name" in page.inner_text("#account-error")
+    account = world.account(account_id)
+    assert account is not None and account.authserv_id == "mail.acme.com"
+    assert not browser.errors, browser.errors
+
+
 def test_google_sign_in_stores_the_refresh_token_sealed(world: World, browser: Browser) -> None:
     """Connect with Google: to the provider and back through the callback; the refresh token
     is stored sealed, and a pass logs in to Dovecot with XOAUTH2."""
@@ -368,10 +393,10 @@ def test_other_staff_get_404_and_the_admin_sees_every_account(
     assert page.locator(f"#account-{account_id}").count() == 0
     answer = page.goto(f"{base}/accounts/{account_id}")
     assert answer is not None and answer.status == 404
-    for action in ("sync", "reconnect", "remove"):
+    for action in ("sync", "reconnect", "authserv", "remove"):
         posted = page.request.post(
             f"{base}/accounts/{account_id}/{action}",
-            form={"csrf": token, "password": PASSWORD, "history": "remove"},
+            form={"csrf": token, "password": PASSWORD, "history": "remove", "authserv_id": "x"},
             max_redirects=0,
         )
         assert posted.status == 404, action

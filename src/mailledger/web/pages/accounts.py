@@ -1,4 +1,5 @@
-"""A staff member's mailbox accounts on the pages: connect, sync now, re-connect, disconnect.
+"""A staff member's mailbox accounts on the pages: connect, sync now, re-connect, sender
+checks (``account set --authserv-id``), disconnect.
 
 Every button is a POST with the session's CSRF token and calls what ``mailledger account``
 calls (``store.mailaccounts``, ``sync.oauth``). A staff member acts on their own accounts only;
@@ -346,6 +347,26 @@ async def reconnect(request: Request) -> Response:
     return pages.redirect(f"/integrations?done=reconnected#account-{account_id}")
 
 
+async def sender_checks(request: Request) -> Response:
+    """Whose Authentication-Results the account's mail is judged on (``account set``)."""
+    pages = pages_of(request)
+    found = await _account_post(request)
+    if isinstance(found, Response):
+        return found
+    identity, form, account_id = found
+
+    def change(session: Session) -> str:
+        account = own_account(session, identity, account_id)
+        with forms.refusing(MailAccountError):
+            return mailaccounts.set_authserv_id(account, form.get("authserv_id"))
+
+    done = await forms.write_or_refuse(request, change, _refusal(request, identity, 422))
+    if isinstance(done, Response):
+        return done
+    log.info("mailbox sender checks changed from the web", account_id=account_id)
+    return pages.redirect(f"/integrations?done=authserv#account-{account_id}")
+
+
 async def disconnect(request: Request) -> Response:
     """Remove the account, keeping or removing what it brought in (``account remove``)."""
     pages = pages_of(request)
@@ -374,5 +395,6 @@ ROUTES = [
     Route("/accounts/{account_id:int}", account_page, methods=["GET"]),
     Route("/accounts/{account_id:int}/sync", sync_now, methods=["POST"]),
     Route("/accounts/{account_id:int}/reconnect", reconnect, methods=["POST"]),
+    Route("/accounts/{account_id:int}/authserv", sender_checks, methods=["POST"]),
     Route("/accounts/{account_id:int}/remove", disconnect, methods=["POST"]),
 ]

@@ -56,6 +56,8 @@ DONE: Final = {
     "sync": "Sync requested: the pass starts within a few seconds. Reload this page to see "
     "how it ended.",
     "reconnected": "Re-connected: the account is tried again within a few seconds.",
+    "authserv": "Saved: mail processed from now on is judged on that server's "
+    "Authentication-Results; mail already recorded keeps its verdicts.",
 }
 CARD_ERRORS: Final = 3  # the latest errors shown on the card; the account page shows more
 PAGE_ERRORS: Final = 100
