@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 
-from mailledger.mail.headerscan import message_id_in_head
+from mailledger.mail.headerscan import header_end, message_id_in_head
 
 
 @pytest.mark.parametrize(
@@ -41,3 +44,13 @@ def test_the_scan_stops_at_its_limit() -> None:
 def test_an_overlong_id_is_not_taken() -> None:
     """More than 998 characters inside the brackets is no Message-ID (RFC 5322 §2.1.1)."""
     assert message_id_in_head(b"Message-ID: <" + b"a" * 999 + b"@x>\r\n\r\n") == ""
+
+
+def test_header_end_is_where_the_old_pattern_matched() -> None:
+    """The empty line is found where ``\\r?\\n\\r?\\n`` (the pattern used before) starts."""
+    old = re.compile(rb"\r?\n\r?\n")
+    rng = random.Random(5322)
+    for _ in range(20000):
+        window = bytes(rng.choice(b"\r\nab: ") for _ in range(rng.randint(0, 24)))
+        match = old.search(window)
+        assert header_end(window) == (match.start() if match else -1), window

@@ -18,14 +18,26 @@ MAX_ID_CHARS: Final = 998
 # The first Message-ID field and its continuation lines (RFC 5322 §2.2.3 folding).
 _FIELD: Final = re.compile(rb"^message-id[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M)
 _ANGLED: Final = re.compile(rf"<([^<>\s]{{1,{MAX_ID_CHARS}}})>")
-_BLANK_LINE: Final = re.compile(rb"\r?\n\r?\n")
+# The end of the header section: an empty line. Searched from its second line break, then
+# stepped back over a CR: ``\r?\n\r?\n`` gives the same start but is tried at every byte.
+_BLANK_LINE: Final = re.compile(rb"\n\r?\n")
+
+
+def header_end(data: bytes, limit: int | None = None) -> int:
+    """Where the empty line ending the header section starts (the line break ending its last
+    field, LF or CRLF alike), looked for in the first ``limit`` bytes; -1 if none there."""
+    found = _BLANK_LINE.search(data, 0, len(data) if limit is None else limit)
+    if found is None:
+        return -1
+    start = found.start()
+    return start - 1 if start and data[start - 1] == 0x0D else start
 
 
 def message_id_in_head(head: bytes, limit: int = DEFAULT_LIMIT) -> str:
     """The Message-ID (without ``<>``) in the header section of ``head``, or "" when none."""
     window = head[:limit]
-    end = _BLANK_LINE.search(window)
-    section = window[: end.start()] if end else window
+    end = header_end(window)
+    section = window[:end] if end >= 0 else window
     # A header section starts at the first byte: a message that opens with an empty line has
     # no header fields, and no ID to find in what is its body.
     if section.startswith((b"\r\n", b"\n")):

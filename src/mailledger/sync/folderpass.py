@@ -30,7 +30,7 @@ from mailledger.store.models import (
     SyncMode,
     utcnow,
 )
-from mailledger.sync import foldermode, limits, sweep
+from mailledger.sync import fetchanswer, foldermode, limits, sweep
 from mailledger.sync.folders import Planned
 from mailledger.sync.intake import (
     Linked,
@@ -148,7 +148,7 @@ def _batch(  # noqa: PLR0917 - one batch's whole context, passed once
     since: datetime,
 ) -> None:
     """Fetch, record and (folder mode) move one batch of UIDs."""
-    meta = imap.fetch(batch, _META)
+    meta = fetchanswer.fetch(imap, batch, _META)
     wanted: list[tuple[int, int, str, datetime | None]] = []
     for uid in batch:
         data = meta.get(uid)
@@ -222,7 +222,7 @@ def _bodies(
     small = [w for w in wanted if w[1] <= limit]
     big = [w for w in wanted if w[1] > limit]
     for group in _by_size(small):
-        answer = imap.fetch([w[0] for w in group], [b"BODY.PEEK[]"])
+        answer = fetchanswer.fetch(imap, [w[0] for w in group], [b"BODY.PEEK[]"])
         for uid, size, message_id, internal in group:
             data = answer.get(uid)
             if data is None:
@@ -230,7 +230,7 @@ def _bodies(
             raw = bytes(data.get(b"BODY[]", b""))
             yield Fetched(uid, raw, message_id or message_id_of(raw), size, internal)
     for uid, size, message_id, internal in big:
-        answer = imap.fetch([uid], [b"BODY.PEEK[HEADER]"])
+        answer = fetchanswer.fetch(imap, [uid], [b"BODY.PEEK[HEADER]"])
         data = answer.get(uid)
         if data is None:
             continue

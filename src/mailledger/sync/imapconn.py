@@ -10,6 +10,7 @@ allows an invalid one (its owner ticked "allow non-secure certificate" for their
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from mailledger.store.models import MailboxAccount
 from mailledger.sync.credentials import Login
 
 SECURITIES = ("tls", "starttls", "none")
+# Where imapclient sends imaplib's protocol trace (imapclient.imapclient: IMAPlibLoggerAdapter).
+IMAPLIB_LOGGER = "imapclient.imaplib"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +77,26 @@ def connect(
     )
     # INTERNALDATEs with their zone, compared with the account's `since` in UTC.
     imap.normalise_times = False
+    quiet_trace(imap)
     try:
         _secure_and_log_in(imap, account, credentials, context)
     except BaseException:
         close(imap)
         raise
     return imap
+
+
+def quiet_trace(imap: IMAPClient) -> None:
+    """Stop imaplib formatting a protocol trace nobody reads (unless its logger is at debug).
+
+    imapclient sets imaplib's ``debug`` to 5 and routes the trace to the ``imapclient.imaplib``
+    logger, so imaplib builds the ``repr`` of every line and every literal it reads, and of
+    the whole answer once more when it hands it over, before the logger drops it: for a
+    backfill, most of the CPU of reading the bodies. With that logger at debug level the trace
+    stays on, as imapclient sets it.
+    """
+    if not logging.getLogger(IMAPLIB_LOGGER).isEnabledFor(logging.DEBUG):
+        imap._imap.debug = 0  # imapclient offers no setting for it
 
 
 def _secure_and_log_in(

@@ -22,6 +22,7 @@ from mailledger.smtp.protocol import new_trace_id
 from mailledger.store.blobbackend import BlobBackend
 from mailledger.store.inbox import Received, Route, SessionFacts, TraceLine, add_received
 from mailledger.store.models import MailboxAccount, MailboxFolder, MailboxMessage, RouteKind
+from mailledger.store.precompiled import Cursor, Statement
 from mailledger.store.queueids import new_queue_id
 from mailledger.sync.messages import Fetched, return_path
 
@@ -103,6 +104,11 @@ def store_blobs(blobs: BlobBackend, messages: Sequence[Fetched]) -> list[str]:
     return digests
 
 
+# The batch's MailboxMessage rows, on the driver's cursor (``store.precompiled``) like the
+# received messages' own: the ORM's bulk insert cost more per row than the rows themselves.
+_MAILBOX_MESSAGE_INSERT = Statement(insert(MailboxMessage))
+
+
 def record_batch(
     session: Session,
     where: Where,
@@ -115,34 +121,29 @@ def record_batch(
     Returns the received message ids, in the order of ``messages``.
     """
     account = where.account
+    fetched = _Fetching.of(where)
     received = [
-        _received(where, message, digest) for message, digest in zip(messages, digests, strict=True)
+        fetched.received(message, digest) for message, digest in zip(messages, digests, strict=True)
     ]
     ids = add_received(session, received)
+    uids = [message.uid for message in messages] + [link.uid for link in linked]
+    message_ids = [message.message_id for message in messages]
+    message_ids += [link.message_id for link in linked]
+    received_ids: list[int | None] = [*ids, *(link.received_message_id for link in linked)]
     rows = [
         {
             "account_id": account.id,
             "folder": where.folder,
             "uidvalidity": where.uidvalidity,
-            "uid": message.uid,
-            "message_id_header": message.message_id[:998],
+            "uid": uid,
+            "message_id_header": message_id[:998],
             "received_message_id": received_id,
         }
-        for message, received_id in zip(messages, ids, strict=True)
-    ]
-    rows += [
-        {
-            "account_id": account.id,
-            "folder": where.folder,
-            "uidvalidity": where.uidvalidity,
-            "uid": link.uid,
-            "message_id_header": link.message_id[:998],
-            "received_message_id": link.received_message_id,
-        }
-        for link in linked
+        for uid, message_id, received_id in zip(uids, message_ids, received_ids, strict=True)
     ]
     if rows:
-        session.execute(insert(MailboxMessage), rows)
+        with Cursor.of(session) as cursor:
+            cursor.many(_MAILBOX_MESSAGE_INSERT, rows)
     return ids
 
 
@@ -155,31 +156,59 @@ def advance(folder: MailboxFolder, uidvalidity: int, highest_uid: int, now: date
     folder.checked_at = now
 
 
-def _received(where: Where, message: Fetched, digest: str) -> Received:
-    account = where.account
-    mailbox = account.login.lower()
-    facts = SessionFacts(
-        peer=f"{account.host}:{account.port}",
-        helo="",
-        mail_from=return_path(message.raw),
-        rcpt_to=[mailbox],
-        tls=where.tls,
-        trace_id=new_trace_id(),
-    )
-    detail = (
-        f"fetched from mailbox {mailbox} (account {account.id}) folder {where.folder!r} "
-        f"uid {message.uid} uidvalidity {where.uidvalidity}, {len(message.raw)} bytes"
-        + (f" (headers only: {message.size} bytes in the mailbox)" if message.headers_only else "")
-        + f", imap {account.host}:{account.port}"
-        + (f", tls {where.tls}" if where.tls else "")
-    )
-    return Received(
-        queue_id=new_queue_id(),
-        facts=facts,
-        routes=[Route(account.tenant_id, RouteKind.SYNC, account.staff_id, mailbox)],
-        blob=digest,
-        size=len(message.raw),
-        first=TraceLine("intake", "fetched", detail),
-        message_id=message.message_id,
-        mailbox_account_id=account.id,
-    )
+@dataclass(frozen=True, slots=True)
+class _Fetching:
+    """What every received message of one batch shares: where it came from and its route."""
+
+    where: Where
+    mailbox: str
+    peer: str
+    routes: tuple[Route, ...]
+    source: str  # the trace detail's "fetched from mailbox …" opening
+    server: str  # and its closing: the server and the cipher
+
+    @classmethod
+    def of(cls, where: Where) -> _Fetching:
+        account = where.account
+        mailbox = account.login.lower()
+        return cls(
+            where=where,
+            mailbox=mailbox,
+            peer=f"{account.host}:{account.port}",
+            routes=(Route(account.tenant_id, RouteKind.SYNC, account.staff_id, mailbox),),
+            source=f"fetched from mailbox {mailbox} (account {account.id}) folder {where.folder!r}",
+            server=f", imap {account.host}:{account.port}"
+            + (f", tls {where.tls}" if where.tls else ""),
+        )
+
+    def received(self, message: Fetched, digest: str) -> Received:
+        """The received message of one fetched message whose bytes are stored as ``digest``."""
+        where = self.where
+        facts = SessionFacts(
+            peer=self.peer,
+            helo="",
+            mail_from=return_path(message.raw),
+            rcpt_to=[self.mailbox],
+            tls=where.tls,
+            trace_id=new_trace_id(),
+        )
+        detail = (
+            f"{self.source} uid {message.uid} uidvalidity {where.uidvalidity}, "
+            f"{len(message.raw)} bytes"
+            + (
+                f" (headers only: {message.size} bytes in the mailbox)"
+                if message.headers_only
+                else ""
+            )
+            + self.server
+        )
+        return Received(
+            queue_id=new_queue_id(),
+            facts=facts,
+            routes=self.routes,
+            blob=digest,
+            size=len(message.raw),
+            first=TraceLine("intake", "fetched", detail),
+            message_id=message.message_id,
+            mailbox_account_id=where.account.id,
+        )

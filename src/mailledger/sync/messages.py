@@ -12,12 +12,11 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from mailledger.mail.headerscan import message_id_in_head
+from mailledger.mail.headerscan import header_end, message_id_in_head
 
 NOTE_HEADER = "X-Mailledger-Note"
 HEADER_SCAN_BYTES = 65536  # how far into a message its Return-Path is looked for
 _RETURN_PATH = re.compile(rb"^return-path[ \t]*:[ \t]*<?([^>\r\n]*)>?", re.I | re.M)
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 # Header fields that describe the body left out: they would describe the note instead.
 _BODY_FIELDS = re.compile(
     rb"^(content-type|content-transfer-encoding|content-disposition|mime-version)[ \t]*:"
@@ -73,9 +72,8 @@ def return_path(raw: bytes) -> str:
     (a quoted message) is not the envelope, and scanning every body line was an eighth of
     a backfill's CPU.
     """
-    window = raw[:HEADER_SCAN_BYTES]
-    end = _BLANK_LINE.search(window)
-    match = _RETURN_PATH.search(window, 0, end.start() if end else len(window))
+    end = header_end(raw, HEADER_SCAN_BYTES)
+    match = _RETURN_PATH.search(raw, 0, end if end >= 0 else min(len(raw), HEADER_SCAN_BYTES))
     if match is None:
         return ""
     return match.group(1).decode("utf-8", "replace").strip()[:320]
