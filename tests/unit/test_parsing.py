@@ -53,6 +53,64 @@ def test_random_crlf_soup(monkeypatch: pytest.MonkeyPatch) -> None:
         assert parsing._parse_bytes(io.BytesIO(raw)).as_bytes() == expected.as_bytes(), raw
 
 
+_HEADER_LINES = [
+    b"From: a@b.example",
+    b"Subject: hi",
+    b" folded",
+    b"\tfolded too",
+    b"Content-Type: text/plain",
+    b"Content-Type: text/html; charset=utf-8",
+    b"Content-Type: multipart/mixed; boundary=XX",
+    b"Content-Type: message/rfc822",
+    b"Content-Type: message/delivery-status",
+    b"Content-Transfer-Encoding: base64",
+    b"From someone@b.example",
+    b"X-Empty:",
+    b"X-8bit: caf\xc3\xa9",
+    b"no colon here",
+    b"\x0cX: form feed",
+]
+_BODY_LINES = [b"hello", b"", b"--XX", b"--XX--", b"a\rb", b"\xff", b"From: z", b"aGVsbG8="]
+
+
+def test_a_body_without_parts_is_the_rest_of_the_bytes() -> None:
+    """The header section alone through the parser, the rest as payload: the same message.
+
+    Header sections that end early (a line that is no header, a bare CR), parts and nested
+    messages fall back to the whole parse; every case must equal ``parsebytes``.
+    """
+    rng = random.Random(5)
+    shortcut = 0
+    for _ in range(3000):
+        newline = rng.choice([b"\r\n", b"\n"])
+        ends = [newline, newline, b"\r", b"\n", b"\r\n"]
+        head = b"".join(
+            rng.choice(_HEADER_LINES) + rng.choice(ends) for _ in range(rng.randrange(0, 7))
+        )
+        blank = rng.choice([newline, b"\n", b"\r\n", b"\r\r\n", b""])
+        body = b"".join(
+            rng.choice(_BODY_LINES) + rng.choice([*ends, b""]) for _ in range(rng.randrange(0, 6))
+        )
+        raw = head + blank + body
+        expected = BytesParser(policy=policy.compat32).parsebytes(raw)
+        shortcut += parsing._single_part(raw) is not None
+        got = parsing._parse_bytes(raw)
+        assert _generated(got) == _generated(expected), raw
+        assert _leaves(got) == _leaves(expected), raw
+        assert list(got.raw_items()) == list(expected.raw_items()), raw
+        assert [type(d) for d in got.defects] == [type(d) for d in expected.defects], raw
+    assert shortcut > 300  # the shortcut itself was compared, not only the whole parse
+    assert parsing._single_part(make_email()) is not None
+
+
+def _generated(message: Message) -> object:
+    """The message written out again, or the error writing it (8-bit text in some headers)."""
+    try:
+        return message.as_bytes()
+    except UnicodeError as exc:
+        return type(exc)
+
+
 def _facts_or_reason(source: bytes | BinaryIO) -> object:
     when = datetime(2026, 11, 22, tzinfo=UTC)
     try:

@@ -182,11 +182,47 @@ def _parse_bytes(raw: bytes | BinaryIO) -> Message:
     before feeding the same parser 8 KB at a time: a 10 MB message peaked at about 78 MB.
     ASCII with surrogateescape decodes byte by byte, so slices decode to the same text.
     """
+    if isinstance(raw, bytes):
+        single = _single_part(raw)
+        if single is not None:
+            return single
     parser = BytesFeedParser(policy=policy.compat32)
     stream = io.BytesIO(raw) if isinstance(raw, bytes) else raw  # BytesIO shares the bytes
     while piece := stream.read(FEED_BYTES):
         parser.feed(piece)
     return parser.close()
+
+
+def _single_part(raw: bytes) -> Message | None:
+    """The same parse of a message whose body is not MIME parts, by the header section alone.
+
+    For such a message the parser makes the whole rest of the input its payload, but it gets
+    there line by line: on a 10 KB text body, most of the parse. So the header section,
+    through its blank line, goes through the parser; when the parser took all of it as
+    headers and the type is neither ``multipart/*`` nor ``message/*``, the rest is set as
+    the payload, decoded as the parser decodes it. Anything else (no blank line, a line the
+    parser did not take as a header, parts) returns None: the caller parses it all.
+    """
+    end = _header_end(raw)
+    if end < 0:
+        return None
+    parser = BytesFeedParser(policy=policy.compat32)
+    parser.feed(raw[:end])
+    message = parser.close()
+    if message.get_content_maintype() in ("multipart", "message") or message.get_payload():
+        return None
+    message.set_payload(str(memoryview(raw)[end:], "ascii", "surrogateescape"))
+    return message
+
+
+def _header_end(raw: bytes) -> int:
+    """Where the first empty line (LF or CRLF after an LF) ends, or -1 without one."""
+    ends = []
+    if (lf := raw.find(b"\n\n")) >= 0:
+        ends.append(lf + 2)
+    if (crlf := raw.find(b"\n\r\n")) >= 0:
+        ends.append(crlf + 3)
+    return min(ends, default=-1)
 
 
 def parse_message(

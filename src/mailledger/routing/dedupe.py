@@ -16,6 +16,16 @@ _PREFIX = re.compile(
     r"(?:\[\d+\]|\(\d+\))?\s*(?::|\uff1a)\s*|\[[^\]]{0,40}\]\s*)+",
     re.IGNORECASE,
 )
+# What ``str.split()`` splits on, as the bytes the text is hashed as: every ASCII whitespace
+# byte becomes a space; the wider whitespace characters are found by their UTF-8 sequences
+# (tests/unit/test_content_key.py checks this list against ``str.isspace``).
+_ASCII_SPACES = bytes(c for c in range(128) if chr(c).isspace())
+_TO_SPACE = bytes.maketrans(_ASCII_SPACES, b" " * len(_ASCII_SPACES))
+WIDE_SPACES = (
+    "\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+_WIDE_SPACES = tuple(space.encode("utf-8") for space in WIDE_SPACES)
 
 
 def message_id_key(message_id: str) -> str:
@@ -40,11 +50,32 @@ def content_key(parsed: ParsedMessage) -> str:
     parts.append(",".join(sorted(normalize(box) for box in (*parsed.to, *parsed.cc))))
     parts.append(parsed.date.isoformat() if parsed.date else "")
     parts.append(" ".join(parsed.subject.split()))
-    parts.append(" ".join(parsed.body.text.split()))
     for piece in parts:
         digest.update(piece.encode("utf-8", "replace"))
         digest.update(b"\0")
+    digest.update(collapsed_spaces(parsed.body.text))
+    digest.update(b"\0")
     return "sum:" + digest.hexdigest()
+
+
+def collapsed_spaces(text: str) -> bytes:
+    """``" ".join(text.split())`` as UTF-8 bytes, at a fraction of its cost on a long body.
+
+    The split makes a string of every word (most of the checksum's time on a 10 KB body);
+    this maps whitespace to spaces and squeezes their runs on the bytes instead. A CR is
+    dropped where an LF follows it (the LF still separates the words), so a CRLF body needs
+    no squeezing at all. Text holding a wider whitespace character (a no-break space) takes
+    the split itself: the key is stored, so it must not change by a byte.
+    """
+    data = text.encode("utf-8", "replace")
+    if not text.isascii() and any(space in data for space in _WIDE_SPACES):
+        return " ".join(text.split()).encode("utf-8", "replace")
+    returns = data.count(b"\r")
+    drop = b"\r" if returns and returns == data.count(b"\r\n") else b""
+    flat = data.translate(_TO_SPACE, drop)
+    while b"  " in flat:
+        flat = flat.replace(b"  ", b" ")
+    return flat.strip(b" ")
 
 
 def subject_key(subject: str) -> str:

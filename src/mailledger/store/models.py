@@ -43,9 +43,12 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("naive datetime; use mailledger.store.models.utcnow()")
-        return value
+        # SQLite stores the fields without the offset, read back as UTC: store UTC's fields.
+        return value.astimezone(UTC) if value.utcoffset() else value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:

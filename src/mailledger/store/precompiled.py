@@ -20,14 +20,19 @@ import contextlib
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BindParameter, Connection, Executable
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import TypeEngine
+
+from mailledger.store.models import UTCDateTime
 
 Params = Mapping[str, Any]
 Row = tuple[Any, ...]
@@ -47,6 +52,21 @@ class _Bind:
     required: bool = False  # the caller must give it: it has no value of its own
 
 
+# How a placeholder takes its value (``_Compiled.plan``): the caller's, the caller's or the
+# statement's own, a column default, or an item of an expanded list.
+_GIVEN, _OR_OWN, _DEFAULT, _ITEM = range(4)
+
+
+def _plan(bind: _Bind) -> tuple[int, str, Any, _Process | None]:
+    if bind.default is not None:
+        return (_DEFAULT, bind.key, bind.default, bind.process)
+    if bind.index >= 0:
+        return (_ITEM, bind.key, bind.index, bind.process)
+    if bind.required:
+        return (_GIVEN, bind.key, None, bind.process)
+    return (_OR_OWN, bind.key, bind.own, bind.process)
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     """One statement's SQL for one dialect (and parameter keys, and list lengths)."""
@@ -55,21 +75,24 @@ class _Compiled:
     binds: tuple[_Bind, ...]
     positional: bool
     results: tuple[_Process | None, ...] | None  # None: every column as the driver gives it
+    # The binds as plain tuples: ``values`` runs for every row a transaction writes, and
+    # unpacking a tuple costs less than reading a dataclass's fields one by one.
+    plan: tuple[tuple[int, str, Any, _Process | None], ...] = ()
 
     def values(self, params: Params) -> Sequence[Any] | dict[str, Any]:
         """The parameters as the driver takes them: a tuple (qmark) or a dict (pyformat)."""
         values = []
-        for bind in self.binds:
-            if bind.default is not None:
-                value = bind.default()
-            elif bind.index >= 0:
-                items = params[bind.key]
-                value = items[min(bind.index, len(items) - 1)]
-            elif bind.required:
-                value = params[bind.key]
+        for how, key, arg, process in self.plan:
+            if how == _GIVEN:
+                value = params[key]
+            elif how == _OR_OWN:
+                value = params.get(key, arg)
+            elif how == _DEFAULT:
+                value = arg()
             else:
-                value = params.get(bind.key, bind.own)
-            values.append(value if bind.process is None else bind.process(value))
+                items = params[key]
+                value = items[min(arg, len(items) - 1)]
+            values.append(value if process is None else process(value))
         if self.positional:
             return values
         return {bind.name: value for bind, value in zip(self.binds, values, strict=True)}
@@ -144,7 +167,7 @@ class Statement:
         }
         binds: dict[str, _Bind] = {}
         for bind, name in compiled.bind_names.items():
-            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            process = _bind_processor(bind.type, dialect)
             if bind.expanding:
                 for index in range(lengths[bind.key]):
                     item = f"{name}_{index + 1}"
@@ -164,7 +187,56 @@ class Statement:
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
         )
         results = processes if any(p is not None for p in processes) else None
-        return _Compiled(compiled.string, ordered, positional, results)
+        plan = tuple(_plan(bind) for bind in ordered)
+        return _Compiled(compiled.string, ordered, positional, results, plan)
+
+
+def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> _Process | None:
+    """The column type's conversion of a parameter for the driver.
+
+    A timestamp on SQLite is stored as text, and SQLAlchemy's conversion (our time-zone check,
+    then a ``%`` format of a dict of its fields) was the costliest step of binding a
+    processing transaction's rows. The same format of a tuple writes the same text faster.
+    """
+    impl = type_.dialect_impl(dialect)
+    process = impl.bind_processor(dialect)
+    stored = getattr(impl, "impl", None)  # the decorated type, as the dialect has it
+    if (
+        process is not None
+        and isinstance(type_, UTCDateTime)
+        and type(stored) is sqlite.DATETIME
+        and stored._storage_format == sqlite.DATETIME._storage_format
+    ):
+        return _sqlite_timestamp(process)
+    return process
+
+
+# SQLAlchemy's storage format for SQLite's DATETIME, with positional fields.
+_SQLITE_TIMESTAMP = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+
+
+def _sqlite_timestamp(checked: _Process) -> _Process:
+    """SQLite's stored text of an aware timestamp: its own fields, without the offset.
+
+    Exactly SQLAlchemy's ``YYYY-MM-DD HH:MM:SS.ffffff`` of a UTC time; anything else (None,
+    a naive time, which is refused, another offset, turned to UTC) goes through the column
+    type's own conversion.
+    """
+
+    def process(value: Any) -> Any:
+        if value.__class__ is datetime and value.tzinfo is not None and not value.utcoffset():
+            return _SQLITE_TIMESTAMP % (
+                value.year,
+                value.month,
+                value.day,
+                value.hour,
+                value.minute,
+                value.second,
+                value.microsecond,
+            )
+        return checked(value)
+
+    return process
 
 
 def _padded(length: int) -> int:
