@@ -284,6 +284,27 @@ async def test_idle_timeout_says_421(settings: Settings, demo: DemoAddresses) ->
     assert closed
 
 
+async def test_each_command_restarts_the_idle_timeout(
+    settings: Settings, demo: DemoAddresses
+) -> None:
+    """A client that sends a command more often than the idle timeout, for longer than it,
+    is not timed out; once it falls silent it is told 421 4.4.2."""
+    settings = with_capture(settings, timeout_seconds=1.0)
+    answers: list[str] = []
+    async with running_server(settings) as port:
+        client = await greeted(port)
+        for _ in range(8):  # two seconds in all: twice the timeout since the greeting
+            await asyncio.sleep(0.25)
+            await client.send(b"NOOP\r\n")
+            answers.append(await client.reply())
+        answer = await client.reply(within=5.0)
+        closed = await client.closed_by_server()
+        await client.close()
+    assert all(a.startswith("250") for a in answers), answers
+    assert answer == str(replies.TIMED_OUT)
+    assert closed
+
+
 @pytest.mark.parametrize(
     ("command", "junk"),
     [

@@ -3,14 +3,17 @@
 aiosmtpd 1.4 reads each command up to LF and strips any CR and LF from its end, so
 ``EHLO x\\nMAIL FROM:<…>\\r\\n`` runs as two commands, where a server that frames lines by
 CRLF, as RFC 5321 §2.3.8 says, sees one. The loop here is aiosmtpd's ``_handle_client`` step
-for step (same replies, same limits, same hooks) with three changes:
+for step (same replies, same limits, same hooks) with four changes:
 
 * a command line holding a bare CR or LF is refused with 500 5.5.2 and does not run
   (``framing.CommandFraming``; Postfix's ``smtpd_forbid_bare_newline``); the session goes on;
 * commands that make no progress are counted, and past ``max_junk_commands`` since the last
   accepted message the session is closed (Postfix's ``smtpd_junk_command_limit``);
 * a session is closed once it has lasted ``max_session_seconds``, whatever it is doing, even
-  inside a DATA that dribbles in a byte at a time; a message being stored is answered first.
+  inside a DATA that dribbles in a byte at a time; a message being stored is answered first;
+* the idle timeout is one timer per session that, when it fires, checks how long the session
+  has really been idle and waits out the rest: aiosmtpd cancels and schedules a timer on
+  every command, four a message, each left in the loop's heap until its time comes.
 
 A session closed by a cap, or by the idle timeout, is told 421 4.4.2 first (RFC 5321 §3.8).
 """
@@ -47,6 +50,8 @@ class CommandLoopSMTP(BlockDataSMTP):
         self._storing = False  # the DATA hook runs: the message is being stored
         self._pending_close: Reply | None = None  # a cap hit while storing, said after it
         self._session_clock: asyncio.TimerHandle | None = None
+        self._last_command = 0.0  # loop time of the last valid command (the idle timeout)
+        self._idle_timer = False  # the timer running is ``_idle_check``
 
     # --- closing with a reason ------------------------------------------------------------
 
@@ -60,6 +65,30 @@ class CommandLoopSMTP(BlockDataSMTP):
             return
         transport.write(str(reply).encode("ascii") + b"\r\n")
         transport.close()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """The idle timer starts again: noted now, checked when the timer fires."""
+        if duration is not None:  # aiosmtpd's PROXY timeout: its own timer, as aiosmtpd does
+            super()._reset_timeout(duration)
+            self._idle_timer = False
+            return
+        self._last_command = self.loop.time()
+        if self._timeout_handle is None or not self._idle_timer:
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            self._idle_timer = True
+            self._timeout_handle = self.loop.call_at(
+                self._last_command + self._timeout_duration, self._idle_check
+            )
+
+    def _idle_check(self) -> None:
+        """The idle timer fired: time out, or wait until the timeout counted from the last
+        command."""
+        due = self._last_command + self._timeout_duration
+        if self.loop.time() < due:
+            self._timeout_handle = self.loop.call_at(due, self._idle_check)
+            return
+        self._timeout_cb()
 
     def _timeout_cb(self) -> None:
         """aiosmtpd's timeout (``timeout_seconds`` from the last command), saying why."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import re
 import secrets
 import ssl
@@ -26,6 +27,7 @@ from mailledger.logs import get_logger
 from mailledger.mail import replies
 from mailledger.mail.replies import Reply
 from mailledger.smtp.commandloop import CommandLoopSMTP
+from mailledger.smtp.dataread import aiosmtpd_log
 from mailledger.smtp.session import CaptureEnvelope, format_peer
 from mailledger.smtp.smtputf8 import path_refusal
 from mailledger.store.blobs import BlobFile
@@ -224,11 +226,26 @@ class CaptureSMTP(CommandLoopSMTP):
         return await super()._call_handler_hook(command, *args)
 
     async def push(self, status: AnyStr) -> None:
-        """Send a reply, completing aiosmtpd's bare ones with an enhanced status code."""
+        """Send a reply, completing aiosmtpd's bare ones with an enhanced status code.
+
+        aiosmtpd's ``push``, with its wait for the write buffer to drain only when there is
+        something to wait for: a reply the socket took whole leaves nothing buffered (four
+        replies a message, each a coroutine round that never waited).
+        """
         if isinstance(status, str):
-            await super().push(rewrite_reply(status, in_mail=self._in_mail))
+            reply = rewrite_reply(status, in_mail=self._in_mail)
+            response = reply.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
         else:
-            await super().push(status)
+            response = status
+        writer = self._writer
+        writer.write(response + b"\r\n")
+        if aiosmtpd_log.isEnabledFor(logging.DEBUG):
+            assert self.session is not None
+            aiosmtpd_log.debug("%r << %r", self.session.peer, response)
+        transport = writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size():
+            # Closing: drain raises the lost connection; buffered: wait under flow control.
+            await writer.drain()
 
     async def _handle_client(self) -> None:
         # Runs as this connection's own task: what is bound here is in its log lines only.

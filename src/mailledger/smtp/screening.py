@@ -16,9 +16,9 @@ from mailledger.mail.replies import Reply
 from mailledger.smtp.spool import SpooledMessage
 
 CRLF = b"\r\n"
-# A header field named Received at the start of a line; RFC 5322 §4.5.3 (obsolete syntax)
-# still allows white space before the colon, and senders that use it must not slip past.
-_RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+# What follows a Received field's name: RFC 5322 §4.5.3 (obsolete syntax) still allows white
+# space before the colon, and senders that use it must not slip past.
+_COLON_AFTER_NAME = re.compile(rb"[ \t]*:")
 
 
 def bare_newline(raw: bytes) -> Reply | None:
@@ -63,12 +63,23 @@ def header_size(raw: bytes, max_header_bytes: int) -> Reply | None:
 
 
 def received_count(raw: bytes, limit: int) -> int:
-    """How many Received fields the header block holds, counting no further than ``limit + 1``."""
+    """How many Received fields the header block holds, counting no further than ``limit + 1``.
+
+    A field is "received", in any case (ASCII), at the start of a line (the block's first byte
+    or after an LF), then the colon. Found with ``bytes.find`` on the lowered block: a
+    multi-line regular expression tried at every byte of a Gmail forward's header section
+    cost more than every other check together.
+    """
+    block = b"\n" + header_block(raw).lower()
     count = 0
-    for _ in _RECEIVED.finditer(header_block(raw)):
-        count += 1
-        if count > limit:
-            break
+    at = block.find(b"\nreceived")
+    while at >= 0:
+        end = at + len(b"\nreceived")
+        if _COLON_AFTER_NAME.match(block, end) is not None:
+            count += 1
+            if count > limit:
+                break
+        at = block.find(b"\nreceived", end)
     return count
 
 

@@ -20,6 +20,13 @@ A key record is read the same way every time too: dkimpy parsed the tag list, ba
 ASN.1 of the public key for each signature (three a forward, all from two or three records
 the resolver already caches), which cost more than the RSA check itself. ``evaluate_pk``
 keeps each record's reading, keyed by the record's exact text (``KEY_CACHE_SIZE`` records).
+
+Before hashing a signature's own header field, dkimpy blanks its ``b=`` value with
+``RE_BTAG``, whose folding white space (``(?:(?:\\s*\\r?\\n)?\\s+)?``) is tried again before
+every base64 character: about 155 µs per field, three fields a forward, over a third of the
+message's checks. ``BTAG`` matches the same text (FWS matches exactly the runs of white space,
+and the value runs to its last base64 character): the same bytes removed, in an eighth of
+the time.
 """
 
 from __future__ import annotations
@@ -44,9 +51,13 @@ _ORIGINAL_VERIFY = dkim.crypto.RSASSA_PKCS1_v1_5_verify
 _ORIGINAL_RELAXED = dkim.canonicalization.Relaxed.canonicalize_headers
 _ORIGINAL_EVALUATE_PK = dkim.evaluate_pk
 _ORIGINAL_SELECT_HEADERS = dkim.select_headers
+_ORIGINAL_BTAG: re.Pattern[bytes] = dkim.RE_BTAG
 KEY_CACHE_SIZE = 256  # distinct key records remembered; a record is a few hundred bytes
 _UNFOLD = re.compile(b"\r?\n")  # dkimpy's unfold_header_value
 _BLANKS = re.compile(b"[\t ]+")  # dkimpy's compress_whitespace
+# dkimpy's RE_BTAG, the same matches: "b", white space, "=", then the value up to its last
+# base64 character, white space between them; and a line end when the field ends there.
+BTAG = re.compile(rb"([;\s]b\s*=)(?:[a-zA-Z0-9+/=\s]*[a-zA-Z0-9+/=])?(?:\r?\n\Z)?")
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
 # The DER DigestInfo dkimpy's EMSA-PKCS1-v1_5 encoding wraps each digest in (RFC 8017 §9.2):
 # its length decides, as in dkimpy, whether the modulus is too short for the digest.
@@ -237,6 +248,8 @@ def install() -> None:
     # ``load_pk_from_dns`` and ``hash_headers`` call the names in dkimpy's module.
     dkim.evaluate_pk = evaluate_pk
     dkim.select_headers = select_headers
+    # dkimpy hashes and signs with the pattern in its own module.
+    dkim.RE_BTAG = BTAG
 
 
 def originals() -> tuple[object, object, object, object]:
@@ -247,6 +260,11 @@ def originals() -> tuple[object, object, object, object]:
 def original_key_and_selection() -> tuple[object, object]:
     """dkimpy's own ``evaluate_pk`` and ``select_headers``, for the tests comparing them."""
     return _ORIGINAL_EVALUATE_PK, _ORIGINAL_SELECT_HEADERS
+
+
+def original_btag() -> re.Pattern[bytes]:
+    """dkimpy's own ``RE_BTAG``, for the tests comparing it with ``BTAG``."""
+    return _ORIGINAL_BTAG
 
 
 def original_verify() -> object:
