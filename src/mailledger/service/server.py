@@ -76,8 +76,9 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
     loop = asyncio.get_running_loop()
     # The server's writers answer waiting clients (intake's and submission's 250) or keep mail
     # moving (delivery): they take SQLite's write lock as soon as it is free instead of backing
-    # off (store.engine._begin_immediate); processing processes keep SQLite's backoff and so
-    # give way to them.
+    # off (store.engine._begin_immediate), trying every millisecond at most; processing
+    # processes try half as often (capture.workerpool.LOCK_POLL_SECONDS) and so tend to give
+    # way to them.
     engine = make_engine(
         settings.database.url,
         echo=settings.database.echo,

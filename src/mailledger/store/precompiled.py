@@ -224,6 +224,8 @@ def _sqlite_timestamp(checked: _Process) -> _Process:
     """
 
     def process(value: Any) -> Any:
+        if value is None:
+            return None
         if value.__class__ is datetime and value.tzinfo is not None and not value.utcoffset():
             return _SQLITE_TIMESTAMP % (
                 value.year,
