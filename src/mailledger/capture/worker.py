@@ -173,6 +173,8 @@ class Worker:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._running: asyncio.Task[None] | None = None
+        # The next batch, claimed in the transaction that recorded the last one.
+        self._claimed_ahead: list[int] = []
 
     def wake(self) -> None:
         """New work was stored: look now instead of at the next poll."""
@@ -189,7 +191,7 @@ class Worker:
                 log.warning("claim failed; database unavailable", error=str(exc)[:200])
                 claimed = []
             if claimed and not self._stopping:
-                await asyncio.to_thread(self.process_batch, claimed)
+                await asyncio.to_thread(self.process_batch, claimed, claim_next=True)
             if self._stopping:
                 break
             if not claimed:
@@ -204,7 +206,13 @@ class Worker:
         self._wakeup.set()
 
     def claim_batch(self) -> list[int]:
-        """Claim up to ``batch_size`` messages that are unclaimed or whose lease lapsed."""
+        """Claim up to ``batch_size`` messages that are unclaimed or whose lease lapsed.
+
+        The batch the last one's final transaction claimed comes first (``_record_some``).
+        """
+        if self._claimed_ahead:
+            ahead, self._claimed_ahead = self._claimed_ahead, []
+            return ahead
         settings = self._settings.processing
         claimed = leases.claim_waiting(
             self._sessions,
@@ -219,11 +227,12 @@ class Worker:
         """Process one claimed message (a batch of one)."""
         self.process_batch([message_id])
 
-    def process_batch(self, message_ids: Sequence[int]) -> None:
+    def process_batch(self, message_ids: Sequence[int], *, claim_next: bool = False) -> None:
         """Prepare each claimed message, then record them together in one transaction.
 
         Failures are per message: one that cannot be prepared or recorded is retried later,
-        then ends ``failed``, and the others are recorded all the same.
+        then ends ``failed``, and the others are recorded all the same. ``claim_next`` (the
+        run loop): the last transaction claims the next batch too (``claim_batch``).
         """
         try:
             claimed = self._read_claimed(message_ids)
@@ -253,10 +262,15 @@ class Worker:
                 self._store_and_record(blobs, prepared, claimed)
                 prepared, started = {}, time.monotonic()
         if prepared:
-            self._store_and_record(blobs, prepared, claimed)
+            self._store_and_record(blobs, prepared, claimed, claim_next=claim_next)
 
     def _store_and_record(
-        self, blobs: DeferredBlobs, prepared: dict[int, Prepared], claimed: dict[int, _Claimed]
+        self,
+        blobs: DeferredBlobs,
+        prepared: dict[int, Prepared],
+        claimed: dict[int, _Claimed],
+        *,
+        claim_next: bool = False,
     ) -> None:
         """Store the prepared messages' blobs (fsyncs side by side), then record them."""
         try:
@@ -266,7 +280,19 @@ class Worker:
                 with structlog.contextvars.bound_contextvars(**claimed[message_id].log_ids):
                     self._after_failure(message_id, exc)
             return
-        self._record(prepared, claimed)
+        self._record(prepared, claimed, claim_next=claim_next)
+
+    def _claim_in(self, session: Session) -> list[int]:
+        """The next batch, claimed in the caller's transaction (``claim_batch``'s rule)."""
+        settings = self._settings.processing
+        claimed = leases.claim(
+            session,
+            leases.PROCESSING,
+            owner=self._owner,
+            lease_seconds=settings.lease_seconds,
+            limit=settings.batch_size,
+        )
+        return [lease.id for lease in claimed]
 
     def _read_claimed(self, message_ids: Sequence[int]) -> dict[int, _Claimed]:
         """What preparing the messages needs, read in two statements, outside any write.
@@ -310,7 +336,13 @@ class Worker:
             claimed[message.id] = _Claimed(arrival, log_ids)
         return claimed
 
-    def _record(self, prepared: dict[int, Prepared], claimed: dict[int, _Claimed]) -> None:
+    def _record(
+        self,
+        prepared: dict[int, Prepared],
+        claimed: dict[int, _Claimed],
+        *,
+        claim_next: bool = False,
+    ) -> None:
         """Record prepared messages, as many per transaction as its hold time allows.
 
         ``[processing] transaction_hold_seconds``: on SQLite intake's commit, and so the 250,
@@ -324,22 +356,26 @@ class Worker:
         waiting: dict[int, Prepared] = dict(prepared)
         lookups: Lookups | None = None
         while waiting:
-            waiting, lookups = self._record_some(waiting, claimed, lookups)
+            waiting, lookups = self._record_some(waiting, claimed, lookups, claim_next=claim_next)
 
     def _record_some(
         self,
         prepared: dict[int, Prepared],
         claimed: dict[int, _Claimed],
         lookups: Lookups | None,
+        *,
+        claim_next: bool = False,
     ) -> tuple[dict[int, Prepared], Lookups | None]:
         """Record prepared messages in one transaction, then handle those that failed.
 
         Returns the messages left for the next transaction (the time was up), and the
-        lookups it may go on with.
+        lookups it may go on with. ``claim_next``: the batch's last transaction also claims
+        the next batch, which then needs no transaction (and no commit) of its own.
         """
         failures: dict[int, Exception] = {}
         finished: list[_Finished] = []
         left: dict[int, Prepared] = {}
+        ahead: list[int] = []
         try:
             with self._sessions.begin() as session, Cursor.of(session) as sql:
                 if lookups is None:
@@ -357,6 +393,10 @@ class Worker:
                     failures,
                 )
                 finished, left = self._record_in(batch, prepared, claimed)
+                if claim_next and not left and not self._stopping:
+                    ahead = self._claim_in(session)
+            # Committed: the claim is ours (rolled back with the rest, it never was).
+            self._claimed_ahead = ahead
         except IntegrityError as exc:
             lookups = None
             # A row written for the whole batch clashed with another node's at the same
