@@ -8,7 +8,8 @@ a durable PostgreSQL (bench/postgres.py), and on Haraka when one is installed
 (bench/haraka.py), each beside the bare server. Then a profiler run says where the server's
 CPU goes, and last 20 API clients page through a feed of 100k activities (bench/api.py), and
 mailbox sync backfills a Dovecot mailbox beside mbsync (bench/sync_backfill.py), and RSA
-verification runs through dkimpy's pure Python beside OpenSSL (bench/rsa_verify.py). Every
+verification runs through dkimpy's pure Python beside OpenSSL (bench/rsa_verify.py), and
+authres's Authentication-Results parse beside ours (bench/authres_parse.py). Every
 figure printed and written to ``bench/results/latest.json`` is measured in this run.
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 
 from bench import (
     api,
+    authres_parse,
     haraka,
     phase,
     postgres,
@@ -65,6 +67,8 @@ FULL: dict[str, Any] = {
     "sync": 2000,
     # Rounds of dkimpy's RSA verification against ours, per signature and per Gmail forward.
     "rsa_verify": 15,
+    # Rounds of authres's Authentication-Results parse against ours (verify.authresfast).
+    "authres": 9,
     # The session phases run again on PostgreSQL and on Haraka: 10 warms the server, 50 counts.
     "peer_sessions": (10, 50),
 }
@@ -77,6 +81,7 @@ SMOKE: dict[str, Any] = {
     "api": (300, 20, 1.0),
     "sync": 20,
     "rsa_verify": 1,
+    "authres": 1,
     "peer_sessions": (50,),
 }
 
@@ -223,6 +228,8 @@ def main() -> int:
         print("RSA verification: dkimpy against OpenSSL…", flush=True)
         rsa_load = rsa_verify.measure(plan["rsa_verify"])
         print(rsa_verify.render(rsa_load), flush=True)
+        authres_load = authres_parse.measure(plan["authres"])
+        print(authres_parse.render(authres_load, plan["authres"]), flush=True)
     if not one:
         raise RuntimeError("the plan has no 10 MB phase")
     report.update(
@@ -240,6 +247,7 @@ def main() -> int:
     )
     report["sync_backfill"] = sync_load
     report["rsa_verify"] = rsa_load
+    report["authres_parse"] = authres_load
     report["seconds"] = round(time.monotonic() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))
