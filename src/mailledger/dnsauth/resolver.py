@@ -17,7 +17,6 @@ import functools
 import ipaddress
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
@@ -33,6 +32,7 @@ import dns.resolver
 import spf
 
 from mailledger.config import DNSSettings
+from mailledger.dnsauth.lru import LockedLRU
 from mailledger.dnsauth.spfverdicts import (
     SPFVerdicts,
     record_answer,
@@ -207,40 +207,23 @@ class _TTLCache:
     """A bounded LRU of results with expiry times, shared by the sync and async paths."""
 
     def __init__(self, max_entries: int) -> None:
-        self._max = max_entries
-        self._data: OrderedDict[tuple[str, int], tuple[float, DNSResult]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._entries: LockedLRU[tuple[str, int], tuple[float, DNSResult]] = LockedLRU(max_entries)
 
     def get(self, key: tuple[str, int]) -> DNSResult | None:
         now = time.monotonic()
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                return None
-            expires, result = entry
-            if expires <= now:
-                del self._data[key]
-                return None
-            self._data.move_to_end(key)
-            return result
+        entry = self._entries.get(key, lambda kept: kept[0] > now)
+        return entry[1] if entry is not None else None
 
     def put(self, key: tuple[str, int], result: DNSResult) -> None:
-        if result.ttl <= 0 or self._max <= 0:
+        if result.ttl <= 0:
             return
-        expires = time.monotonic() + result.ttl
-        with self._lock:
-            self._data[key] = (expires, result)
-            self._data.move_to_end(key)
-            while len(self._data) > self._max:
-                self._data.popitem(last=False)
+        self._entries.put(key, (time.monotonic() + result.ttl, result))
 
     def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
+        self._entries.clear()
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._data)
+        return len(self._entries)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,11 @@ answer are never kept.
 from __future__ import annotations
 
 import contextvars
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from mailledger.dnsauth.lru import LockedLRU
 
 DEFAULT_SPF_VERDICTS = 1024  # (IP, sender, HELO) combinations remembered
 # The macro that expands to the time of the check (RFC 7208 §7.3): a record with it is not
@@ -75,16 +75,11 @@ class SPFVerdicts:
     """A bounded LRU of SPF verdicts, each valid while its answers are the cached ones."""
 
     def __init__(self, max_entries: int = DEFAULT_SPF_VERDICTS) -> None:
-        self._max = max_entries
-        self._data: OrderedDict[SPFKey, _Kept] = OrderedDict()
-        self._lock = threading.Lock()
+        self._kept: LockedLRU[SPFKey, _Kept] = LockedLRU(max_entries)
 
     def get(self, key: SPFKey, current: Callable[[str, str], object]) -> tuple[str, str] | None:
         """The kept verdict, if ``current(name, type)`` still gives each answer it used."""
-        with self._lock:
-            kept = self._data.get(key)
-            if kept is not None:
-                self._data.move_to_end(key)
+        kept = self._kept.get(key)
         if kept is None:
             return None
         if all(current(name, qtype) is answer for name, qtype, answer in kept.answers):
@@ -101,26 +96,17 @@ class SPFVerdicts:
         token = _recording.set(recording)
 
         def keep(verdict: tuple[str, str], final: bool) -> None:
-            if final and recording.keepable and self._max > 0:
-                self._put(key, _Kept(verdict, tuple(recording.answers)))
+            if final and recording.keepable:
+                self._kept.put(key, _Kept(verdict, tuple(recording.answers)))
 
         try:
             yield keep
         finally:
             _recording.reset(token)
 
-    def _put(self, key: SPFKey, kept: _Kept) -> None:
-        with self._lock:
-            self._data[key] = kept
-            self._data.move_to_end(key)
-            while len(self._data) > self._max:
-                self._data.popitem(last=False)
-
     def clear(self) -> None:
         """Forget every verdict."""
-        with self._lock:
-            self._data.clear()
+        self._kept.clear()
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._data)
+        return len(self._kept)
