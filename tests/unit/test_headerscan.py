@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from mailledger.mail.headerscan import header_end, message_id_in_head
+from mailledger.mail.headerscan import body_start, header_end, message_id_in_head
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,13 @@ def test_header_end_is_where_the_old_pattern_matched() -> None:
         window = bytes(rng.choice(b"\r\nab: ") for _ in range(rng.randint(0, 24)))
         match = old.search(window)
         assert header_end(window) == (match.start() if match else -1), window
+
+
+def test_body_start_is_just_after_the_first_empty_line() -> None:
+    """LF or CRLF line ends alike: the first ``\n\n`` or ``\n\r\n``, whichever ends first."""
+    rng = random.Random(2045)
+    for _ in range(20000):
+        data = bytes(rng.choice(b"\r\nab: ") for _ in range(rng.randint(0, 24)))
+        ends = [at + 2 for at in [data.find(b"\n\n")] if at >= 0]
+        ends += [at + 3 for at in [data.find(b"\n\r\n")] if at >= 0]
+        assert body_start(data) == min(ends, default=-1), data

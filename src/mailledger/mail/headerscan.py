@@ -33,6 +33,13 @@ def header_end(data: bytes, limit: int | None = None) -> int:
     return start - 1 if start and data[start - 1] == 0x0D else start
 
 
+def body_start(data: bytes) -> int:
+    """Where the body begins: just after the empty line ending the header section; -1 if
+    there is none."""
+    found = _BLANK_LINE.search(data)
+    return found.end() if found is not None else -1
+
+
 def message_id_in_head(head: bytes, limit: int = DEFAULT_LIMIT) -> str:
     """The Message-ID (without ``<>``) in the header section of ``head``, or "" when none."""
     window = head[:limit]

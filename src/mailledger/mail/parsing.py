@@ -28,6 +28,7 @@ from typing import BinaryIO
 from mailledger.mail import mimebounds
 from mailledger.mail.addresses import Mailbox, MailboxList, parse_mailbox_list
 from mailledger.mail.content import Body, extract_body
+from mailledger.mail.headerscan import body_start
 
 _MSGID = re.compile(r"<([^<>\s]{1,900})>")
 MAX_SUBJECT_CHARS = 998  # RFC 5322 §2.1.1 line limit; longer is folded junk
@@ -203,7 +204,7 @@ def _single_part(raw: bytes) -> Message | None:
     the payload, decoded as the parser decodes it. Anything else (no blank line, a line the
     parser did not take as a header, parts) returns None: the caller parses it all.
     """
-    end = _header_end(raw)
+    end = body_start(raw)
     if end < 0:
         return None
     parser = BytesFeedParser(policy=policy.compat32)
@@ -213,16 +214,6 @@ def _single_part(raw: bytes) -> Message | None:
         return None
     message.set_payload(str(memoryview(raw)[end:], "ascii", "surrogateescape"))
     return message
-
-
-def _header_end(raw: bytes) -> int:
-    """Where the first empty line (LF or CRLF after an LF) ends, or -1 without one."""
-    ends = []
-    if (lf := raw.find(b"\n\n")) >= 0:
-        ends.append(lf + 2)
-    if (crlf := raw.find(b"\n\r\n")) >= 0:
-        ends.append(crlf + 3)
-    return min(ends, default=-1)
 
 
 def parse_message(
