@@ -33,10 +33,11 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench import procstat
@@ -45,7 +46,7 @@ from mailledger.cli.demo import seed_demo
 from mailledger.config import Settings, load_settings
 from mailledger.logs import configure_logging
 from mailledger.service.server import LOCK_POLL
-from mailledger.store.blobbackend import open_blob_backend
+from mailledger.store.blobbackend import BlobBackend, open_blob_backend
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, MessageState, ReceivedMessage
 from mailledger.store.secretbox import ensure_key_file
@@ -160,9 +161,19 @@ def _unfinished(sessions: sessionmaker[Session]) -> int:
         return int(session.scalar(waiting) or 0)
 
 
-def _backfill(server: Dovecot, work: Path, processes: int) -> dict[str, Any]:
-    """One backfill into a fresh database; with ``processes`` > 0, until every message is
-    recorded by that many processing processes running beside the pass."""
+@dataclass(frozen=True)
+class Store:
+    """A fresh SQLite store with the demo tenant and the bench's account on the Dovecot user."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    blobs: BlobBackend
+    account: int
+
+
+def fresh_store(server: Dovecot, work: Path, processes: int) -> Store:
+    """A new database in ``work``, configured for ``processes`` processing processes."""
     work.mkdir(parents=True)
     database = f"sqlite:///{work / 'sync.db'}"
     env = {
@@ -186,8 +197,21 @@ def _backfill(server: Dovecot, work: Path, processes: int) -> dict[str, Any]:
     # The provider's Authentication-Results on top are trusted, as `account add
     # --authserv-id` says for a plain IMAP account: the mail is recorded, not held.
     account = add_account(sessions, settings, server, USER, authserv_id=AUTHSERV_ID)
+    return Store(settings, engine, sessions, blobs, account)
+
+
+def _backfill(server: Dovecot, work: Path, processes: int) -> dict[str, Any]:
+    """One backfill into a fresh database; with ``processes`` > 0, until every message is
+    recorded by that many processing processes running beside the pass."""
+    store = fresh_store(server, work, processes)
+    settings, engine, sessions, account = (
+        store.settings,
+        store.engine,
+        store.sessions,
+        store.account,
+    )
     processing = _Processing(settings, processes) if processes else None
-    engine_of_pass = syncer(sessions, blobs, settings, server)
+    engine_of_pass = syncer(sessions, store.blobs, settings, server)
     if processing is not None:
         engine_of_pass.on_stored = processing.pool.wake
     try:

@@ -24,23 +24,17 @@ from typing import Any
 from sqlalchemy import update
 
 from bench.sync_backfill import (
-    AUTHSERV_ID,
     PASSWORD,
     POLL_SECONDS,
     USER,
     _message,
     _Processing,
     _unfinished,
+    fresh_store,
 )
-from mailledger.cli.demo import seed_demo
-from mailledger.config import load_settings
-from mailledger.logs import configure_logging
-from mailledger.store.blobbackend import open_blob_backend
-from mailledger.store.engine import make_engine, make_sessionmaker
-from mailledger.store.models import Base, MessageState, ReceivedMessage
-from mailledger.store.secretbox import ensure_key_file
+from mailledger.store.models import MessageState, ReceivedMessage
 from mailledger.testing.dovecot import Dovecot
-from mailledger.testing.syncing import activity_count, add_account, syncer
+from mailledger.testing.syncing import activity_count, syncer
 
 DEFAULT_MESSAGES = 3000
 FINISH_SECONDS = 1800.0
@@ -48,27 +42,9 @@ FINISH_SECONDS = 1800.0
 
 def _drain(server: Dovecot, work: Path, processes: int, messages: int) -> dict[str, Any]:
     """One backlog fetched into a fresh database, then recorded by ``processes`` processes."""
-    work.mkdir(parents=True)
-    database = f"sqlite:///{work / 'sync.db'}"
-    env = {
-        "MAILLEDGER_DATABASE__URL": database,
-        "MAILLEDGER_STORAGE__BLOB_DIR": str(work / "blobs"),
-        "MAILLEDGER_SECRETS__KEY_FILE": str(work / "secret.key"),
-        "MAILLEDGER_DNS__NAMESERVERS": '["127.0.0.1:9"]',
-        "MAILLEDGER_LOGGING__LEVEL": '"warning"',
-        "MAILLEDGER_PROCESSING__WORKER_PROCESSES": str(processes),
-    }
-    settings = load_settings(None, env)
-    configure_logging(settings.logging)
-    ensure_key_file(settings.secrets.key_file)
-    engine = make_engine(database)
-    Base.metadata.create_all(engine)
-    sessions = make_sessionmaker(engine)
-    blobs = open_blob_backend(settings, engine=engine)
-    with sessions.begin() as session:
-        seed_demo(session)
-    account = add_account(sessions, settings, server, USER, authserv_id=AUTHSERV_ID)
-    result = syncer(sessions, blobs, settings, server).run(account)
+    store = fresh_store(server, work, processes)
+    settings, sessions = store.settings, store.sessions
+    result = syncer(sessions, store.blobs, settings, server).run(store.account)
     if result.problem is not None:
         raise RuntimeError(f"the backfill failed: {result.problem}")
     # Held back while the processes start and import, then released in one statement.
@@ -89,7 +65,7 @@ def _drain(server: Dovecot, work: Path, processes: int, messages: int) -> dict[s
     finally:
         processing.stop()
     recorded = activity_count(sessions)
-    engine.dispose()
+    store.engine.dispose()
     return {
         "processes": processes,
         "msgs_per_s": round(messages / wall, 1),
