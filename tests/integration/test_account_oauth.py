@@ -27,6 +27,7 @@ from mailledger.store.models import AccountKind, AccountStatus, MailboxAccount, 
 from mailledger.store.secretbox import SecretBox
 from mailledger.sync import oauth
 from mailledger.sync.credentials import login_for
+from mailledger.testing.cli import use_settings
 from mailledger.testing.dovecot import Dovecot, running_dovecot
 from mailledger.testing.mail import make_email
 from mailledger.testing.oauthserver import CLIENT_ID, CLIENT_SECRET, OAuthServer
@@ -81,21 +82,15 @@ class Browser:
 
 
 def _env(monkeypatch: pytest.MonkeyPatch, settings: Settings, provider: OAuthServer) -> None:
-    env = {
-        "DATABASE__URL": settings.database.url,
-        "STORAGE__BLOB_DIR": settings.storage.blob_dir,
-        "SECRETS__KEY_FILE": settings.secrets.key_file,
-        "DNS__NAMESERVERS": '["127.0.0.1:9"]',
-        "DNS__TIMEOUT_SECONDS": "0.5",
-        "OAUTH__GOOGLE__CLIENT_ID": CLIENT_ID,
-        "OAUTH__GOOGLE__CLIENT_SECRET": CLIENT_SECRET,
-        "OAUTH__GOOGLE__AUTH_URL": provider.auth_url,
-        "OAUTH__GOOGLE__TOKEN_URL": provider.token_url,
-        "OAUTH__GOOGLE__REDIRECT_URI": REDIRECT,
-    }
-    monkeypatch.delenv("MAILLEDGER_CONFIG", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(f"MAILLEDGER_{key}", value)
+    use_settings(
+        monkeypatch,
+        settings,
+        OAUTH__GOOGLE__CLIENT_ID=CLIENT_ID,
+        OAUTH__GOOGLE__CLIENT_SECRET=CLIENT_SECRET,
+        OAUTH__GOOGLE__AUTH_URL=provider.auth_url,
+        OAUTH__GOOGLE__TOKEN_URL=provider.token_url,
+        OAUTH__GOOGLE__REDIRECT_URI=REDIRECT,
+    )
 
 
 def _account(sessions: sessionmaker[Session], account_id: int) -> MailboxAccount:

@@ -10,44 +10,29 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.cli.demo import DemoAddresses
-from mailledger.cli.main import main
 from mailledger.config import Settings
 from mailledger.store.models import ApiToken, Tenant
 from mailledger.testing.api import bearer, make_token, running_api
+from mailledger.testing.cli import InProcessCli
 
 pytestmark = pytest.mark.postgres
-
-
-class Cli:
-    """``mailledger`` in-process on the test's database; returns stdout, checks the exit."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-        self.err = ""
-
-    def __call__(self, *argv: str, expect: int = 0) -> str:
-        self.capsys.readouterr()
-        code = main(list(argv))
-        out, self.err = self.capsys.readouterr()
-        assert code == expect, f"exit {code}: {out}{self.err}"
-        return out
 
 
 @pytest.fixture
 def cli(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Cli:
+) -> InProcessCli:
     """The CLI on the test's database, migrated by `db upgrade` (so 0007 runs for real)."""
     monkeypatch.setenv("MAILLEDGER_DATABASE__URL", settings.database.url)
     monkeypatch.setenv("MAILLEDGER_STORAGE__BLOB_DIR", settings.storage.blob_dir)
-    run = Cli(capsys)
+    run = InProcessCli(capsys)
     run("db", "upgrade")
     run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")
     return run
 
 
 async def test_token_made_by_the_cli_reads_the_api_until_revoked(
-    cli: Cli, settings: Settings
+    cli: InProcessCli, settings: Settings
 ) -> None:
     """create prints the token once (stdout alone); list never shows it; revoke ends it."""
     token = cli("api-token", "create", "acme", "--name", "crm sync").strip()
@@ -75,7 +60,7 @@ async def test_token_made_by_the_cli_reads_the_api_until_revoked(
     assert json.loads(cli("api-token", "list", "acme", "--json"))[0]["state"] == "revoked"
 
 
-def test_cli_token_errors_name_what_to_fix(cli: Cli) -> None:
+def test_cli_token_errors_name_what_to_fix(cli: InProcessCli) -> None:
     """An unknown tenant or token id is exit 1 with a message; a read-only token says so."""
     cli("api-token", "create", "nobody", expect=1)
     cli("api-token", "revoke", "999", expect=1)

@@ -9,7 +9,6 @@ import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import inspect
@@ -34,6 +33,7 @@ from mailledger.store.models import (
     RouteKind,
     TraceEntry,
 )
+from mailledger.testing.cli import InProcessCli
 
 ACTIVITY_KEYS = {
     "id", "tenant", "direction", "subject", "from", "staff", "contacts", "message_id",
@@ -43,29 +43,6 @@ MESSAGE_KEYS = {
     "id", "state", "reason", "mail_from", "rcpt_to", "message_id", "received_at",
     "queue_id", "trace_id", "peer", "size", "routes",
 }  # fmt: skip
-
-
-class Run:
-    """Runs the command in-process with the test's --config and captures what it printed."""
-
-    def __init__(self, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.config = config
-        self.capsys = capsys
-        self.out = ""
-        self.err = ""
-
-    def __call__(self, *argv: str, expect: int = 0) -> str:
-        self.capsys.readouterr()
-        code = main(["--config", str(self.config), *argv])
-        self.out, self.err = self.capsys.readouterr()
-        assert code == expect, f"exit {code}; stdout: {self.out}\nstderr: {self.err}"
-        return self.out
-
-    def json(self, *argv: str) -> list[dict[str, Any]]:
-        data = json.loads(self(*argv, "--json"))
-        assert isinstance(data, list)
-        assert all(isinstance(item, dict) for item in data)
-        return data
 
 
 @pytest.fixture
@@ -91,15 +68,15 @@ listen = ""
 
 
 @pytest.fixture
-def run(config_file: Path, capsys: pytest.CaptureFixture[str]) -> Run:
+def run(config_file: Path, capsys: pytest.CaptureFixture[str]) -> InProcessCli:
     """The command, on an empty but migrated database."""
-    runner = Run(config_file, capsys)
+    runner = InProcessCli(capsys, config_file)
     runner("db", "upgrade")
     return runner
 
 
 @pytest.fixture
-def session(run: Run, tmp_path: Path) -> Iterator[Session]:
+def session(run: InProcessCli, tmp_path: Path) -> Iterator[Session]:
     """A session on the CLI's database, for writing what the worker would have recorded."""
     engine = make_engine(f"sqlite:///{tmp_path / 'cli.db'}")
     # A plain session: tests commit before running the CLI, which must be able to write (SQLite
@@ -177,7 +154,7 @@ def _record(session: Session, blobs: BlobStore) -> tuple[int, int, int]:
 # --- configuration ----------------------------------------------------------------------------
 
 
-def test_check_config_prints_toml(run: Run) -> None:
+def test_check_config_prints_toml(run: InProcessCli) -> None:
     """check-config prints the effective settings as TOML that reads back."""
     data = tomllib.loads(run("check-config"))
     assert data["capture"]["listen"] == ["127.0.0.1:2626"]
@@ -192,7 +169,7 @@ def test_check_config_masks_database_password(
     path.write_text(
         '[database]\nurl = "postgresql+psycopg://ml:hunter2@127.0.0.1:9/ml"\n', encoding="utf-8"
     )
-    runner = Run(path, capsys)
+    runner = InProcessCli(capsys, path)
     # Nothing listens on 127.0.0.1:9: the pre-flight reports it (exit 2), the password masked
     # there too.
     out = runner("check-config", expect=2)
@@ -230,7 +207,7 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_config_from_environment(
-    run: Run,
+    run: InProcessCli,
     config_file: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -247,7 +224,7 @@ def test_config_from_environment(
 # --- schema and demo --------------------------------------------------------------------------
 
 
-def test_db_upgrade_creates_schema_and_repeats(run: Run, tmp_path: Path) -> None:
+def test_db_upgrade_creates_schema_and_repeats(run: InProcessCli, tmp_path: Path) -> None:
     """db upgrade creates every table and is harmless to run again."""
     run("db", "upgrade")
     engine = make_engine(f"sqlite:///{tmp_path / 'cli.db'}")
@@ -268,7 +245,7 @@ def test_commands_before_upgrade_say_what_to_do(
 
 def test_demo_init(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """demo init makes the schema and the demo tenant and prints a snippet that compiles."""
-    runner = Run(config_file, capsys)
+    runner = InProcessCli(capsys, config_file)
     out = runner("demo", "init")
     assert "richard@acme.capture.example" in out
     assert "log@acme.capture.example" in out
@@ -286,7 +263,7 @@ def test_demo_init(config_file: Path, capsys: pytest.CaptureFixture[str]) -> Non
 # --- the directory ----------------------------------------------------------------------------
 
 
-def test_tenant_staff_contact_company(run: Run) -> None:
+def test_tenant_staff_contact_company(run: InProcessCli) -> None:
     """The directory commands add and list, as tables and as JSON arrays."""
     out = run(
         "tenant", "add", "Acme", "--capture-domain", "acme.capture.example",
@@ -337,7 +314,7 @@ def test_tenant_staff_contact_company(run: Run) -> None:
     assert "hr.example" in out and "richard" in out
 
 
-def test_directory_refusals_exit_1(run: Run) -> None:
+def test_directory_refusals_exit_1(run: InProcessCli) -> None:
     """Refused changes print why and exit 1, leaving nothing half-made."""
     run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")
     run("tenant", "add", "globex", "--capture-domain", "globex.capture.example")
@@ -355,7 +332,7 @@ def test_directory_refusals_exit_1(run: Run) -> None:
     assert "no staff member 'nobody'" in run.err
 
 
-def test_contact_import(run: Run, tmp_path: Path) -> None:
+def test_contact_import(run: InProcessCli, tmp_path: Path) -> None:
     """contact import takes the good rows, lists the bad ones by line, and exits non-zero."""
     run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")
     csv_file = tmp_path / "contacts.csv"
@@ -382,7 +359,7 @@ def test_contact_import(run: Run, tmp_path: Path) -> None:
 # --- activities, messages, quarantine ---------------------------------------------------------
 
 
-def test_activities(run: Run, session: Session, tmp_path: Path) -> None:
+def test_activities(run: InProcessCli, session: Session, tmp_path: Path) -> None:
     """activities list/show give the documented keys; show adds the sources' trace."""
     run("demo", "init")
     activity_id, processed_id, _ = _record(session, BlobStore(tmp_path / "blobs"))
@@ -412,7 +389,7 @@ def test_activities(run: Run, session: Session, tmp_path: Path) -> None:
     assert "no activity 999" in run.err
 
 
-def test_messages(run: Run, session: Session, tmp_path: Path) -> None:
+def test_messages(run: InProcessCli, session: Session, tmp_path: Path) -> None:
     """messages list/show/trace give state, reason and each step's decision."""
     run("demo", "init")
     _, processed_id, quarantined_id = _record(session, BlobStore(tmp_path / "blobs"))
@@ -436,14 +413,14 @@ def test_messages(run: Run, session: Session, tmp_path: Path) -> None:
     assert "no received message 424242" in run.err
 
 
-def test_messages_list_rejects_unknown_state(run: Run) -> None:
+def test_messages_list_rejects_unknown_state(run: InProcessCli) -> None:
     """--state takes only the states a message can be in."""
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", str(run.config), "messages", "list", "--state", "lost"])
     assert exit_info.value.code == 2
 
 
-def test_quarantine(run: Run, session: Session, tmp_path: Path) -> None:
+def test_quarantine(run: InProcessCli, session: Session, tmp_path: Path) -> None:
     """quarantine list, release (plain and forced) and delete."""
     run("demo", "init")
     blobs = BlobStore(tmp_path / "blobs")
@@ -501,7 +478,7 @@ def test_format_table_aligns_columns() -> None:
     ]
 
 
-def test_python_dash_m(run: Run, config_file: Path) -> None:
+def test_python_dash_m(run: InProcessCli, config_file: Path) -> None:
     """`python -m mailledger` is the same command as the console script."""
     result = subprocess.run(
         [sys.executable, "-m", "mailledger", "--config", str(config_file), "check-config"],
@@ -513,7 +490,7 @@ def test_python_dash_m(run: Run, config_file: Path) -> None:
     assert "[capture]" in result.stdout
 
 
-def test_tenant_gateway_set_list_and_clear(run: Run) -> None:
+def test_tenant_gateway_set_list_and_clear(run: InProcessCli) -> None:
     """An operator trusts a filtering MTA by network and authserv-id, and can remove it."""
     run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")
     run("tenant", "gateway", "acme", "--network", "192.0.2.0/24", "--authserv-id", "GW.acme.com")
@@ -529,7 +506,9 @@ def test_tenant_gateway_set_list_and_clear(run: Run) -> None:
     assert run.json("tenant", "list")[0]["gateway_networks"] == []
 
 
-def test_staff_forwarding_shows_the_code(run: Run, session: Session, tmp_path: Path) -> None:
+def test_staff_forwarding_shows_the_code(
+    run: InProcessCli, session: Session, tmp_path: Path
+) -> None:
     """The Gmail confirmation code kept from a capture address is shown to the operator."""
     run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")
     run("staff", "add", "acme", "richard", "--address", "richard.smith@gmail.com")
@@ -571,7 +550,7 @@ def test_staff_forwarding_shows_the_code(run: Run, session: Session, tmp_path: P
 
 
 def test_messages_found_by_queue_id_and_message_id(
-    run: Run, session: Session, tmp_path: Path
+    run: InProcessCli, session: Session, tmp_path: Path
 ) -> None:
     """show, trace, release and delete take a row number, a queue ID or a Message-ID."""
     run("demo", "init")
@@ -629,7 +608,7 @@ def _many_messages(session: Session, count: int) -> None:
     session.commit()
 
 
-def test_lists_say_when_they_stop(run: Run, session: Session) -> None:
+def test_lists_say_when_they_stop(run: InProcessCli, session: Session) -> None:
     """A table stops at 50 and says of how many; --all and --json give every row, in order."""
     run("demo", "init")
     _many_messages(session, 455)
@@ -683,7 +662,7 @@ def test_staff_password_prints_the_real_ports(
         f'[database]\nurl = "sqlite:///{tmp_path / "p.db"}"\n[submission]\n{submission}\n',
         encoding="utf-8",
     )
-    runner = Run(path, capsys)
+    runner = InProcessCli(capsys, path)
     runner("demo", "init")
     out = runner("staff", "password", "acme", "richard")
     ports = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("port")]
@@ -694,7 +673,7 @@ def test_staff_password_prints_the_real_ports(
 # --- contact import: --dry-run and progress ----------------------------------------------------
 
 
-def test_contact_import_dry_run_writes_nothing(run: Run, tmp_path: Path) -> None:
+def test_contact_import_dry_run_writes_nothing(run: InProcessCli, tmp_path: Path) -> None:
     """--dry-run checks and counts every row (duplicates across batches too), writes nothing."""
     run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")
     rows = [f"person{n}@client.example,Person {n}," for n in range(1200)]
@@ -713,7 +692,7 @@ def test_contact_import_dry_run_writes_nothing(run: Run, tmp_path: Path) -> None
 
 
 def test_contact_import_progress_on_a_terminal(
-    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run: InProcessCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a terminal, stderr shows rows read and the share of the file after each batch."""
     run("tenant", "add", "acme", "--capture-domain", "acme.capture.example")

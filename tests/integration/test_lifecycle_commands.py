@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,33 +13,13 @@ from mailledger.routing.routes import RecipientRouter, Refusal
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.inbox import Route
 from mailledger.store.models import RouteKind
+from mailledger.testing.cli import InProcessCli
 
 CAPTURE = "acme.capture.example"
 
 
-class Cli:
-    """The command in-process with the test's --config; keeps what it printed."""
-
-    def __init__(self, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.config = config
-        self.capsys = capsys
-        self.out = self.err = ""
-
-    def __call__(self, *argv: str, expect: int = 0) -> str:
-        self.capsys.readouterr()
-        code = main(["--config", str(self.config), *argv])
-        self.out, self.err = self.capsys.readouterr()
-        assert code == expect, f"exit {code}; stdout: {self.out}\nstderr: {self.err}"
-        return self.out
-
-    def json(self, *argv: str) -> list[dict[str, Any]]:
-        data = json.loads(self(*argv, "--json"))
-        assert isinstance(data, list) and all(isinstance(item, dict) for item in data)
-        return data
-
-
 @pytest.fixture
-def cli(tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]) -> Cli:
+def cli(tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]) -> InProcessCli:
     """The demo tenant (acme, richard, carol, Client Co) on a migrated database."""
     config = tmp_path / "mailledger.toml"
     config.write_text(
@@ -49,7 +27,7 @@ def cli(tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]) -
         '[capture]\nlisten = ["127.0.0.1:2626"]\n',
         encoding="utf-8",
     )
-    run = Cli(config, capsys)
+    run = InProcessCli(capsys, config)
     run("demo", "init")
     return run
 
@@ -62,7 +40,7 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
 
 
 @pytest.mark.postgres
-def test_tenant_show_set_disable_enable(cli: Cli, sessions: sessionmaker[Session]) -> None:
+def test_tenant_show_set_disable_enable(cli: InProcessCli, sessions: sessionmaker[Session]) -> None:
     """Policies are switched on and off; a disabled tenant refuses its capture addresses."""
     (shown,) = cli.json("tenant", "show", "acme")
     assert shown["state"] == "active"
@@ -107,7 +85,7 @@ def test_tenant_show_set_disable_enable(cli: Cli, sessions: sessionmaker[Session
 
 
 @pytest.mark.postgres
-def test_staff_set_disable_enable(cli: Cli, sessions: sessionmaker[Session]) -> None:
+def test_staff_set_disable_enable(cli: InProcessCli, sessions: sessionmaker[Session]) -> None:
     """A disabled member's capture address is refused (550 5.1.1) until enabled again."""
     (record,) = cli.json(
         "staff", "set", "acme", "richard", "--name", "Rick", "--add-address", "rick@acme.example"
@@ -134,7 +112,7 @@ def test_staff_set_disable_enable(cli: Cli, sessions: sessionmaker[Session]) -> 
 
 
 @pytest.mark.postgres
-def test_contact_and_company_lifecycle(cli: Cli) -> None:
+def test_contact_and_company_lifecycle(cli: InProcessCli) -> None:
     """Contacts are fixed and shown by id or address; companies renamed, re-domained, removed."""
     (carol,) = cli.json("contact", "show", "acme", "carol@client.example")
     assert carol["company"] == "Client Co"
@@ -184,7 +162,7 @@ def test_contact_and_company_lifecycle(cli: Cli) -> None:
 
 
 @pytest.mark.postgres
-def test_never_log_list_and_remove(cli: Cli) -> None:
+def test_never_log_list_and_remove(cli: InProcessCli) -> None:
     """Tenant-wide and per-staff entries are listed apart and removed one by one."""
     cli("never-log", "add", "acme", "hr.example")
     cli("never-log", "add", "acme", "doctor@clinic.example", "--staff", "richard")

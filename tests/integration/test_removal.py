@@ -40,24 +40,9 @@ from mailledger.store.models import (
     StaffAddress,
     TraceEntry,
 )
+from mailledger.testing.cli import InProcessCli
 
 CAPTURE = "acme.capture.example"
-
-
-class Cli:
-    """The command in-process with a configuration on the test's database."""
-
-    def __init__(self, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.config = config
-        self.capsys = capsys
-        self.out = self.err = ""
-
-    def __call__(self, *argv: str, expect: int = 0) -> str:
-        self.capsys.readouterr()
-        code = main(["--config", str(self.config), *argv])
-        self.out, self.err = self.capsys.readouterr()
-        assert code == expect, f"exit {code}; stdout: {self.out}\nstderr: {self.err}"
-        return self.out
 
 
 @dataclass
@@ -75,14 +60,14 @@ class World:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]) -> Cli:
+def cli(tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]) -> InProcessCli:
     """A migrated database with the tenant acme, and the CLI on it."""
     config = tmp_path / "mailledger.toml"
     config.write_text(
         f'[database]\nurl = "{database_url}"\n[storage]\nblob_dir = "{tmp_path / "blobs"}"\n',
         encoding="utf-8",
     )
-    run = Cli(config, capsys)
+    run = InProcessCli(capsys, config)
     run("db", "upgrade")
     run("tenant", "add", "acme", "--capture-domain", CAPTURE, "--customer-domain", "acme.example")
     run("staff", "add", "acme", "richard", "--address", "richard@acme.example")
@@ -259,7 +244,7 @@ def _blob_files(root: Path) -> set[str]:
 
 @pytest.mark.postgres
 def test_staff_remove_keep_history(
-    cli: Cli, sessions: sessionmaker[Session], tmp_path: Path
+    cli: InProcessCli, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     """--keep-history: every activity, message and blob stays; the address, login and proofs go."""
     blobs = BlobStore(tmp_path / "blobs")
@@ -297,7 +282,7 @@ def test_staff_remove_keep_history(
 
 @pytest.mark.postgres
 def test_staff_remove_remove_history(
-    cli: Cli, sessions: sessionmaker[Session], tmp_path: Path
+    cli: InProcessCli, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     """--remove-history: what only he brought in goes, rows and files; shared mail loses him."""
     blobs = BlobStore(tmp_path / "blobs")
@@ -337,7 +322,7 @@ def test_staff_remove_remove_history(
     assert "has no staff member 'richard'" in cli.err
 
 
-def test_staff_remove_asks_for_a_choice(cli: Cli, sessions: sessionmaker[Session]) -> None:
+def test_staff_remove_asks_for_a_choice(cli: InProcessCli, sessions: sessionmaker[Session]) -> None:
     """Neither flag: exit 2 and a message that names both; nothing changes."""
     cli("staff", "remove", "acme", "richard", expect=2)
     assert "--keep-history" in cli.err and "--remove-history" in cli.err
@@ -363,7 +348,7 @@ def test_staff_remove_asks_for_a_choice(cli: Cli, sessions: sessionmaker[Session
 
 @pytest.mark.postgres
 def test_contact_remove_both_ways(
-    cli: Cli, sessions: sessionmaker[Session], tmp_path: Path
+    cli: InProcessCli, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     """Keeping history leaves every activity; removing it deletes those only Carol was in."""
     blobs = BlobStore(tmp_path / "blobs")

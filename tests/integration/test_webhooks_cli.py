@@ -13,34 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.cli import webhook as webhook_cli
 from mailledger.cli.demo import seed_demo
-from mailledger.cli.main import main
 from mailledger.store import directory, webhooks
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, utcnow
 from mailledger.store.secretbox import SecretBox, ensure_key_file
+from mailledger.testing.cli import InProcessCli
 from mailledger.testing.dnsserver import DNSServer
-
-
-class Run:
-    """Runs the command in-process and captures what it printed."""
-
-    def __init__(self, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.config = config
-        self.capsys = capsys
-        self.out = ""
-        self.err = ""
-
-    def __call__(self, *argv: str, expect: int = 0) -> str:
-        self.capsys.readouterr()
-        code = main(["--config", str(self.config), *argv])
-        self.out, self.err = self.capsys.readouterr()
-        assert code == expect, f"exit {code}; stdout: {self.out}\nstderr: {self.err}"
-        return self.out
-
-    def json(self, *argv: str) -> list[dict[str, Any]]:
-        data = json.loads(self(*argv, "--json"))
-        assert isinstance(data, list)
-        return data
 
 
 @pytest.fixture
@@ -93,9 +71,9 @@ def run(
     dns: DNSServer,
     sessions: sessionmaker[Session],
     capsys: pytest.CaptureFixture[str],
-) -> Run:
+) -> InProcessCli:
     """The command, as production runs it: private targets refused."""
-    return Run(_config(tmp_path, dns, allow_private=False), capsys)
+    return InProcessCli(capsys, _config(tmp_path, dns, allow_private=False))
 
 
 def test_parser_event_types_are_the_stores() -> None:
@@ -103,7 +81,7 @@ def test_parser_event_types_are_the_stores() -> None:
     assert webhook_cli.EVENT_TYPES == webhooks.EVENT_TYPES
 
 
-def test_add_prints_the_secret_once_and_list_never_shows_it(run: Run) -> None:
+def test_add_prints_the_secret_once_and_list_never_shows_it(run: InProcessCli) -> None:
     """`webhook add` prints a whsec_ secret; `webhook list` shows the endpoint without it."""
     out = run("webhook", "add", "acme", "https://crm.example/hooks", "--event", "activity.created")
     secret = out.split("keep it): ", 1)[1].strip()
@@ -129,7 +107,9 @@ def test_add_prints_the_secret_once_and_list_never_shows_it(run: Run) -> None:
         ("https://gone.example/hook", "has no address"),
     ],
 )
-def test_add_refuses_private_targets_naming_the_setting(run: Run, url: str, words: str) -> None:
+def test_add_refuses_private_targets_naming_the_setting(
+    run: InProcessCli, url: str, words: str
+) -> None:
     """A URL whose host is not public is refused up front, saying which setting allows it."""
     run("webhook", "add", "acme", url, expect=1)
     assert words in run.err
@@ -142,12 +122,12 @@ def test_add_accepts_private_targets_with_the_setting(
     tmp_path: Path, dns: DNSServer, sessions: sessionmaker[Session], capsys: Any
 ) -> None:
     """With allow_private_targets a loopback receiver can be registered (tests, a LAN CRM)."""
-    run = Run(_config(tmp_path, dns, allow_private=True), capsys)
+    run = InProcessCli(capsys, _config(tmp_path, dns, allow_private=True))
     run("webhook", "add", "acme", "http://127.0.0.1:8080/hook")
     assert run.json("webhook", "list", "acme")[0]["url"] == "http://127.0.0.1:8080/hook"
 
 
-def test_bad_input_is_refused_clearly(run: Run) -> None:
+def test_bad_input_is_refused_clearly(run: InProcessCli) -> None:
     """A bad URL, an unknown tenant or event type, an unknown id: each says what is wrong."""
     run("webhook", "add", "acme", "ftp://crm.example/x", expect=1)
     assert "not an http:// or https:// URL" in run.err
@@ -164,7 +144,7 @@ def test_bad_input_is_refused_clearly(run: Run) -> None:
 
 
 def test_rotate_prints_a_new_secret_and_both_sign(
-    run: Run, sessions: sessionmaker[Session], tmp_path: Path
+    run: InProcessCli, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     """`webhook rotate` prints the new secret; the old one signs until the overlap ends."""
     old = run("webhook", "add", "acme", "https://crm.example/h").split("keep it): ")[1].strip()
@@ -184,7 +164,7 @@ def test_rotate_prints_a_new_secret_and_both_sign(
 
 
 def test_deliveries_list_every_attempt_and_replay_sends_again(
-    run: Run, sessions: sessionmaker[Session], tmp_path: Path
+    run: InProcessCli, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     """Attempts are listed with time, status, latency and answer; replay makes a new delivery."""
     run("webhook", "add", "acme", "https://crm.example/h")
@@ -226,7 +206,7 @@ def test_deliveries_list_every_attempt_and_replay_sends_again(
 
 
 def test_remove_takes_the_endpoint_and_its_deliveries(
-    run: Run, sessions: sessionmaker[Session]
+    run: InProcessCli, sessions: sessionmaker[Session]
 ) -> None:
     """`webhook remove` deletes the endpoint with its deliveries; events stop going there."""
     run("webhook", "add", "acme", "https://crm.example/h")

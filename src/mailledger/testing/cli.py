@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from mailledger.cli.main import main
@@ -9,18 +13,28 @@ from mailledger.config import Settings
 
 
 class InProcessCli:
-    """``mailledger ARGS`` in-process; returns stdout, checks the exit, keeps stderr in ``err``."""
+    """``mailledger ARGS`` in-process; returns stdout, checks the exit, keeps what it printed
+    in ``out`` and ``err``. With ``config``, every command runs with ``--config config``."""
 
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+    def __init__(self, capsys: pytest.CaptureFixture[str], config: Path | None = None) -> None:
         self.capsys = capsys
-        self.err = ""
+        self.config = config
+        self.out = self.err = ""
 
     def __call__(self, *argv: str, expect: int = 0) -> str:
         self.capsys.readouterr()
-        code = main(list(argv))
-        out, self.err = self.capsys.readouterr()
-        assert code == expect, f"exit {code}: {out}{self.err}"
-        return out
+        given = ["--config", str(self.config), *argv] if self.config else list(argv)
+        code = main(given)
+        self.out, self.err = self.capsys.readouterr()
+        assert code == expect, f"exit {code}; stdout: {self.out}\nstderr: {self.err}"
+        return self.out
+
+    def json(self, *argv: str) -> list[dict[str, Any]]:
+        """The command with ``--json``: a list of objects."""
+        data = json.loads(self(*argv, "--json"))
+        assert isinstance(data, list)
+        assert all(isinstance(item, dict) for item in data)
+        return data
 
 
 def use_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings, **more: str) -> None:
