@@ -21,6 +21,7 @@ from mailledger.store.blobs import BlobStore
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base
 from mailledger.store.secretbox import ensure_key_file
+from mailledger.testing.cli import InProcessCli, use_settings
 from mailledger.testing.dnsserver import DNSServer
 from mailledger.testing.postgres import PostgresServer, find_bindir, start_server
 from mailledger.verify.patches import install_patches
@@ -132,3 +133,16 @@ def dns_server() -> Iterator[DNSServer]:
 def resolver(dns_server: DNSServer) -> Resolver:
     """Our resolver, asking the test's DNS server."""
     return Resolver(dns_server.settings(timeout_seconds=0.5))
+
+
+@pytest.fixture
+def cli(
+    settings: Settings,
+    demo: DemoAddresses,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> InProcessCli:
+    """``mailledger`` in-process on the test's settings, with the demo tenant seeded. A test
+    module with another configuration defines its own ``cli``."""
+    use_settings(monkeypatch, settings)
+    return InProcessCli(capsys)

@@ -18,24 +18,12 @@ from mailledger.store.blobs import BlobStore
 from mailledger.store.models import MailboxAccount, ReceivedMessage, Staff, utcnow
 from mailledger.store.secretbox import SecretBox
 from mailledger.testing.cli import InProcessCli as Cli
-from mailledger.testing.cli import use_settings
 from mailledger.testing.dovecot import Dovecot, running_dovecot
 from mailledger.testing.mail import make_email, store_received
 from mailledger.testing.syncing import activity_count, process_received, sources_by_activity
 
 USER = "richard.smith@mail.test.example"
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def cli(
-    settings: Settings,
-    demo: DemoAddresses,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> Cli:
-    use_settings(monkeypatch, settings)
-    return Cli(capsys)
 
 
 @pytest.fixture

@@ -39,7 +39,6 @@ from mailledger.store.models import (
 )
 from mailledger.store.secretbox import SecretBox
 from mailledger.testing.cli import InProcessCli as Cli
-from mailledger.testing.cli import use_settings
 from mailledger.testing.radicale import Radicale
 
 USER = "richard"
@@ -54,17 +53,6 @@ def radicale() -> Iterator[Radicale]:
         server.make_calendar(USER, "work", "Work")
         server.make_calendar(USER, "home", "Home")
         yield server
-
-
-@pytest.fixture
-def cli(
-    settings: Settings,
-    demo: DemoAddresses,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> Cli:
-    use_settings(monkeypatch, settings)
-    return Cli(capsys)
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from mailledger.store.blobs import BlobStore
 from mailledger.store.models import Activity, MailboxAccount, Tenant
 from mailledger.testing.api import bearer, make_token, running_api
 from mailledger.testing.cli import InProcessCli as Cli
-from mailledger.testing.cli import use_settings
 from mailledger.testing.dovecot import Dovecot, running_dovecot
 from mailledger.testing.mail import make_email
 from mailledger.testing.syncing import add_account, process_received, syncer
@@ -124,17 +123,6 @@ def test_a_configured_id_with_a_forged_header_on_top_is_none(
     auth = _activity(sessions).auth
     assert (auth["spf"], auth["dkim"], auth["dmarc"]) == ("none",) * 3
     assert OWN_ID in auth["original"]["detail"]
-
-
-@pytest.fixture
-def cli(
-    settings: Settings,
-    demo: DemoAddresses,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> Cli:
-    use_settings(monkeypatch, settings)
-    return Cli(capsys)
 
 
 def test_account_add_and_set_authserv_id(
