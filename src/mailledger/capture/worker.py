@@ -213,15 +213,17 @@ class Worker:
         if self._claimed_ahead:
             ahead, self._claimed_ahead = self._claimed_ahead, []
             return ahead
-        settings = self._settings.processing
-        claimed = leases.claim_waiting(
-            self._sessions,
-            leases.PROCESSING,
-            owner=self._owner,
-            lease_seconds=settings.lease_seconds,
-            limit=settings.batch_size,
-        )
+        claimed = leases.claim_waiting(self._sessions, leases.PROCESSING, **self._claim_terms())
         return [lease.id for lease in claimed]
+
+    def _claim_terms(self) -> dict[str, Any]:
+        """Whose claim, for how long, how many: the same for a batch claimed either way."""
+        settings = self._settings.processing
+        return {
+            "owner": self._owner,
+            "lease_seconds": settings.lease_seconds,
+            "limit": settings.batch_size,
+        }
 
     def process_one(self, message_id: int) -> None:
         """Process one claimed message (a batch of one)."""
@@ -284,14 +286,7 @@ class Worker:
 
     def _claim_in(self, session: Session) -> list[int]:
         """The next batch, claimed in the caller's transaction (``claim_batch``'s rule)."""
-        settings = self._settings.processing
-        claimed = leases.claim(
-            session,
-            leases.PROCESSING,
-            owner=self._owner,
-            lease_seconds=settings.lease_seconds,
-            limit=settings.batch_size,
-        )
+        claimed = leases.claim(session, leases.PROCESSING, **self._claim_terms())
         return [lease.id for lease in claimed]
 
     def _read_claimed(self, message_ids: Sequence[int]) -> dict[int, _Claimed]:
