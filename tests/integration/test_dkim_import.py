@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailledger.cli.main import main
 from mailledger.config import Settings
 from mailledger.dnsauth.resolver import Resolver
 from mailledger.domains import keys
@@ -22,6 +21,7 @@ from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.migrate import downgrade, upgrade
 from mailledger.store.models import DkimKey
 from mailledger.store.secretbox import SecretBox, ensure_key_file
+from mailledger.testing.cli import exit_and_output
 from mailledger.testing.dnsserver import DNSServer
 
 MESSAGE = (
@@ -61,13 +61,6 @@ def _config(tmp_path: Path, database_url: str, key_dir: Path) -> Path:
     return path
 
 
-def _cli(config: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    capsys.readouterr()
-    code = main(["--config", str(config), *argv])
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
 def _old_database(database_url: str, old_dir: Path) -> tuple[Engine, dict[str, bytes]]:
     """A database at 0017 with two keys made the old way: s1's file here, s2's elsewhere."""
     upgrade(database_url, revision="0017")
@@ -105,7 +98,7 @@ def test_db_upgrade_moves_key_files_into_the_database_and_leaves_them(
     engine, files = _old_database(database_url, old_dir)
     config = _config(tmp_path, database_url, tmp_path / "this-node-dkim")
     try:
-        code, out = _cli(config, capsys, "db", "upgrade")
+        code, out = exit_and_output(config, capsys, "db", "upgrade")
         assert code == 0, out
         s1_file = old_dir / "s1._domainkey.acme.test.rsa.key"
         assert (
@@ -132,14 +125,14 @@ def test_db_upgrade_moves_key_files_into_the_database_and_leaves_them(
         copied = _write_key_file(
             tmp_path / "this-node-dkim" / "s2._domainkey.acme.test.ed25519.key", files["s2"]
         )
-        code, out = _cli(config, capsys, "dkim", "import")
+        code, out = exit_and_output(config, capsys, "dkim", "import")
         assert code == 0, out
         assert f"s2._domainkey.acme.test: moved into the database; {copied}" in out
         assert "every DKIM private key is in the database" in out
         with sessions() as session:
             s2 = session.scalars(select(DkimKey).where(DkimKey.selector == "s2")).one()
             assert keys.load_private_key(s2, box) == files["s2"]
-        code, out = _cli(config, capsys, "db", "upgrade")  # again: nothing left to move
+        code, out = exit_and_output(config, capsys, "db", "upgrade")  # again: nothing left to move
         assert code == 0 and "moved" not in out
     finally:
         engine.dispose()
@@ -157,11 +150,11 @@ def test_dkim_import_refuses_a_file_that_is_not_the_published_key(
     _write_key_file(old_dir / "s2._domainkey.acme.test.ed25519.key", files["s2"])
     config = _config(tmp_path, database_url, old_dir)
     try:
-        code, out = _cli(config, capsys, "db", "upgrade")
+        code, out = exit_and_output(config, capsys, "db", "upgrade")
         assert code == 0, out  # the schema is up to date; the key's problem is named
         expected = f"{s1_file} holds a different key from the record published for s1."
         assert expected in out
-        code, out = _cli(config, capsys, "dkim", "import")
+        code, out = exit_and_output(config, capsys, "dkim", "import")
         assert code == 1 and expected in out
         assert "every DKIM private key" not in out
         with make_sessionmaker(engine)() as session:

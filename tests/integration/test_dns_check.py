@@ -23,6 +23,7 @@ from mailledger.domains.check import RecordCheck, all_ok, check_tenant
 from mailledger.store.directory import find_tenant
 from mailledger.store.models import DkimKey
 from mailledger.store.secretbox import SecretBox
+from mailledger.testing.cli import exit_and_output
 from mailledger.testing.dnsserver import DNSServer
 
 RELAY = "192.0.2.10"
@@ -432,13 +433,6 @@ relay_addresses = ["{RELAY}"]
     return path
 
 
-def _cli(config: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    capsys.readouterr()
-    code = main(["--config", str(config), *argv])
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
 def test_check_command_exit_status_and_output(
     dns_server: DNSServer,
     key: DkimKey,
@@ -448,7 +442,7 @@ def test_check_command_exit_status_and_output(
     """`dns check` prints one line per record plus the fix, and exits 0 only when all is ok."""
     _clean(dns_server, key)
     dns_server.remove(f"_dmarc.{DOMAIN}", "TXT")
-    code, text = _cli(config, capsys, "dns", "check", "acme")
+    code, text = exit_and_output(config, capsys, "dns", "check", "acme")
     assert code == 1
     lines = text.splitlines()
     assert lines[0] == "DNS check of acme (tenant acme): 1 problem(s)"
@@ -459,17 +453,17 @@ def test_check_command_exit_status_and_output(
         for line in lines
     )
     dns_server.add(f"_dmarc.{DOMAIN}", "TXT", "v=DMARC1; p=none")
-    code, text = _cli(config, capsys, "dns", "check", "acme")
+    code, text = exit_and_output(config, capsys, "dns", "check", "acme")
     assert code == 0, text
     assert text.splitlines()[0] == "DNS check of acme (tenant acme): all records ok"
 
-    code, text = _cli(config, capsys, "dns", "check", DOMAIN, "--json")
+    code, text = exit_and_output(config, capsys, "dns", "check", DOMAIN, "--json")
     assert code == 0
     assert '"kind": "mx"' not in text and '"kind": "dkim"' in text
-    code, text = _cli(config, capsys, "dns", "check", CAPTURE, "--json")
+    code, text = exit_and_output(config, capsys, "dns", "check", CAPTURE, "--json")
     assert code == 0
     assert '"kind": "mx"' in text and '"kind": "spf"' not in text
-    code, text = _cli(config, capsys, "dns", "check", "nobody")
+    code, text = exit_and_output(config, capsys, "dns", "check", "nobody")
     assert code == 1 and "no tenant named 'nobody'" in text
 
 
@@ -481,15 +475,19 @@ def test_keygen_rotate_list_retire_commands(
 ) -> None:
     """keygen prints the record; rotate switches signing only after the check sees the new
     record; the old key keeps verifying until retired."""
-    code, text = _cli(config, capsys, "dkim", "keygen", "acme", DOMAIN, "--selector", "one")
+    code, text = exit_and_output(
+        config, capsys, "dkim", "keygen", "acme", DOMAIN, "--selector", "one"
+    )
     assert code == 0, text
     assert f"one._domainkey.{DOMAIN}.\t3600\tIN\tTXT\t" in text
-    code, text = _cli(config, capsys, "dkim", "keygen", "acme", "client.example")
+    code, text = exit_and_output(config, capsys, "dkim", "keygen", "acme", "client.example")
     assert code == 1 and "not a customer domain of tenant 'acme'" in text
-    code, text = _cli(config, capsys, "dkim", "rotate", "acme", DOMAIN, "--selector", "two")
+    code, text = exit_and_output(
+        config, capsys, "dkim", "rotate", "acme", DOMAIN, "--selector", "two"
+    )
     assert code == 0, text
 
-    code, text = _cli(config, capsys, "dkim", "list", "acme", "--json")
+    code, text = exit_and_output(config, capsys, "dkim", "list", "acme", "--json")
     rows = {row["selector"]: row for row in json.loads(text)}
     assert rows["one"]["active"] and not rows["two"]["active"]
     assert rows["one"]["verified_at"] is None
@@ -501,28 +499,28 @@ def test_keygen_rotate_list_retire_commands(
     dns_server.add(f"_dmarc.{DOMAIN}", "TXT", "v=DMARC1; p=none")
     dns_server.add(CAPTURE, "MX", (10, "mx.capture.example"))
     dns_server.add(f"one._domainkey.{DOMAIN}", "TXT", rows["one"]["record"])
-    code, text = _cli(config, capsys, "dns", "check", "acme")
+    code, text = exit_and_output(config, capsys, "dns", "check", "acme")
     assert code == 1  # the new key is not published yet
     assert f"missing  dkim  two._domainkey.{DOMAIN}" in text
     assert "signing uses it" in text
 
     dns_server.add(f"two._domainkey.{DOMAIN}", "TXT", rows["two"]["record"])
-    code, text = _cli(config, capsys, "dns", "check", "acme")
+    code, text = exit_and_output(config, capsys, "dns", "check", "acme")
     assert code == 0, text
     assert "signing switched to it" in text
-    code, text = _cli(config, capsys, "dkim", "list", "acme", "--json")
+    code, text = exit_and_output(config, capsys, "dkim", "list", "acme", "--json")
     rows = {row["selector"]: row for row in json.loads(text)}
     assert rows["two"]["active"] and not rows["one"]["active"]
     assert rows["one"]["verified_at"] is not None  # still published, still verifying
 
-    code, text = _cli(config, capsys, "dkim", "retire", "acme", DOMAIN, "two")
+    code, text = exit_and_output(config, capsys, "dkim", "retire", "acme", DOMAIN, "two")
     assert code == 1 and "is the active key" in text
-    code, text = _cli(config, capsys, "dkim", "retire", "acme", DOMAIN, "one")
+    code, text = exit_and_output(config, capsys, "dkim", "retire", "acme", DOMAIN, "one")
     assert code == 0, text
     dns_server.remove(f"one._domainkey.{DOMAIN}")
-    code, text = _cli(config, capsys, "dns", "check", "acme")
+    code, text = exit_and_output(config, capsys, "dns", "check", "acme")
     assert code == 0, text
-    code, text = _cli(config, capsys, "dkim", "list", "acme")
+    code, text = exit_and_output(config, capsys, "dkim", "list", "acme")
     assert "one" in text and "two" in text
 
 
@@ -534,7 +532,7 @@ def test_check_command_tells_a_dns_failure_from_a_wrong_record(
 ) -> None:
     """Exit 1 means "a record is wrong"; DNS failing (SERVFAIL, time-out) is exit 2, said apart."""
     _clean(dns_server, key)
-    assert _cli(config, capsys, "dns", "check", "acme")[0] == 0
+    assert exit_and_output(config, capsys, "dns", "check", "acme")[0] == 0
 
     dns_server.servfail(f"_dmarc.{DOMAIN}")
     capsys.readouterr()
@@ -547,13 +545,13 @@ def test_check_command_tells_a_dns_failure_from_a_wrong_record(
 
     dns_server.heal()
     dns_server.timeout(CAPTURE, "MX")
-    code, text = _cli(config, capsys, "dns", "check", "acme", "--json")
+    code, text = exit_and_output(config, capsys, "dns", "check", "acme", "--json")
     assert code == 2
     assert '"lookup_failed": true' in text and "timeout" in text
 
     dns_server.heal()
     dns_server.remove(f"_dmarc.{DOMAIN}", "TXT")
-    code, text = _cli(config, capsys, "dns", "check", "acme")
+    code, text = exit_and_output(config, capsys, "dns", "check", "acme")
     assert code == 1 and "DNS failed" not in text
 
 
@@ -567,7 +565,7 @@ def test_name_server_that_is_not_an_address_is_a_configuration_error(
         re.sub(r"nameservers = .*", 'nameservers = ["not-an-ip"]', text), encoding="utf-8"
     )
     for argv in (["dns", "check", "acme"], ["dns", "records", "acme"]):
-        code, out = _cli(broken, capsys, *argv)
+        code, out = exit_and_output(broken, capsys, *argv)
         assert code == 2
         assert out.startswith("mailledger: [dns] nameservers: 'not-an-ip' is not an IP address")
         assert "Traceback" not in out

@@ -37,6 +37,17 @@ class InProcessCli:
         return data
 
 
+def exit_and_output(
+    config: Path, capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[int, str]:
+    """``mailledger --config config ARGS`` in-process: its exit code and all it printed, for
+    tests that check a failing exit among the output."""
+    capsys.readouterr()
+    code = main(["--config", str(config), *argv])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
 def use_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings, **more: str) -> None:
     """Point every command at ``settings``' database, blobs and secrets key through the
     environment (``MAILLEDGER_SECTION__KEY``), with DNS that answers nothing at once.
