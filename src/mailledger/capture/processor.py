@@ -302,7 +302,7 @@ def _decide(
         _quarantine_all(message, trace, _ambiguity(parsed))
         return
     assert prepared.auth is not None, "prepare authenticates every message with one From"
-    checksum = prepared.checksum or dedupe.content_key(parsed)
+    checksum = prepared.checksum  # worked out with the verdicts, for every message with one From
     key = dedupe.message_id_key(parsed.message_id) if parsed.message_id else checksum
     mail = Mail(
         session,
