@@ -47,7 +47,7 @@ from mailledger.config import Settings, load_settings
 from mailledger.logs import configure_logging
 from mailledger.service.server import LOCK_POLL
 from mailledger.store.blobbackend import BlobBackend, open_blob_backend
-from mailledger.store.engine import make_engine, make_sessionmaker
+from mailledger.store.engine import make_engine, make_sessionmaker, reading
 from mailledger.store.models import Base, MessageState, ReceivedMessage
 from mailledger.store.secretbox import ensure_key_file
 from mailledger.testing.dovecot import Dovecot
@@ -153,8 +153,12 @@ class _Processing:
 
 
 def _unfinished(sessions: sessionmaker[Session]) -> int:
-    """Received messages not yet through processing (recorded, quarantined or failed)."""
-    with sessions() as session:
+    """Received messages not yet through processing (recorded, quarantined or failed).
+
+    Asked as a reader: a write transaction every poll would take SQLite's lock from the
+    processes being measured, and make them give way as to a waiting client.
+    """
+    with reading(sessions) as session:
         waiting = select(func.count(ReceivedMessage.id)).where(
             ReceivedMessage.state == MessageState.RECEIVED
         )
@@ -188,7 +192,7 @@ def fresh_store(server: Dovecot, work: Path, processes: int) -> Store:
     configure_logging(settings.logging)
     ensure_key_file(settings.secrets.key_file)
     # As serve makes it: the sync pass is one of the server's writers (intake's lock polling).
-    engine = make_engine(database, lock_poll_seconds=LOCK_POLL)
+    engine = make_engine(database, lock_poll_seconds=LOCK_POLL, announce_waits=True)
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)
     blobs = open_blob_backend(settings, engine=engine)

@@ -202,6 +202,10 @@ class ProcessingSettings(_Section):
     # SQLite intake's commit, and so the 250, waits for it).
     batch_size: int = Field(default=32, ge=1)
     transaction_hold_seconds: float = Field(default=0.01, gt=0)
+    # On SQLite, while none of the server's writers waits for the lock (a backlog, a mailbox
+    # backfill), a recording transaction goes on taking messages up to this long: fewer
+    # commits for the same messages (store.lockwaits).
+    transaction_max_seconds: float = Field(default=0.1, gt=0)
     # 0: process in the server's own process. N: in N processes of their own, so parsing and
     # sender checks run on other cores than the listeners (set it to the number of cores).
     worker_processes: int = Field(default=0, ge=0, le=64)

@@ -10,12 +10,15 @@ import pytest
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.capture import worker as worker_module
 from mailledger.capture.pipeline.pending import TRACE, PendingRows
+from mailledger.capture.processor import record_claimed
 from mailledger.capture.worker import Worker
 from mailledger.cli.demo import DemoAddresses
 from mailledger.config import DNSSettings, Settings, VerifySettings
 from mailledger.dnsauth.resolver import Resolver
 from mailledger.store.blobs import BlobStore
+from mailledger.store.lockwaits import lock_waits
 from mailledger.store.models import (
     Activity,
     ActivitySource,
@@ -62,7 +65,9 @@ def test_a_transaction_takes_no_message_past_its_hold_time(
 ) -> None:
     """With a hold time nothing fits in, each message still gets a transaction of its own."""
     ids = [store_received(sessions, blobs, make_email(), [RICHARD]) for _ in range(3)]
-    processing = settings.processing.model_copy(update={"transaction_hold_seconds": 1e-9})
+    processing = settings.processing.model_copy(
+        update={"transaction_hold_seconds": 1e-9, "transaction_max_seconds": 1e-9}
+    )
     worker = Worker(sessions, blobs, settings.model_copy(update={"processing": processing}))
     assert sorted(worker.claim_batch()) == ids
     commits = _commits(engine)
@@ -71,6 +76,62 @@ def test_a_transaction_takes_no_message_past_its_hold_time(
     with sessions() as session:
         states = session.scalars(select(ReceivedMessage.state).where(ReceivedMessage.id.in_(ids)))
         assert set(states) == {MessageState.PROCESSED}
+        assert session.scalar(select(func.count()).select_from(Activity)) == 3
+
+
+def _hold_briefly_unless_alone(settings: Settings) -> Settings:
+    """Nothing fits in the hold time; a whole batch fits in the longest hold."""
+    processing = settings.processing.model_copy(
+        update={"transaction_hold_seconds": 1e-9, "transaction_max_seconds": 60.0}
+    )
+    return settings.model_copy(update={"processing": processing})
+
+
+def test_with_no_server_writer_waiting_a_transaction_goes_on(
+    sessions: sessionmaker[Session],
+    engine: Engine,
+    blobs: BlobStore,
+    settings: Settings,
+    demo: DemoAddresses,
+) -> None:
+    """On SQLite, past its hold time a transaction takes more messages while nobody waits."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's writers wait for rows, not for one lock")
+    ids = [store_received(sessions, blobs, make_email(), [RICHARD]) for _ in range(3)]
+    worker = Worker(sessions, blobs, _hold_briefly_unless_alone(settings))
+    assert sorted(worker.claim_batch()) == ids
+    commits = _commits(engine)
+    worker.process_batch(ids)
+    assert len(commits) == 1
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Activity)) == 3
+
+
+@pytest.mark.usefixtures("demo")
+def test_a_waiting_server_writer_ends_the_transaction_after_its_hold(
+    sessions: sessionmaker[Session],
+    engine: Engine,
+    blobs: BlobStore,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Intake tried for the lock while a message was recorded: the transaction commits after
+    it, and the next message gets a transaction of its own (on PostgreSQL, always so)."""
+    ids = [store_received(sessions, blobs, make_email(), [RICHARD]) for _ in range(3)]
+    waits = lock_waits(settings.database.url)
+
+    def recorded_while_intake_waits(*args: Any, **kwargs: Any) -> None:
+        record_claimed(*args, **kwargs)
+        if waits is not None:
+            waits.note()  # what intake's engine does at each try that finds the lock taken
+
+    monkeypatch.setattr(worker_module, "record_claimed", recorded_while_intake_waits)
+    worker = Worker(sessions, blobs, _hold_briefly_unless_alone(settings))
+    assert sorted(worker.claim_batch()) == ids
+    commits = _commits(engine)
+    worker.process_batch(ids)
+    assert len(commits) == 3
+    with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Activity)) == 3
 
 

@@ -1,8 +1,12 @@
-"""Intake's engine takes SQLite's write lock by polling, and gives up at the busy timeout."""
+"""Intake's engine takes SQLite's write lock by polling, gives up at the busy timeout, and
+says while it waits (``store.lockwaits``)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from mailledger.store import engine as engine_module
 from mailledger.store.engine import make_engine
+from mailledger.store.lockwaits import SUFFIX, lock_waits
 
 
 def _hold_lock(path: Path, seconds: float, held: threading.Event) -> threading.Thread:
@@ -62,3 +67,43 @@ def test_gives_up_at_the_busy_timeout(db: Path, monkeypatch: pytest.MonkeyPatch)
         conn.execute(text("INSERT INTO t VALUES (3)"))
     thread.join()
     poller.dispose()
+
+
+@pytest.mark.parametrize("announce", [True, False])
+def test_a_server_writer_says_it_waits_and_others_do_not(db: Path, announce: bool) -> None:
+    """Each failed try of an announcing engine is noted for processing to see; no other's."""
+    waits = lock_waits(f"sqlite:///{db}")
+    assert waits is not None
+    before = time.monotonic()
+    held = threading.Event()
+    thread = _hold_lock(db, 0.3, held)
+    held.wait(5)
+    poller = make_engine(f"sqlite:///{db}", lock_poll_seconds=0.001, announce_waits=announce)
+    with poller.begin() as conn:  # waits out the holder's 0.3 s
+        conn.execute(text("INSERT INTO t VALUES (2)"))
+    thread.join()
+    poller.dispose()
+    assert waits.since(before) is announce
+
+
+def test_the_note_is_shared_by_every_process(db: Path) -> None:
+    """A note made in another process (as intake's are) is seen here."""
+    waits = lock_waits(f"sqlite:///{db}")
+    assert waits is not None
+    before = time.monotonic()
+    assert not waits.since(before)
+    code = (
+        "import sys; from mailledger.store.lockwaits import lock_waits; "
+        "lock_waits(sys.argv[1]).note()"
+    )
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{db}"], check=True)
+    assert waits.since(before)
+    assert not waits.since(time.monotonic())
+    assert (db.parent / f"{db.name}{SUFFIX}").stat().st_mode & 0o777 == 0o600
+
+
+def test_no_note_without_a_database_file() -> None:
+    """PostgreSQL's writers wait only for the rows they touch; memory has no file to share."""
+    assert lock_waits("sqlite://") is None
+    assert lock_waits("sqlite:///:memory:") is None
+    assert lock_waits("postgresql+psycopg://u@127.0.0.1/db") is None

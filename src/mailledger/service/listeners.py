@@ -152,6 +152,7 @@ def _child(
         settings.database.url,
         echo=settings.database.echo,
         lock_poll_seconds=INTAKE_LOCK_POLL_SECONDS,
+        announce_waits=True,
     )
     blobs = open_blob_backend(settings, engine=engine)
     guard = FreeSpaceGuard(

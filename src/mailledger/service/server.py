@@ -83,6 +83,7 @@ async def serve(  # noqa: PLR0915 - one place wires every part, in start order
         settings.database.url,
         echo=settings.database.echo,
         lock_poll_seconds=INTAKE_LOCK_POLL_SECONDS,
+        announce_waits=True,
     )
     sessions = make_sessionmaker(engine)
     # [storage] backend: the database backend shares this engine (on PostgreSQL).

@@ -14,6 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailledger.store.lockwaits import LockWaits, lock_waits
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the writer; synchronous=FULL makes a commit durable before we
@@ -34,13 +36,16 @@ def _sqlite_begin(dbapi_connection: Any) -> None:
 BUSY_TIMEOUT_MS = 30000
 
 
-def _begin_immediate(dbapi_connection: Any, poll_seconds: float) -> None:
+def _begin_immediate(
+    dbapi_connection: Any, poll_seconds: float, waits: LockWaits | None = None
+) -> None:
     """Take SQLite's write lock by trying often, instead of SQLite's busy handler.
 
     That handler sleeps 1, 2, 5 … 100 ms between tries, so a writer that arrives just after
     another took the lock waits far longer than the other holds it: intake's 250 waited up to
     0.7 s behind processing transactions of 10 ms (`make bench`). Trying every fraction of a
-    millisecond takes the lock within a poll of its release.
+    millisecond takes the lock within a poll of its release. Each try that fails is noted on
+    ``waits``, so a processing transaction holding the lock ends soon (``store.lockwaits``).
     """
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     delay = poll_seconds / 8
@@ -55,6 +60,8 @@ def _begin_immediate(dbapi_connection: Any, poll_seconds: float) -> None:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     # As SQLAlchemy would have raised it: callers handle storage faults so.
                     raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+            if waits is not None:
+                waits.note()
             time.sleep(delay)
             delay = min(delay * 2, poll_seconds)
     finally:
@@ -62,17 +69,26 @@ def _begin_immediate(dbapi_connection: Any, poll_seconds: float) -> None:
         cursor.close()
 
 
-def make_engine(url: str, *, echo: bool = False, lock_poll_seconds: float | None = None) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    echo: bool = False,
+    lock_poll_seconds: float | None = None,
+    announce_waits: bool = False,
+) -> Engine:
     """An engine for the configured URL; creates the directory of an SQLite file.
 
     ``lock_poll_seconds``: on SQLite, wait for the write lock by trying at most this far
     apart (for writers whose latency matters, such as intake) instead of SQLite's backoff.
+    ``announce_waits`` (with it): say so while waiting, so processing's transaction makes way
+    (``store.lockwaits``); the server's writers do, processing's own do not.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
+        waits = lock_waits(url) if announce_waits else None
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "connect", lambda conn, _rec: _sqlite_begin(conn))
 
@@ -87,7 +103,7 @@ def make_engine(url: str, *, echo: bool = False, lock_poll_seconds: float | None
             if lock_poll_seconds is None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             else:
-                _begin_immediate(conn.connection.dbapi_connection, lock_poll_seconds)
+                _begin_immediate(conn.connection.dbapi_connection, lock_poll_seconds, waits)
 
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
