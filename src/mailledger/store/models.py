@@ -276,7 +276,8 @@ class ReceivedMessage(Base):
     """Every message accepted over SMTP, durable before we answered 250."""
 
     __tablename__ = "received_messages"
-    __table_args__ = (Index(None, "state", "claim_expires_at"),)
+    # Processing claims the oldest waiting first: (state, id) gives them in order (0019).
+    __table_args__ = (Index(None, "state", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     queue_id: Mapped[str] = mapped_column(String(40), unique=True)
