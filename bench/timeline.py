@@ -25,6 +25,7 @@ from pathlib import Path
 from bench import procstat
 from bench.load import prepare, run_load
 from bench.processed import queue_id, wait_processed
+from bench.results import ms
 from bench.servers import full_server, set_up_world
 from bench.world import (
     GMAIL_IP,
@@ -119,6 +120,8 @@ def main() -> int:
                 f"answered in {load.seconds:.2f} s; {cpu / count * 1000:.2f} ms CPU a message; "
                 f"busy {cpu / wall / cpus:.0%} of {cpus} CPUs"
             )
+            accept = ms([s.data_to_reply for s in load.accepted])
+            print(f"end of DATA to 250, ms: p50 {accept['p50']}, p99 {accept['p99']}")
             listener = full.pid
             others = sorted({p for _, used in sampler.samples for p in used} - {listener})
             print("seconds  listener  " + "  ".join(f"pid {p}" for p in others))

@@ -25,7 +25,7 @@ from mailledger.calendar.passes import BATCH
 from mailledger.cli.demo import seed_demo
 from mailledger.config import load_settings
 from mailledger.store import calendars
-from mailledger.store.engine import make_engine, make_sessionmaker
+from mailledger.store.engine import make_engine, make_sessionmaker, reading
 from mailledger.store.models import Activity, CalendarAccount, CalendarEvent, Tenant, utcnow
 from mailledger.store.secretbox import SecretBox, ensure_key_file
 from mailledger.testing.ports import free_port
@@ -106,7 +106,8 @@ def test_a_first_sync_killed_halfway_keeps_every_occurrence_once(
     env = {**os.environ, "MAILLEDGER_CONFIG": str(config)}
 
     def rows() -> int:
-        with sessions() as session:
+        # As a reader: a write transaction would queue for the lock behind the pass it watches.
+        with reading(sessions) as session:
             return int(session.scalar(select(func.count()).select_from(CalendarEvent)) or 0)
 
     output = tmp_path / "first-run.log"

@@ -16,11 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from mailledger.cli.demo import seed_demo
 from mailledger.config import load_settings
-from mailledger.store.engine import make_engine, make_sessionmaker
+from mailledger.store.engine import make_engine, make_sessionmaker, reading
 from mailledger.store.models import Activity, MailboxMessage, MessageState, ReceivedMessage
 from mailledger.store.secretbox import ensure_key_file
 from mailledger.testing.dovecot import Dovecot, running_dovecot
@@ -56,8 +57,10 @@ def _client_mail(n: int) -> bytes:
     return results + make_email(subject=f"order {n}", message_id=f"order-{n}@client.example")
 
 
-def _count(sessions: object, statement: object) -> int:
-    with sessions() as session:  # type: ignore[operator]
+def _count(sessions: sessionmaker[Session], statement: Select[tuple[int]]) -> int:
+    # As a reader: a write transaction would queue for SQLite's lock behind the server's
+    # transactions, and the pass it watches could finish before the count came back.
+    with reading(sessions) as session:
         return int(session.scalar(statement) or 0)
 
 
