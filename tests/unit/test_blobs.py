@@ -160,3 +160,16 @@ def test_a_directory_this_store_did_not_sync_is_synced_in_root_before_a_blob_in_
     synced.clear()
     assert store.put_many([blob(second)]) == [hashlib.sha256(second).hexdigest()]
     assert synced == [str(store.root / "ab")]
+
+
+def test_a_fan_out_directory_removed_by_hand_is_made_again(tmp_path: Path) -> None:
+    """The store remembers the directories it made; one removed since is made again."""
+    store = BlobStore(tmp_path / "blobs")
+    first = store.put(b"first")
+    directory = store.root / first[:2]
+    (directory / first).unlink()
+    directory.rmdir()
+    again = b"first"  # the same digest, so the same fan-out directory
+    assert store.put(again) == first
+    assert store.get(first) == again
+    assert [p.name for p in store.root.rglob(".tmp-*")] == []

@@ -11,12 +11,19 @@ too. Finding the directory there proves nothing: another writer (the processing 
 a stamped copy, another process on the same directory) may have made it and not yet synced
 the root. So the root is synced the first time this store puts a blob in each fan-out
 directory, whoever made it; after that the directory is known durable and costs nothing.
+
+The blob paths are plain strings and ``os`` calls: every message a listener accepts or sync
+fetches is a blob, and pathlib's parsing of each path cost more user CPU than the file
+system's work (133-149 against 59-68 µs a 10 KB blob, ``put_many`` of 250 at a time).
 """
+
+# ruff: noqa: PTH103, PTH105, PTH108, PTH110 - os calls on string paths, as said above
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import tempfile
 import threading
@@ -82,6 +89,9 @@ class BlobFile:
 
 
 SPOOL_PREFIX = ".spool-"
+TMP_PREFIX = ".tmp-"  # a blob being written into its fan-out directory
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+_tmp_names = itertools.count()  # next() on a count is atomic under the GIL
 SPOOL_MAX_AGE_SECONDS = 24 * 3600
 # What put_many takes: bytes, pieces stored one after another, or a file written as it came.
 Blob = bytes | tuple[bytes | memoryview, ...] | BlobFile
@@ -97,6 +107,8 @@ class BlobStore:
         self._pool: ThreadPoolExecutor | None = None
         # Fan-out directories whose entry in the root this store has synced itself.
         self._durable_dirs: set[str] = set()
+        # Fan-out directories known to exist (made or found by this store).
+        self._made_dirs: set[str] = set()
 
     def path(self, digest: str) -> Path:
         """Where the blob with this digest lives."""
@@ -182,28 +194,33 @@ class BlobStore:
         except OSError as exc:
             return exc
 
-    def _fan_out(self, digest: str) -> tuple[Path, Path]:
-        """The blob's directory (created if missing) and its final path."""
-        directory = self.root / digest[:2]
-        if not directory.is_dir():
-            directory.mkdir(parents=True, exist_ok=True)
-        return directory, directory / digest
+    def _fan_out(self, digest: str) -> tuple[str, str]:
+        """The blob's directory (created if missing) and its final path.
+
+        Plain strings and ``os`` calls: a synced mailbox or a busy listener stores thousands
+        of blobs a second, and pathlib's parsing of each path cost more than the file system.
+        """
+        directory = f"{self._root}/{digest[:2]}"
+        if directory not in self._made_dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._made_dirs.add(directory)
+        return directory, f"{directory}/{digest}"
 
     def _adopt(self, file: BlobFile) -> tuple[str, str]:
         """``_place`` for a blob already written: fsync it and rename it to its digest."""
         file.close()
         digest = file.digest
         directory, target = self._fan_out(digest)
-        if target.exists():
+        if os.path.exists(target):
             file.discard()
-            return digest, str(directory)
+            return digest, directory
         fd = os.open(file.path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        file.path.replace(target)
-        return digest, str(directory)
+        os.replace(file.path, target)
+        return digest, directory
 
     def _place(self, pieces: tuple[bytes | memoryview, ...]) -> tuple[str, str]:
         """Write one blob under its final name (fsynced, not yet its directory).
@@ -215,10 +232,19 @@ class BlobStore:
             hasher.update(piece)
         digest = hasher.hexdigest()
         directory, target = self._fan_out(digest)
-        if target.exists():
+        if os.path.exists(target):
             # Possibly renamed by another writer whose directory fsync is still to come.
-            return digest, str(directory)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+            return digest, directory
+        # A name no other writer uses (process, thread, a count), made exclusively as
+        # mkstemp's is, without its random names and retries.
+        tmp = f"{directory}/{TMP_PREFIX}{digest[:16]}-{os.getpid()}-{next(_tmp_names)}"
+        try:
+            fd = os.open(tmp, _TMP_FLAGS, 0o600)
+        except FileNotFoundError:
+            # The directory went away since this store made it (removed by hand): again.
+            self._made_dirs.discard(directory)
+            self._fan_out(digest)
+            fd = os.open(tmp, _TMP_FLAGS, 0o600)
         try:
             try:
                 for piece in pieces:
@@ -228,11 +254,12 @@ class BlobStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            Path(tmp).replace(target)
+            os.replace(tmp, target)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
-        return digest, str(directory)
+        return digest, directory
 
     def _error(self, exc: OSError) -> BlobStoreError:
         error = BlobStoreError(exc.errno, f"blob store {self.root}: {exc.strerror}")
