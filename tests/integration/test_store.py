@@ -31,6 +31,7 @@ from mailledger.store.models import (
     TraceEntry,
     utcnow,
 )
+from mailledger.store.precompiled import Cursor
 
 pytestmark = pytest.mark.postgres
 
@@ -370,3 +371,40 @@ def test_claiming_reads_the_oldest_waiting_in_index_order(engine: Engine) -> Non
         )
     assert "ix_received_messages_state_id" in plan
     assert "TEMP B-TREE" not in plan
+
+
+def test_a_claim_on_the_cursor_takes_what_claim_takes(
+    sessions: sessionmaker[Session], blobs: BlobStore, demo: DemoAddresses
+) -> None:
+    """``claim_on`` (processing's claim-ahead) follows ``claim``'s rule: the oldest waiting
+    unclaimed or lapsed rows, up to the limit, each with the owner, the lease and an attempt."""
+    queue = leases.PROCESSING
+    with sessions.begin() as session:
+        ids = [
+            _message(session, blobs, queue_id=f"Q{n}", raw=b"Subject: %d\r\n\r\nhi\r\n" % n).id
+            for n in range(6)
+        ]
+        done = session.get_one(ReceivedMessage, ids[0])
+        done.state = MessageState.PROCESSED
+        held = session.get_one(ReceivedMessage, ids[1])
+        held.claimed_by, held.claim_expires_at = "other", utcnow() + timedelta(hours=1)
+        lapsed = session.get_one(ReceivedMessage, ids[2])
+        lapsed.claimed_by, lapsed.claim_expires_at = "dead", utcnow() - timedelta(seconds=1)
+        lapsed.attempts = 2
+    now = utcnow()
+    with sessions.begin() as session, Cursor.of(session) as sql:
+        taken = leases.claim_on(sql, queue, owner="a", lease_seconds=60, limit=3, now=now)
+    assert taken == ids[2:5]
+    with sessions() as session:
+        rows = {
+            m.id: (m.claimed_by, m.claim_expires_at, m.attempts)
+            for m in session.scalars(select(ReceivedMessage))
+        }
+    expires = now + timedelta(seconds=60)
+    assert rows[ids[2]] == ("a", expires, 3)
+    assert rows[ids[3]] == rows[ids[4]] == ("a", expires, 1)
+    assert rows[ids[1]][0] == "other"
+    assert rows[ids[5]] == (None, None, 0)
+    with sessions.begin() as session:
+        (last,) = leases.claim(session, queue, owner="b", lease_seconds=60, limit=5)
+    assert last.id == ids[5]

@@ -287,10 +287,9 @@ class Worker:
             return
         self._record(prepared, claimed, claim_next=claim_next)
 
-    def _claim_in(self, session: Session) -> list[int]:
+    def _claim_in(self, sql: Cursor) -> list[int]:
         """The next batch, claimed in the caller's transaction (``claim_batch``'s rule)."""
-        claimed = leases.claim(session, leases.PROCESSING, **self._claim_terms())
-        return [lease.id for lease in claimed]
+        return leases.claim_on(sql, leases.PROCESSING, **self._claim_terms())
 
     def _read_claimed(self, message_ids: Sequence[int]) -> dict[int, _Claimed]:
         """What preparing the messages needs, read in two statements, outside any write.
@@ -394,7 +393,7 @@ class Worker:
                 )
                 finished, left = self._record_in(batch, prepared, claimed)
                 if claim_next and not left and not self._stopping:
-                    ahead = self._claim_in(session)
+                    ahead = self._claim_in(sql)
             # Committed: the claim is ours (rolled back with the rest, it never was).
             self._claimed_ahead = ahead
         except IntegrityError as exc:
