@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import NoReturn, TextIO
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from typing import Any, NoReturn, TextIO
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor
 
 from mailledger.config import LoggingSettings
 
@@ -45,6 +47,42 @@ _LEVELS = {
     "info": logging.INFO,
     "debug": logging.DEBUG,
 }
+
+
+# The ids ``bound_ids`` gives every line logged within it (None: none).
+_bound: ContextVar[Mapping[str, Any] | None] = ContextVar("mailledger_bound_ids", default=None)
+
+
+class bound_ids:  # noqa: N801 - used as a context manager, like structlog's bound_contextvars
+    """Every line logged within carries ``ids`` (a line's own values win), as structlog's
+    ``bound_contextvars`` does, at the cost of one context variable instead of one per key.
+
+    Processing binds a message's queue id, trace id and tenants around each step of each
+    message: structlog's way (a variable per key, set and reset) was 3 to 4 % of its CPU.
+    Not nested: the innermost ``bound_ids`` is the one in force.
+    """
+
+    __slots__ = ("_ids", "_token")
+
+    def __init__(self, ids: Mapping[str, Any]) -> None:
+        self._ids = ids
+        self._token: Token[Mapping[str, Any] | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _bound.set(self._ids)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._token is not None:
+            _bound.reset(self._token)
+            self._token = None
+
+
+def _merge_bound_ids(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    ids = _bound.get()
+    if ids:
+        for key, value in ids.items():
+            event_dict.setdefault(key, value)
+    return event_dict
 
 
 def _hand_over(logger: logging.Logger, method_name: str, line: object) -> NoReturn:
@@ -92,6 +130,7 @@ def configure_logging(settings: LoggingSettings, *, stream: TextIO | None = None
 
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        _merge_bound_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

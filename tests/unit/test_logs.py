@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from mailledger.config import LoggingSettings
-from mailledger.logs import configure_logging, get_logger
+from mailledger.logs import bound_ids, configure_logging, get_logger
 
 
 @pytest.fixture
@@ -80,3 +80,26 @@ def test_auto_is_json_when_not_a_terminal() -> None:
     configure_logging(LoggingSettings(format="auto"), stream=out)
     get_logger("mailledger.test").warning("to the journal")
     assert json.loads(out.getvalue().splitlines()[0])["event"] == "to the journal"
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_bound_ids_reach_every_line_within_and_none_after() -> None:
+    """Lines within ``bound_ids`` carry the ids, ours and our dependencies'; a line's own
+    value wins; after it, and in a thread started outside it, nothing is bound."""
+    out = io.StringIO()
+    configure_logging(LoggingSettings(format="json", level="info"), stream=out)
+    logger = get_logger("mailledger.test")
+    ids = {"queue_id": "Q1", "trace_id": "T1", "tenant_id": [1]}
+    with bound_ids(ids):
+        logger.info("processed")
+        logger.info("retried", queue_id="Q2")
+        logging.getLogger("some.library").warning("library says %s", "hello")
+    logger.info("after")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["event"], line.get("queue_id"), line.get("trace_id")) for line in lines] == [
+        ("processed", "Q1", "T1"),
+        ("retried", "Q2", "T1"),
+        ("library says hello", "Q1", "T1"),
+        ("after", None, None),
+    ]
+    assert lines[0]["tenant_id"] == [1]

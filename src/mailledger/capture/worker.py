@@ -46,6 +46,7 @@ from mailledger.capture.processor import (
 from mailledger.config import Settings
 from mailledger.dnsauth.orgdomain import organizational_domain
 from mailledger.dnsauth.resolver import Resolver
+from mailledger.logs import bound_ids
 from mailledger.mail.freemail import free_mail_domains
 from mailledger.metrics import FinishedSink, Metrics
 from mailledger.store import leases
@@ -256,7 +257,7 @@ class Worker:
             found = claimed.get(message_id)
             if found is None:
                 continue  # finished elsewhere
-            with structlog.contextvars.bound_contextvars(**found.log_ids):
+            with bound_ids(found.log_ids):
                 try:
                     prepared[message_id] = prepare(
                         blobs, self._settings, self._authenticator, found.arrival
@@ -282,7 +283,7 @@ class Worker:
             blobs.flush()
         except BlobStoreError as exc:
             for message_id in prepared:
-                with structlog.contextvars.bound_contextvars(**claimed[message_id].log_ids):
+                with bound_ids(claimed[message_id].log_ids):
                     self._after_failure(message_id, exc)
             return
         self._record(prepared, claimed, claim_next=claim_next)
@@ -409,13 +410,13 @@ class Worker:
             lookups = None
             failures, finished, left = dict.fromkeys(prepared, exc), [], {}
         for done in finished:
-            with structlog.contextvars.bound_contextvars(**claimed[done.id].log_ids):
+            with bound_ids(claimed[done.id].log_ids):
                 log.info(
                     "processed", message=done.id, state=done.state.value, reason=done.reason or None
                 )
             self._metrics.message_finished(done.state, done.received_at)
         for message_id, fault in failures.items():
-            with structlog.contextvars.bound_contextvars(**claimed[message_id].log_ids):
+            with bound_ids(claimed[message_id].log_ids):
                 self._after_failure(message_id, fault)
         return left, lookups
 
@@ -449,7 +450,7 @@ class Worker:
                 if time_is_up():
                     waiting = [m.id for m in messages[index:]] + waiting
                     break
-                with structlog.contextvars.bound_contextvars(**claimed[message.id].log_ids):
+                with bound_ids(claimed[message.id].log_ids):
                     self._record_one(message, prepared[message.id], batch)
         batch.blobs.flush()  # durable before any row naming them commits
         batch.rows.write()
