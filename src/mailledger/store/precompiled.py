@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, Connection, Executable
+from sqlalchemy import BindParameter, Connection, Engine, Executable
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, StatementError
@@ -270,12 +270,37 @@ class Cursor:
     """
 
     def __init__(self, connection: Connection) -> None:
-        self._dialect = connection.dialect
-        self._dbapi_error = connection.dialect.loaded_dbapi.Error
         dbapi_connection = connection.connection.dbapi_connection
         assert dbapi_connection is not None
+        self._open(connection.dialect, dbapi_connection)
+
+    def _open(self, dialect: Dialect, dbapi_connection: Any) -> None:
+        self._dialect = dialect
+        self._dbapi_error = dialect.loaded_dbapi.Error
         self._cursor = dbapi_connection.cursor()
         self._savepoints = itertools.count(1)
+
+    @classmethod
+    @contextlib.contextmanager
+    def reading(cls, engine: Engine) -> Iterator[Cursor]:
+        """A cursor on a pooled connection with no transaction begun by us, for a read that is
+        one statement (one statement sees one snapshot of the database).
+
+        No session, no ``BEGIN``: a lookup on a busy path (each RCPT) cost more in
+        SQLAlchemy's session and transaction than in its query. On SQLite it is a reader, so
+        it never waits for the write lock; on PostgreSQL the driver's implicit transaction is
+        rolled back when the connection goes back to the pool.
+        """
+        raw = engine.raw_connection()
+        try:
+            cursor = cls.__new__(cls)
+            cursor._open(engine.dialect, raw.dbapi_connection)
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
 
     @property
     def dialect_name(self) -> str:
