@@ -22,6 +22,7 @@ from mailledger.store.lockwaits import lock_waits
 from mailledger.store.models import (
     Activity,
     ActivitySource,
+    Attachment,
     MessageState,
     Participant,
     ReceivedMessage,
@@ -266,3 +267,38 @@ def test_a_message_past_its_attempts_fails_in_the_batch_and_the_others_are_recor
         assert session.get_one(ReceivedMessage, fresh).state is MessageState.PROCESSED
         assert session.scalars(select(Activity.subject)).all() == ["Fresh"]
     assert _trace(sessions, tired)[-1] == ("worker", "failed")
+
+
+@pytest.mark.usefixtures("demo")
+def test_attachments_are_stored_before_the_recording_transaction(
+    sessions: sessionmaker[Session],
+    engine: Engine,
+    blobs: BlobStore,
+    worker: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No blob is written while the transaction holds the database (on SQLite, intake's
+    commit waits for it): the attachment is stored with the stamped copy, beforehand."""
+    pdf = b"%PDF-1.4 quote " + bytes(range(256)) * 8
+    raw = make_email(subject="Quote", attachments=[("quote.pdf", "application/pdf", pdf)])
+    message_id = store_received(sessions, blobs, raw, [RICHARD])
+    assert worker.claim_batch() == [message_id]
+    events: list[str] = []
+    real_put_many = blobs.put_many
+
+    def put_many(items: Any) -> Any:
+        events.append(f"put {len(items)}")
+        return real_put_many(items)
+
+    monkeypatch.setattr(blobs, "put_many", put_many)
+    event.listen(engine, "begin", lambda _connection: events.append("begin"))
+    event.listen(engine, "commit", lambda _connection: events.append("commit"))
+    worker.process_batch([message_id])
+    # The last transaction records (the first only read the claimed messages' facts).
+    recording = len(events) - 1 - events[::-1].index("begin")
+    assert events[recording:] == ["begin", "commit"]
+    assert "put 1" in events[:recording]  # the PDF (loopback mail gets no stamped copy)
+    with sessions() as session:
+        (attachment,) = session.scalars(select(Attachment)).all()
+        assert attachment.filename == "quote.pdf"
+        assert blobs.get(attachment.blob) == pdf

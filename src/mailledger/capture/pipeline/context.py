@@ -54,6 +54,8 @@ class Mail:
     rows: PendingRows  # sources, participants, attachments and trace, inserted together
     dedupe_key: str  # one email, one activity: its Message-ID's key, or the checksum without
     checksum: str  # the content checksum (From, To, Cc, Date, Subject, text)
+    # The attachments' blobs, stored before the transaction, in the parse's order.
+    attachments: tuple[str, ...] = ()
 
     @property
     def force(self) -> bool:

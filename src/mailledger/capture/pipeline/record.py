@@ -140,17 +140,20 @@ def _new_activity(context: Context, key: str, checksum: str) -> int:
             "raw_blob": mail.auth.stored_copy(context.verdict_source, message.blob),
         },
     )
+    parts = parsed.body.parts
+    # Stored before the transaction (``processor.prepare``); else now, with the transaction.
+    stored = mail.attachments or tuple(mail.blobs.put_pieces(part.pieces) for part in parts)
     attachments = [
         {
             "activity_id": activity,
             "filename": part.filename,
             "content_type": part.content_type[:255],
             "size": part.size,
-            "blob": mail.blobs.put_pieces(part.pieces),
+            "blob": blob,
             "content_id": part.content_id[:255],
             "inline": part.inline,
         }
-        for part in parsed.body.parts
+        for part, blob in zip(parts, stored, strict=True)
     ]
     if attachments:
         mail.rows.add(ATTACHMENTS, attachments)
