@@ -201,7 +201,7 @@ class ProcessingSettings(_Section):
     # transaction takes no further message once it has held the database this long (on
     # SQLite intake's commit, and so the 250, waits for it).
     batch_size: int = Field(default=32, ge=1)
-    transaction_hold_seconds: float = Field(default=0.01, gt=0)
+    transaction_hold_seconds: float = Field(default=0.002, gt=0)
     # On SQLite, while none of the server's writers waits for the lock (a backlog, a mailbox
     # backfill), a recording transaction goes on taking messages up to this long: fewer
     # commits for the same messages (store.lockwaits).

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from mailledger.store import engine as engine_module
 from mailledger.store.engine import make_engine
-from mailledger.store.lockwaits import SUFFIX, lock_waits
+from mailledger.store.lockwaits import SUFFIX, LockWaits, lock_waits
 
 
 def _hold_lock(path: Path, seconds: float, held: threading.Event) -> threading.Thread:
@@ -107,3 +107,76 @@ def test_no_note_without_a_database_file() -> None:
     assert lock_waits("sqlite://") is None
     assert lock_waits("sqlite:///:memory:") is None
     assert lock_waits("postgresql+psycopg://u@127.0.0.1/db") is None
+
+
+def _note_until(waits: LockWaits, stop: threading.Event) -> threading.Thread:
+    """A server writer that keeps finding the lock taken (as intake does every millisecond)."""
+
+    def keep_noting() -> None:
+        while not stop.is_set():
+            waits.note()
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=keep_noting)
+    thread.start()
+    return thread
+
+
+def _begin_in_thread(engine: Engine, began: threading.Event) -> threading.Thread:
+    def begin() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (4)"))
+            began.set()
+
+    thread = threading.Thread(target=begin)
+    thread.start()
+    return thread
+
+
+def test_processing_stands_back_while_a_server_writer_waits(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A yielding engine does not take even a free lock while a server writer is waiting;
+    it takes it once the waiting is over."""
+    monkeypatch.setattr(engine_module, "MAX_YIELD_SECONDS", 30.0)
+    waits = lock_waits(f"sqlite:///{db}")
+    assert waits is not None
+    stop, began = threading.Event(), threading.Event()
+    noting = _note_until(waits, stop)
+    processing = make_engine(f"sqlite:///{db}", lock_poll_seconds=0.002, yield_to_waits=True)
+    try:
+        writer = _begin_in_thread(processing, began)
+        assert not began.wait(0.3)  # the lock is free, but a server writer is waiting
+        stop.set()
+        noting.join()
+        assert began.wait(10)
+        writer.join()
+    finally:
+        stop.set()
+        processing.dispose()
+
+
+def test_processing_stands_back_for_a_while_only(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that keeps noting cannot keep processing out for longer than its yield."""
+    monkeypatch.setattr(engine_module, "MAX_YIELD_SECONDS", 0.05)
+    waits = lock_waits(f"sqlite:///{db}")
+    assert waits is not None
+    stop, began = threading.Event(), threading.Event()
+    noting = _note_until(waits, stop)
+    processing = make_engine(f"sqlite:///{db}", lock_poll_seconds=0.002, yield_to_waits=True)
+    try:
+        writer = _begin_in_thread(processing, began)
+        assert began.wait(10)
+        assert not stop.is_set()
+        writer.join()
+    finally:
+        stop.set()
+        noting.join()
+        processing.dispose()
+
+
+def test_a_writer_announces_or_yields_not_both(db: Path) -> None:
+    with pytest.raises(ValueError, match="either"):
+        make_engine(
+            f"sqlite:///{db}", lock_poll_seconds=0.001, announce_waits=True, yield_to_waits=True
+        )

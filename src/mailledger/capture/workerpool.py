@@ -72,8 +72,12 @@ def _child(
     # Below the listeners: a client waiting for its 250 matters more than a backlog that
     # waits a little longer (`make bench`: the 250 waited behind processing for the CPU).
     os.nice(settings.processing.worker_nice)
+    # It gives way to the server's writers: it stands back while one waits for SQLite's lock.
     engine = make_engine(
-        settings.database.url, echo=settings.database.echo, lock_poll_seconds=LOCK_POLL_SECONDS
+        settings.database.url,
+        echo=settings.database.echo,
+        lock_poll_seconds=LOCK_POLL_SECONDS,
+        yield_to_waits=True,
     )
     worker = Worker(
         make_sessionmaker(engine),

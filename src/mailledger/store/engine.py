@@ -36,32 +36,56 @@ def _sqlite_begin(dbapi_connection: Any) -> None:
 BUSY_TIMEOUT_MS = 30000
 
 
+# A server writer waiting for the lock tries at least this often (intake: every 1 ms), so a
+# failed try noted this recently means it is still waiting.
+STILL_WAITING_SECONDS = 0.002
+# The longest a yielding writer (processing) stands back for the server's, per transaction.
+MAX_YIELD_SECONDS = 0.1
+
+
 def _begin_immediate(
-    dbapi_connection: Any, poll_seconds: float, waits: LockWaits | None = None
+    dbapi_connection: Any,
+    poll_seconds: float,
+    waits: LockWaits | None = None,
+    *,
+    announce: bool = True,
 ) -> None:
     """Take SQLite's write lock by trying often, instead of SQLite's busy handler.
 
     That handler sleeps 1, 2, 5 … 100 ms between tries, so a writer that arrives just after
     another took the lock waits far longer than the other holds it: intake's 250 waited up to
     0.7 s behind processing transactions of 10 ms (`make bench`). Trying every fraction of a
-    millisecond takes the lock within a poll of its release. Each try that fails is noted on
-    ``waits``, so a processing transaction holding the lock ends soon (``store.lockwaits``).
+    millisecond takes the lock within a poll of its release.
+
+    With ``waits`` (``store.lockwaits``): a writer that ``announce``s notes each try that
+    fails, so a processing transaction holding the lock ends soon; one that does not
+    (processing) stands back while one that does is waiting, so the lock a processing
+    transaction gives up goes to intake, not to the next processing transaction.
     """
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    started = time.monotonic()
+    deadline = started + BUSY_TIMEOUT_MS / 1000
     delay = poll_seconds / 8
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA busy_timeout=0")
         while True:
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    # As SQLAlchemy would have raised it: callers handle storage faults so.
-                    raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
-            if waits is not None:
-                waits.note()
+            now = time.monotonic()
+            yielding = (
+                waits is not None
+                and not announce
+                and now - started < MAX_YIELD_SECONDS
+                and waits.since(now - STILL_WAITING_SECONDS)
+            )
+            if not yielding:
+                try:
+                    cursor.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        # As SQLAlchemy would have raised it: callers handle storage faults so.
+                        raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+                if waits is not None and announce:
+                    waits.note()
             time.sleep(delay)
             delay = min(delay * 2, poll_seconds)
     finally:
@@ -75,20 +99,24 @@ def make_engine(
     echo: bool = False,
     lock_poll_seconds: float | None = None,
     announce_waits: bool = False,
+    yield_to_waits: bool = False,
 ) -> Engine:
     """An engine for the configured URL; creates the directory of an SQLite file.
 
     ``lock_poll_seconds``: on SQLite, wait for the write lock by trying at most this far
     apart (for writers whose latency matters, such as intake) instead of SQLite's backoff.
     ``announce_waits`` (with it): say so while waiting, so processing's transaction makes way
-    (``store.lockwaits``); the server's writers do, processing's own do not.
+    (``store.lockwaits``); the server's writers do. ``yield_to_waits`` (processing's): stand
+    back while one of those waits.
     """
+    if announce_waits and yield_to_waits:
+        raise ValueError("a writer either announces its waits or yields to others'")
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
-        waits = lock_waits(url) if announce_waits else None
+        waits = lock_waits(url) if announce_waits or yield_to_waits else None
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "connect", lambda conn, _rec: _sqlite_begin(conn))
 
@@ -103,7 +131,12 @@ def make_engine(
             if lock_poll_seconds is None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             else:
-                _begin_immediate(conn.connection.dbapi_connection, lock_poll_seconds, waits)
+                _begin_immediate(
+                    conn.connection.dbapi_connection,
+                    lock_poll_seconds,
+                    waits,
+                    announce=announce_waits,
+                )
 
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
