@@ -11,12 +11,14 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import threading
 import tracemalloc
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 from sqlalchemy import func, select, update
@@ -27,8 +29,14 @@ from mailledger.cli.main import main
 from mailledger.config import DatabaseSettings, Settings, StorageSettings, VerifySettings
 from mailledger.service import health
 from mailledger.service.retention import delete_expired_raw
-from mailledger.store.blobbackend import BlobBackend, hash_file, open_blob_backend
+from mailledger.store.blobbackend import (
+    BlobBackend,
+    SweepableBackend,
+    hash_file,
+    open_blob_backend,
+)
 from mailledger.store.blobs import BlobStore, BlobStoreError
+from mailledger.store.blobsweep import SweepRefusedError, sweep_unreferenced
 from mailledger.store.dbblobs import CHUNK_BYTES, blob_database_url
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.migrate import upgrade
@@ -346,6 +354,168 @@ def test_storage_migrate_copies_verifies_resumes_and_removes(
     assert main(["--config", str(new), "storage", "migrate", "--to", target]) == 1
     assert "say which backend to copy from" in capsys.readouterr().err
     dest.close()
+
+
+# --- storage sweep --------------------------------------------------------------------------
+
+SWEEPABLE = [
+    "filesystem",
+    "database-sqlite",
+    pytest.param("database-postgres", marks=pytest.mark.postgres),
+]
+
+
+def age(store: BlobBackend, digest: str, days: float) -> None:
+    """Make a blob look last stored ``days`` ago, as if nobody had written it since."""
+    when = utcnow() - timedelta(days=days)
+    if isinstance(store, BlobStore):
+        os.utime(store.path(digest), (when.timestamp(), when.timestamp()))
+        return
+    with store._engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(update(StoredBlob).where(StoredBlob.hash == digest).values(created_at=when))
+
+
+def sweep_world(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[Settings, sessionmaker[Session], BlobBackend, DemoAddresses]:
+    """A migrated database with the demo tenant, and the backend ``kind``."""
+    settings = storage_settings(kind, tmp_path, request)
+    if kind != "database-postgres":
+        upgrade(settings.database.url)
+    engine = make_engine(settings.database.url)
+    request.addfinalizer(engine.dispose)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        demo = seed_demo(session)
+    store = open_blob_backend(settings)
+    request.addfinalizer(store.close)
+    return settings, sessions, store, demo
+
+
+@pytest.mark.parametrize("kind", SWEEPABLE)
+def test_storage_sweep_removes_only_old_bytes_nothing_names(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An old blob no row names goes; an old one a message names, and a young unnamed one (a
+    message still being recorded), stay. A dry run counts the same and removes nothing."""
+    _, sessions, store, demo = sweep_world(kind, tmp_path, request)
+    message = store_received(sessions, store, make_email(subject="kept"), [demo.user_capture])
+    with sessions() as session:
+        named = session.get_one(ReceivedMessage, message).blob
+    unnamed = store.put(b"a stamped copy of a message that ended quarantined\r\n")
+    young = store.put(b"bytes whose row is still being written\r\n")
+    for digest in (named, unnamed):
+        age(store, digest, 10)
+
+    dry = sweep_unreferenced(sessions, store, timedelta(days=7), dry_run=True)
+    assert (dry.old, dry.named, dry.removed, dry.stored_again) == (2, 1, 1, 0)
+    assert store.exists(unnamed)
+
+    report = sweep_unreferenced(sessions, store, timedelta(days=7))
+    assert (report.old, report.named, report.removed, report.stored_again) == (2, 1, 1, 0)
+    assert not store.exists(unnamed)
+    assert store.exists(named)
+    assert store.exists(young)
+    # Nothing old is left unnamed: a second sweep removes nothing.
+    again = sweep_unreferenced(sessions, store, timedelta(days=7))
+    assert (again.old, again.removed) == (1, 0)
+
+
+@pytest.mark.parametrize("kind", SWEEPABLE)
+def test_bytes_stored_again_during_a_sweep_are_never_removed(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The race a sweep must never lose: it lists an old unnamed blob, then a writer stores the
+    same bytes (finds them there) to name them in a row. The blob stays. Once it is removed, a
+    writer storing the bytes writes them again."""
+    _, _, store, _ = sweep_world(kind, tmp_path, request)
+    data = b"the same message received again\r\n"
+    digest = store.put(data)
+    age(store, digest, 10)
+    cutoff = utcnow() - timedelta(days=7)
+    sweep = cast("SweepableBackend", store)
+    assert list(sweep.stored_before(cutoff)) == [digest]
+    assert store.put(data) == digest  # a writer finds the bytes: they are marked stored now
+    assert list(sweep.stored_before(cutoff)) == []
+    assert not sweep.remove_if_not_stored_since(digest, cutoff)
+    assert store.get(digest) == data
+
+    age(store, digest, 10)
+    assert sweep.remove_if_not_stored_since(digest, cutoff)
+    assert not store.exists(digest)
+    assert store.put(data) == digest
+    assert store.get(digest) == data
+
+
+def test_storage_sweep_removes_a_crash_s_leftover_files(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Half-written (``.tmp-``), half-removed (``.trash-``) and spooled (``.spool-``) files older
+    than the cutoff are a crash's; younger ones may be a writer's at work and stay."""
+    _, sessions, store, _ = sweep_world("filesystem", tmp_path, request)
+    assert isinstance(store, BlobStore)
+    digest = store.put(b"a blob\r\n")
+    fan_out = store.path(digest).parent
+    old = [fan_out / ".tmp-0123456789abcdef-1-1", fan_out / ".trash-0123456789abcdef-1-2"]
+    spooled = store.root / ".spool-crashed"
+    working = fan_out / ".tmp-fedcba9876543210-1-3"
+    ten_days_ago = (utcnow() - timedelta(days=10)).timestamp()
+    for path in [*old, spooled, working]:
+        path.write_bytes(b"partial")
+    for path in [*old, spooled]:
+        os.utime(path, (ten_days_ago, ten_days_ago))
+    report = sweep_unreferenced(sessions, store, timedelta(days=7))
+    assert report.leftovers == 3
+    assert not any(path.exists() for path in [*old, spooled])
+    assert working.exists()
+    assert store.exists(digest)
+
+
+def test_storage_sweep_is_refused_where_it_could_race_a_writer(
+    tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """S3 cannot delete an object only if nobody stored it meanwhile, and less than a day could
+    take bytes of mail still being processed: both are refused, saying why, removing nothing."""
+    settings, sessions, store, _ = sweep_world("s3", tmp_path, request)
+    digest = store.put(b"kept\r\n")
+    with pytest.raises(SweepRefusedError, match="storage migrate --to database"):
+        sweep_unreferenced(sessions, store, timedelta(days=7))
+    config = write_config(tmp_path / "s3.toml", settings, "s3")
+    assert main(["--config", str(config), "storage", "sweep"]) == 1
+    assert "cannot remove an object only if no writer" in capsys.readouterr().err
+    assert store.exists(digest)
+    with pytest.raises(SweepRefusedError, match="too recent"):
+        sweep_unreferenced(sessions, store, timedelta(hours=2))
+    with pytest.raises(SystemExit):
+        main(["--config", str(config), "storage", "sweep", "--older-than-days", "0.5"])
+    assert "at least 1 day" in capsys.readouterr().err
+
+
+def test_storage_sweep_command(
+    tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``mailledger storage sweep`` on the default backend: a dry run, then the sweep, in words
+    and as JSON."""
+    settings, _, store, _ = sweep_world("filesystem", tmp_path, request)
+    config = write_config(tmp_path / "fs.toml", settings, "filesystem")
+    orphans = [store.put(f"orphan {n}\r\n".encode()) for n in range(3)]
+    for digest in orphans:
+        age(store, digest, 30)
+    assert main(["--config", str(config), "storage", "sweep", "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert "filesystem: 3 blob(s) not stored since" in said
+    assert "would remove 3 nothing names" in said
+    assert all(store.exists(digest) for digest in orphans)
+    argv = ["storage", "sweep", "--older-than-days", "14", "--json"]
+    assert main(["--config", str(config), *argv]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["backend"], row["dry_run"], row["old"], row["removed"]) == (
+        "filesystem",
+        False,
+        3,
+        3,
+    )
+    assert not any(store.exists(digest) for digest in orphans)
 
 
 # --- the server on the database backend -----------------------------------------------------

@@ -18,11 +18,12 @@ import hashlib
 import io
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 from mailledger.store.blobs import SPOOL_MAX_AGE_SECONDS, Blob, BlobFile, BlobStore, BlobStoreError
 
 if TYPE_CHECKING:
+    from datetime import datetime
     from pathlib import Path
 
     from sqlalchemy import Engine
@@ -114,6 +115,28 @@ class BlobBackend(Protocol):
 
     def close(self) -> None:
         """Release connections and threads."""
+        ...
+
+
+@runtime_checkable
+class SweepableBackend(Protocol):
+    """A backend ``storage sweep`` can clear of bytes no row names (store/blobsweep.py).
+
+    The filesystem and the database qualify: each can remove a blob *only if* no writer has
+    stored it (written it, or found it there and marked it) since a given time, in one step a
+    writer cannot slip into. S3 offers no such conditional delete, so its sweep is refused.
+    """
+
+    def stored_before(self, cutoff: datetime) -> Iterator[str]:
+        """Digests of the blobs last stored before ``cutoff``."""
+        ...
+
+    def remove_if_not_stored_since(self, digest: str, cutoff: datetime) -> bool:
+        """Remove the blob unless a writer stored it at or after ``cutoff``; whether it went."""
+        ...
+
+    def remove_leftovers(self, cutoff: datetime) -> int:
+        """Remove half-written leftovers of a crash older than ``cutoff``; how many."""
         ...
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Generator, Iterable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -109,15 +110,27 @@ class DatabaseBlobs(SpooledBackend):
             return self._error(exc)
         try:
             with conn.begin_nested():
-                if not self._present(conn, digest):
+                if not self._stored_again(conn, digest):
                     with contextlib.closing(chunks):
                         self._insert(conn, digest, size, chunks)
         except IntegrityError as exc:
             # Another node stored the same bytes first: once it committed, the blob is there.
-            return digest if self._present(conn, digest) else self._error(exc)
+            return digest if self._stored_again(conn, digest) else self._error(exc)
         except (OSError, SQLAlchemyError) as exc:
             return self._error(exc)
         return digest
+
+    def _stored_again(self, conn: Connection, digest: str) -> bool:
+        """Whether the blob is stored already, marking it stored now if so.
+
+        ``created_at`` is when the bytes were last stored: ``storage sweep`` removes only
+        blobs not stored for days, in a statement that checks it again, so bytes a writer
+        has just found (and is about to name in a row) are never removed under it.
+        """
+        found = conn.execute(
+            update(_BLOBS).where(_BLOBS.c.hash == digest).values(created_at=utcnow())
+        )
+        return bool(found.rowcount)
 
     def _present(self, conn: Connection, digest: str) -> bool:
         return (
@@ -250,6 +263,45 @@ class DatabaseBlobs(SpooledBackend):
                 return
             yield from page
             after = page[-1]
+
+    def stored_before(self, cutoff: datetime) -> Iterator[str]:
+        """Digests of the blobs last stored before ``cutoff``, read in pages."""
+        after = ""
+        while True:
+            with self._read() as conn:
+                page = list(
+                    conn.execute(
+                        select(_BLOBS.c.hash)
+                        .where(_BLOBS.c.hash > after, _BLOBS.c.created_at < cutoff)
+                        .order_by(_BLOBS.c.hash)
+                        .limit(1000)
+                    ).scalars()
+                )
+            if not page:
+                return
+            yield from page
+            after = page[-1]
+
+    def remove_if_not_stored_since(self, digest: str, cutoff: datetime) -> bool:
+        """Remove the blob unless it was stored at or after ``cutoff``: one conditional delete,
+        so a writer marking it meanwhile either goes first (it stays) or finds it gone (and
+        writes it again)."""
+        check_digest(digest)
+        try:
+            with self._engine.begin() as conn:
+                gone = conn.execute(
+                    delete(_BLOBS).where(_BLOBS.c.hash == digest, _BLOBS.c.created_at < cutoff)
+                ).rowcount
+                if gone:
+                    conn.execute(delete(_CHUNKS).where(_CHUNKS.c.hash == digest))
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from exc
+        return bool(gone)
+
+    def remove_leftovers(self, cutoff: datetime) -> int:
+        """Remove spool files a crash left before ``cutoff`` (a blob's row and chunks commit
+        together, so the database itself holds no half-written blob)."""
+        return self.sweep_spool((utcnow() - cutoff).total_seconds())
 
     def close(self) -> None:
         """Dispose of the engine this store made (a shared one is its owner's)."""

@@ -113,6 +113,16 @@ def release(
     return message
 
 
+# Every column that names a blob: a blob none of them names is bytes nobody can reach
+# (``blob_in_use`` here, ``store.blobsweep`` for ``storage sweep``).
+BLOB_REFERENCES = (
+    ReceivedMessage.blob,
+    Activity.raw_blob,
+    Attachment.blob,
+    OutboundMessage.blob,
+)
+
+
 def blob_in_use(session: Session, digest: str, *, except_message: int | None = None) -> bool:
     """Whether any message, activity, attachment or outbound row still references these bytes.
 
@@ -122,11 +132,10 @@ def blob_in_use(session: Session, digest: str, *, except_message: int | None = N
     others = select(ReceivedMessage.id).where(ReceivedMessage.blob == digest)
     if except_message is not None:
         others = others.where(ReceivedMessage.id != except_message)
-    checks = [
-        exists(others),
-        exists(select(Activity.id).where(Activity.raw_blob == digest)),
-        exists(select(Attachment.id).where(Attachment.blob == digest)),
-        exists(select(OutboundMessage.id).where(OutboundMessage.blob == digest)),
+    checks = [exists(others)] + [
+        exists(select(column).where(column == digest))
+        for column in BLOB_REFERENCES
+        if column is not ReceivedMessage.blob
     ]
     return any(session.scalar(select(check)) for check in checks)
 
