@@ -139,6 +139,9 @@ def test_processing_stands_back_while_a_server_writer_waits(
     """A yielding engine does not take even a free lock while a server writer is waiting;
     it takes it once the waiting is over."""
     monkeypatch.setattr(engine_module, "MAX_YIELD_SECONDS", 30.0)
+    # A note counts as a wait for longer than the noting thread can go unscheduled on a loaded
+    # machine (2 ms by default, which a busy test run sometimes missed).
+    monkeypatch.setattr(engine_module, "STILL_WAITING_SECONDS", 0.5)
     waits = lock_waits(f"sqlite:///{db}")
     assert waits is not None
     stop, began = threading.Event(), threading.Event()

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, cast
 from sqlalchemy import Connection, Engine, Table, delete, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
 
 from mailledger.store.blobbackend import (
     SpooledBackend,
@@ -248,31 +249,21 @@ class DatabaseBlobs(SpooledBackend):
 
     def digests(self) -> Iterator[str]:
         """Every stored blob's digest, read in pages so a large store is never listed whole."""
-        after = ""
-        while True:
-            with self._read() as conn:
-                page = list(
-                    conn.execute(
-                        select(_BLOBS.c.hash)
-                        .where(_BLOBS.c.hash > after)
-                        .order_by(_BLOBS.c.hash)
-                        .limit(1000)
-                    ).scalars()
-                )
-            if not page:
-                return
-            yield from page
-            after = page[-1]
+        return self._hashes()
 
     def stored_before(self, cutoff: datetime) -> Iterator[str]:
         """Digests of the blobs last stored before ``cutoff``, read in pages."""
+        return self._hashes(_BLOBS.c.created_at < cutoff)
+
+    def _hashes(self, *where: ColumnElement[bool]) -> Iterator[str]:
+        """The digests of the rows ``where`` selects, in digest order, a page at a time."""
         after = ""
         while True:
             with self._read() as conn:
                 page = list(
                     conn.execute(
                         select(_BLOBS.c.hash)
-                        .where(_BLOBS.c.hash > after, _BLOBS.c.created_at < cutoff)
+                        .where(_BLOBS.c.hash > after, *where)
                         .order_by(_BLOBS.c.hash)
                         .limit(1000)
                     ).scalars()
