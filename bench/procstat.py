@@ -31,8 +31,18 @@ def tree(pid: int) -> list[int]:
 
 
 def _stat_cpu_ticks(pid: int) -> int:
+    return sum(_stat_user_system_ticks(pid))
+
+
+def _stat_user_system_ticks(pid: int) -> tuple[int, int]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14 and 15)
+    return int(fields[11]), int(fields[12])  # utime, stime (stat fields 14 and 15)
+
+
+def process_user_system_seconds(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU of one process and its threads, apart."""
+    user, system = _stat_user_system_ticks(pid)
+    return user / _TICKS, system / _TICKS
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -4,7 +4,8 @@
 then ``--messages`` 10 KB Gmail forwards over ``--sessions`` sessions, and samples the CPU
 time of the listener process and of each processing process every 0.1 s until the last
 activity is recorded. It prints the processed rate, the CPU per message, how much of the
-machine's CPU the server used over that time (``busy``), and the timeline: a worker below 1.0
+machine's CPU the server used over that time (``busy``), each process's user and system
+(kernel) CPU a message, and the timeline: a worker below 1.0
 after the listener has gone quiet is waiting (on an fsync, a lock), not computing.
 ``--processing KEY=VALUE`` overrides a ``[processing]`` setting (``worker_processes=3``).
 """
@@ -80,6 +81,17 @@ class _Sampler:
         self._thread.join()
 
 
+def _user_system(pid: int) -> dict[int, tuple[float, float]]:
+    """Each process's user and system CPU so far, across the server's tree."""
+    found = {}
+    for p in procstat.tree(pid):
+        try:
+            found[p] = procstat.process_user_system_seconds(p)
+        except OSError:
+            continue
+    return found
+
+
 def main() -> int:
     """Run one phase and print the rate, the CPU use and the timeline."""
     parser = argparse.ArgumentParser(prog="python -m bench.timeline")
@@ -105,6 +117,7 @@ def main() -> int:
             asyncio.run(run_load(port, RICHARD_CAPTURE, prepare(warm), 10, GMAIL_IP))
             time.sleep(3)
             with _Sampler(full.pid) as sampler:
+                split0 = _user_system(full.pid)
                 cpu0 = procstat.cpu_seconds(full.pid)
                 load = asyncio.run(
                     run_load(port, RICHARD_CAPTURE, prepare(mails), args.sessions, GMAIL_IP)
@@ -112,6 +125,7 @@ def main() -> int:
                 ids = [queue_id(s.reply) for s in load.accepted]
                 finished = wait_processed(db, ids, seconds=300)
                 cpu = procstat.cpu_seconds(full.pid) - cpu0
+                split1 = _user_system(full.pid)
             ends = [at.timestamp() for _, at in finished.values() if at is not None]
             wall = max(ends) - load.started_at
             count = len(finished)
@@ -123,6 +137,15 @@ def main() -> int:
             accept = ms([s.data_to_reply for s in load.accepted])
             print(f"end of DATA to 250, ms: p50 {accept['p50']}, p99 {accept['p99']}")
             listener = full.pid
+            for pid in sorted(split1, key=lambda p: p != listener):
+                before = split0.get(pid, (0.0, 0.0))
+                user, system = split1[pid][0] - before[0], split1[pid][1] - before[1]
+                if user + system:
+                    name = "listener" if pid == listener else f"pid {pid}"
+                    print(
+                        f"{name}: {user / count * 1000:.2f} ms user + "
+                        f"{system / count * 1000:.2f} ms system CPU a message"
+                    )
             others = sorted({p for _, used in sampler.samples for p in used} - {listener})
             print("seconds  listener  " + "  ".join(f"pid {p}" for p in others))
             start = sampler.samples[0][0]
