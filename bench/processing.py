@@ -23,7 +23,7 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import event, func, select
 
@@ -48,13 +48,15 @@ class _Counted:
 
 
 class _CountingCursor(sqlite3.Cursor):
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+    def execute(self, sql: str, parameters: Any = (), /) -> Self:
         _Counted.statements += _Counted.on
-        return super().execute(sql, parameters)
+        super().execute(sql, parameters)
+        return self
 
-    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+    def executemany(self, sql: str, parameters: Any, /) -> Self:
         _Counted.statements += _Counted.on
-        return super().executemany(sql, parameters)
+        super().executemany(sql, parameters)
+        return self
 
 
 class _CountingConnection(sqlite3.Connection):
