@@ -294,6 +294,10 @@ class RetentionSettings(_Section):
     # Days the webhook delivery log (events delivered or failed for good, their deliveries
     # and attempts) is kept; an event still to deliver is never deleted. 0 keeps them.
     webhook_days: int = Field(default=30, ge=0)
+    # Days stored bytes that no row names (a quarantined message's stamped copy and
+    # attachments, a crash's leftovers) are kept after a writer last stored them, as
+    # `mailledger storage sweep --older-than-days` does; 0 keeps them. Not on S3.
+    sweep_days: int = Field(default=0, ge=0)
     # How often serve() runs the retention pass, in seconds.
     interval_seconds: float = Field(default=3600.0, gt=0)
     # Messages handled per transaction, so one pass never holds a long lock.

@@ -71,7 +71,7 @@ def test_json_is_always_an_array_of_objects(
     off = json.loads(capsys.readouterr().out)
     assert off == [{
         "enabled": False, "dry_run": False, "raw_messages": 0, "raw_blobs": 0, "quarantined": 0,
-        "webhook_events": 0, "webhook_attempts": 0,
+        "webhook_events": 0, "webhook_attempts": 0, "unnamed_blobs": 0, "sweep_refused": None,
     }]  # fmt: skip
     with config.open("a", encoding="utf-8") as handle:
         handle.write("raw_days = 3\n")  # still inside [retention]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailledger.cli.demo import DemoAddresses
 from mailledger.cli.main import main
 from mailledger.config import RetentionSettings, Settings
-from mailledger.service.retention import RETENTION_STEP, run_retention
+from mailledger.service.retention import RETENTION_STEP, RetentionReport, run_retention, sweep
 from mailledger.store.blobs import BlobStore
 from mailledger.store.models import Activity, MessageState, ReceivedMessage, TraceEntry, utcnow
 from mailledger.testing.mail import make_email, store_received
@@ -131,3 +132,61 @@ def test_retention_run_command(
     assert main(["--config", str(config), "retention", "run"]) == 0
     assert "1 quarantined message(s)" in capsys.readouterr().out
     assert not blobs.path(old.blob).exists()
+
+
+def test_sweep_days_removes_stored_bytes_nothing_names(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    demo: DemoAddresses,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``[retention] sweep_days``: the pass ``serve`` runs removes bytes no row names that
+    nobody stored for that long (a quarantined message's stamped copy), and keeps the
+    quarantined message's own bytes; the dry run counts them first."""
+    kept = aged(sessions, blobs, demo, days=30, state=MessageState.QUARANTINED)
+    stamped = blobs.put(b"Authentication-Results: mx; spf=pass\r\n" + make_email())
+    ten_days_ago = (utcnow() - timedelta(days=10)).timestamp()
+    for digest in (kept.blob, stamped):
+        os.utime(blobs.path(digest), (ten_days_ago, ten_days_ago))
+    policy = RetentionSettings(sweep_days=7, webhook_days=0)
+
+    counted = run_retention(sessions, blobs, policy, dry_run=True)
+    assert counted.unnamed_blobs == 1
+    assert blobs.path(stamped).exists()
+    report = run_retention(sessions, blobs, policy)
+    assert report.unnamed_blobs == 1
+    assert report.deleted_any
+    assert "1 stored blob(s) nothing names" in str(report)
+    assert not blobs.path(stamped).exists()
+    assert blobs.path(kept.blob).exists()
+
+    config = Path(settings.storage.blob_dir).parent / "sweep.toml"
+    config.write_text(
+        f'[database]\nurl = "{settings.database.url}"\n'
+        f'[storage]\nblob_dir = "{settings.storage.blob_dir}"\n'
+        "[retention]\nsweep_days = 7\nwebhook_days = 0\n",
+        encoding="utf-8",
+    )
+    assert main(["--config", str(config), "retention", "run", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["unnamed_blobs"], row["sweep_refused"]) == (0, None)
+
+
+def test_sweep_days_is_not_applied_on_s3() -> None:
+    """On a backend that cannot remove bytes only if nobody stored them meanwhile, the pass
+    removes nothing and its report says why."""
+
+    class NotSweepable:
+        name = "s3"
+
+    report = RetentionReport()
+    sweep(
+        sessionmaker(),
+        NotSweepable(),  # type: ignore[arg-type]
+        RetentionSettings(sweep_days=7),
+        report,
+    )
+    assert (report.unnamed_blobs, report.deleted_any) == (0, False)
+    assert "[storage] backend 's3' cannot remove an object" in report.sweep_refused
+    assert "sweep_days not applied" in str(report)

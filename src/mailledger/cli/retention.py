@@ -25,7 +25,8 @@ def cmd_retention_run(args: argparse.Namespace, settings: Settings) -> int:
             out(json.dumps([_as_row(False, RetentionReport(dry_run=args.dry_run))]))
         else:
             out(
-                "retention is off: [retention] raw_days, quarantine_days and webhook_days are all 0"
+                "retention is off: [retention] raw_days, quarantine_days, webhook_days and "
+                "sweep_days are all 0"
             )
         return EXIT_OK
     with sessions_scope(settings) as sessions:
@@ -46,6 +47,8 @@ def _as_row(enabled: bool, report: RetentionReport) -> dict[str, Any]:
         "quarantined": report.quarantined,
         "webhook_events": report.webhook_events,
         "webhook_attempts": report.webhook_attempts,
+        "unnamed_blobs": report.unnamed_blobs,
+        "sweep_refused": report.sweep_refused or None,
     }
 
 

@@ -13,6 +13,8 @@ operator says so (DESIGN §2):
 - ``webhook_days`` (30 by default: it is a log, not mail): webhook events whose every delivery
   is over (delivered, or failed for good) and finished longer ago than that are deleted with
   their deliveries and attempts. An event still to deliver is never touched.
+- ``sweep_days``: stored bytes that no row names and no writer has stored for that long are
+  removed, as ``mailledger storage sweep`` does (``store.blobsweep``); not on S3.
 
 Rows are taken in batches, each in its own transaction; on PostgreSQL with ``SKIP LOCKED``, so
 several nodes running the pass at once never handle the same row.
@@ -33,6 +35,7 @@ from mailledger.config import RetentionSettings
 from mailledger.logs import get_logger
 from mailledger.store import quarantine, webhooks
 from mailledger.store.blobbackend import BlobBackend
+from mailledger.store.blobsweep import SweepRefusedError, sweep_unreferenced
 from mailledger.store.engine import is_postgres, reading
 from mailledger.store.models import (
     Activity,
@@ -61,26 +64,54 @@ class RetentionReport:
     quarantined: int = 0
     webhook_events: int = 0
     webhook_attempts: int = 0
+    unnamed_blobs: int = 0  # ``sweep_days``: stored bytes no row names (store.blobsweep)
+    sweep_refused: str = ""  # why ``sweep_days`` could not apply (the S3 backend)
     dry_run: bool = False
 
     def __str__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
         attempts = "" if self.dry_run else f" ({self.webhook_attempts} attempt(s))"
-        return (
+        said = (
             f"retention {verb}: raw copies of {self.raw_messages} finished message(s) "
             f"({self.raw_blobs} blob file(s)), {self.quarantined} quarantined message(s), "
-            f"{self.webhook_events} finished webhook event(s){attempts}"
+            f"{self.webhook_events} finished webhook event(s){attempts}, "
+            f"{self.unnamed_blobs} stored blob(s) nothing names"
         )
+        if self.sweep_refused:
+            said += f"; sweep_days not applied: {self.sweep_refused}"
+        return said
 
     @property
     def deleted_any(self) -> bool:
         """Whether the pass deleted (or would delete) anything at all."""
-        return bool(self.raw_messages or self.quarantined or self.webhook_events)
+        return bool(
+            self.raw_messages or self.quarantined or self.webhook_events or self.unnamed_blobs
+        )
 
 
 def enabled(policy: RetentionSettings) -> bool:
     """Whether any rule of ``policy`` deletes anything (0 days keeps for ever)."""
-    return bool(policy.raw_days or policy.quarantine_days or policy.webhook_days)
+    return bool(
+        policy.raw_days or policy.quarantine_days or policy.webhook_days or policy.sweep_days
+    )
+
+
+def sweep(
+    sessions: sessionmaker[Session],
+    blobs: BlobBackend,
+    policy: RetentionSettings,
+    report: RetentionReport,
+) -> None:
+    """``sweep_days``: remove (or count) stored bytes no row names, into ``report``."""
+    try:
+        swept = sweep_unreferenced(
+            sessions, blobs, timedelta(days=policy.sweep_days), dry_run=report.dry_run
+        )
+    except SweepRefusedError as exc:
+        report.sweep_refused = str(exc)
+        log.warning("retention: sweep_days not applied", reason=str(exc))
+        return
+    report.unnamed_blobs = swept.removed
 
 
 def _raw_expired(cutoff: datetime) -> ColumnElement[bool]:
@@ -223,6 +254,16 @@ def count_expired(sessions: sessionmaker[Session], policy: RetentionSettings) ->
     return report
 
 
+def count_expired_with_blobs(
+    sessions: sessionmaker[Session], blobs: BlobBackend, policy: RetentionSettings
+) -> RetentionReport:
+    """``count_expired``, and the stored bytes ``sweep_days`` would remove."""
+    report = count_expired(sessions, policy)
+    if policy.sweep_days:
+        sweep(sessions, blobs, policy, report)
+    return report
+
+
 def run_retention(
     sessions: sessionmaker[Session],
     blobs: BlobBackend,
@@ -232,7 +273,7 @@ def run_retention(
 ) -> RetentionReport:
     """One retention pass under ``policy``; a rule with 0 days is skipped."""
     if dry_run:
-        return count_expired(sessions, policy)
+        return count_expired_with_blobs(sessions, blobs, policy)
     report = RetentionReport()
     if policy.raw_days:
         report.raw_messages, report.raw_blobs = delete_expired_raw(
@@ -246,6 +287,8 @@ def run_retention(
         report.webhook_events, report.webhook_attempts = delete_finished_webhook_events(
             sessions, policy.webhook_days, batch_size=policy.batch_size
         )
+    if policy.sweep_days:
+        sweep(sessions, blobs, policy, report)
     return report
 
 
@@ -275,6 +318,7 @@ async def retention_loop(
                         quarantined=report.quarantined,
                         webhook_events=report.webhook_events,
                         webhook_attempts=report.webhook_attempts,
+                        unnamed_blobs=report.unnamed_blobs,
                     )
                 if on_report is not None:
                     on_report(report)
