@@ -47,6 +47,18 @@ def aged(
     return row
 
 
+def retention_config(settings: Settings, retention: str) -> Path:
+    """A configuration file on the test's database and blobs, with ``[retention]`` lines."""
+    config = Path(settings.storage.blob_dir).parent / "retention.toml"
+    config.write_text(
+        f'[database]\nurl = "{settings.database.url}"\n'
+        f'[storage]\nblob_dir = "{settings.storage.blob_dir}"\n'
+        f"[retention]\n{retention}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
 @pytest.mark.postgres
 def test_raw_copies_past_raw_days_go_and_the_rest_stays(
     sessions: sessionmaker[Session], blobs: BlobStore, demo: DemoAddresses
@@ -119,13 +131,7 @@ def test_retention_run_command(
 ) -> None:
     """``retention run --dry-run`` counts, ``retention run`` deletes, both say how many."""
     old = aged(sessions, blobs, demo, days=10, state=MessageState.QUARANTINED)
-    config = Path(settings.storage.blob_dir).parent / "retention.toml"
-    config.write_text(
-        f'[database]\nurl = "{settings.database.url}"\n'
-        f'[storage]\nblob_dir = "{settings.storage.blob_dir}"\n'
-        "[retention]\nquarantine_days = 7\n",
-        encoding="utf-8",
-    )
+    config = retention_config(settings, "quarantine_days = 7")
     assert main(["--config", str(config), "retention", "run", "--dry-run", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["quarantined"] == 1
     assert blobs.path(old.blob).exists()
@@ -161,13 +167,7 @@ def test_sweep_days_removes_stored_bytes_nothing_names(
     assert not blobs.path(stamped).exists()
     assert blobs.path(kept.blob).exists()
 
-    config = Path(settings.storage.blob_dir).parent / "sweep.toml"
-    config.write_text(
-        f'[database]\nurl = "{settings.database.url}"\n'
-        f'[storage]\nblob_dir = "{settings.storage.blob_dir}"\n'
-        "[retention]\nsweep_days = 7\nwebhook_days = 0\n",
-        encoding="utf-8",
-    )
+    config = retention_config(settings, "sweep_days = 7\nwebhook_days = 0")
     assert main(["--config", str(config), "retention", "run", "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert (row["unnamed_blobs"], row["sweep_refused"]) == (0, None)
