@@ -254,16 +254,6 @@ def count_expired(sessions: sessionmaker[Session], policy: RetentionSettings) ->
     return report
 
 
-def count_expired_with_blobs(
-    sessions: sessionmaker[Session], blobs: BlobBackend, policy: RetentionSettings
-) -> RetentionReport:
-    """``count_expired``, and the stored bytes ``sweep_days`` would remove."""
-    report = count_expired(sessions, policy)
-    if policy.sweep_days:
-        sweep(sessions, blobs, policy, report)
-    return report
-
-
 def run_retention(
     sessions: sessionmaker[Session],
     blobs: BlobBackend,
@@ -273,7 +263,18 @@ def run_retention(
 ) -> RetentionReport:
     """One retention pass under ``policy``; a rule with 0 days is skipped."""
     if dry_run:
-        return count_expired_with_blobs(sessions, blobs, policy)
+        report = count_expired(sessions, policy)
+    else:
+        report = _delete_expired(sessions, blobs, policy)
+    if policy.sweep_days:
+        sweep(sessions, blobs, policy, report)  # a dry run's sweep only counts
+    return report
+
+
+def _delete_expired(
+    sessions: sessionmaker[Session], blobs: BlobBackend, policy: RetentionSettings
+) -> RetentionReport:
+    """The row rules of one pass: raw copies, quarantined mail, the webhook log."""
     report = RetentionReport()
     if policy.raw_days:
         report.raw_messages, report.raw_blobs = delete_expired_raw(
@@ -287,8 +288,6 @@ def run_retention(
         report.webhook_events, report.webhook_attempts = delete_finished_webhook_events(
             sessions, policy.webhook_days, batch_size=policy.batch_size
         )
-    if policy.sweep_days:
-        sweep(sessions, blobs, policy, report)
     return report
 
 

@@ -312,13 +312,21 @@ class BlobStore:
 
     def digests(self) -> Iterator[str]:
         """Every stored blob's digest (files named by a digest in the fan-out directories)."""
+        for entry in self._blob_entries():
+            yield entry.name
+
+    def _blob_entries(self) -> Iterator[os.DirEntry[str]]:
+        """The stored blobs' directory entries: files named by a digest in their fan-out
+        directory (not the temporary, set-aside or spooled files beside them)."""
         for directory in sorted(self.root.glob("[0-9a-f][0-9a-f]")):
-            if not directory.is_dir():
-                continue
-            for path in directory.iterdir():
-                name = path.name
-                if len(name) == 64 and name.startswith(directory.name) and _is_hex(name):
-                    yield name
+            with (
+                contextlib.suppress(FileNotFoundError, NotADirectoryError),
+                os.scandir(directory) as entries,
+            ):
+                for entry in entries:
+                    name = entry.name
+                    if len(name) == 64 and name.startswith(directory.name) and _is_hex(name):
+                        yield entry
 
     def put_verified(self, digest: str, stream: BinaryIO) -> None:
         """Copy a blob in from ``stream``, stored only if it hashes to ``digest``."""
@@ -341,18 +349,10 @@ class BlobStore:
     def stored_before(self, cutoff: datetime) -> Iterator[str]:
         """Digests of the blobs last stored before ``cutoff`` (their file's mtime)."""
         limit = cutoff.timestamp()
-        for directory in sorted(self.root.glob("[0-9a-f][0-9a-f]")):
-            with (
-                contextlib.suppress(FileNotFoundError, NotADirectoryError),
-                os.scandir(directory) as entries,
-            ):
-                for entry in entries:
-                    name = entry.name
-                    if len(name) != 64 or not name.startswith(directory.name):
-                        continue
-                    with contextlib.suppress(FileNotFoundError):
-                        if _is_hex(name) and entry.stat().st_mtime < limit:
-                            yield name
+        for entry in self._blob_entries():
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_mtime < limit:
+                    yield entry.name
 
     def remove_if_not_stored_since(self, digest: str, cutoff: datetime) -> bool:
         """Remove the blob unless it was stored (written or found) at or after ``cutoff``.
