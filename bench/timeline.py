@@ -7,7 +7,8 @@ activity is recorded. It prints the processed rate, the CPU per message, how muc
 machine's CPU the server used over that time (``busy``), each process's user and system
 (kernel) CPU a message, and the timeline: a worker below 1.0
 after the listener has gone quiet is waiting (on an fsync, a lock), not computing.
-``--processing KEY=VALUE`` overrides a ``[processing]`` setting (``worker_processes=3``).
+``--processing KEY=VALUE`` overrides a ``[processing]`` setting (``worker_processes=3``), and
+``--storage KEY=VALUE`` a ``[storage]`` one (``backend="database"``).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ WARM_UP = 100  # messages sent first, so the processes have imported and cached 
 SAMPLE_SECONDS = 0.1
 
 
-def _override(config: Path, settings: list[str]) -> None:
-    """Set ``[processing]`` keys in the written configuration."""
+def _override(config: Path, settings: list[str], section: str = "processing") -> None:
+    """Set ``[section]`` keys in the written configuration."""
     text = config.read_text()
     for setting in settings:
         key, _, raw = setting.partition("=")
@@ -50,7 +51,7 @@ def _override(config: Path, settings: list[str]) -> None:
         if re.search(rf"^{re.escape(key)} = ", text, flags=re.MULTILINE):
             text = re.sub(rf"^{re.escape(key)} = .*$", f"{key} = {value}", text, flags=re.M)
         else:
-            text = text.replace("[processing]\n", f"[processing]\n{key} = {value}\n", 1)
+            text = text.replace(f"[{section}]\n", f"[{section}]\n{key} = {value}\n", 1)
     config.write_text(text)
 
 
@@ -98,6 +99,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=800)
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--processing", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--storage", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     keys = make_keys()
     cpus = os.cpu_count() or 1
@@ -110,6 +112,7 @@ def main() -> int:
         world = set_up_world(work, dns, keys)
         ports, db, config = world.ports, world.db, world.config
         _override(config, args.processing)
+        _override(config, args.storage, "storage")
         warm = make_messages(keys, WARM_UP, 10 * KB, pool)
         mails = make_messages(keys, args.messages, 10 * KB, pool)
         with full_server(config, ports["capture"], work / "server.log") as full:
