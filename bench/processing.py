@@ -87,7 +87,7 @@ def measure(work: Path, messages: int, batch_size: int, hold_seconds: float) -> 
     event.listen(engine, "do_connect", _counting)
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)
-    blobs = BlobStore(settings.storage.blob_dir)
+    blobs = BlobStore(settings.storage.blob_dir, small_blob_bytes=settings.storage.small_blob_bytes)
     with sessions.begin() as session:
         seed_demo(session)
     body = LINE * (10 * 1024 // len(LINE))

@@ -64,6 +64,10 @@ class StorageSettings(_Section):
     # S3-compatible object store). With "database" or "s3", blob_dir only spools large DATA on
     # this node while it arrives. `mailledger storage migrate --to …` moves existing blobs.
     backend: Literal["filesystem", "database", "s3"] = "filesystem"
+    # "filesystem": blobs up to this many bytes are kept together in one SQLite file in
+    # blob_dir (small-blobs.sqlite3) rather than a file each, which costs the kernel more than
+    # the rest of storing a small message (store/blobpack.py). 0: every blob is a file.
+    small_blob_bytes: int = Field(default=64 * 1024, ge=0, le=1024 * 1024)
     # [storage] backend = "s3": the endpoint (empty: AWS's own), the bucket, its region, a prefix
     # for every key, and the credentials (empty: boto3's chain: environment, instance role).
     s3_endpoint_url: str = ""

@@ -8,10 +8,12 @@ these tests measure is ours alone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import os
+import sqlite3
 import threading
 import tracemalloc
 import uuid
@@ -35,6 +37,7 @@ from mailledger.store.blobbackend import (
     hash_file,
     open_blob_backend,
 )
+from mailledger.store.blobpack import PACK_NAME
 from mailledger.store.blobs import BlobStore, BlobStoreError
 from mailledger.store.blobsweep import SweepRefusedError, sweep_unreferenced
 from mailledger.store.dbblobs import CHUNK_BYTES, blob_database_url
@@ -62,7 +65,8 @@ READ_PEAK_LIMIT = 4 * MB
 WRITE_PEAK_LIMIT = 12 * MB  # S3's multipart uploads hold one part (5 MiB here) and its checksum
 
 BACKENDS = [
-    "filesystem",
+    "filesystem",  # small blobs packed in one SQLite file, the default
+    "filesystem-files",  # small_blob_bytes = 0: every blob a file
     "database-sqlite",
     pytest.param("database-postgres", marks=pytest.mark.postgres),
     "s3",
@@ -88,6 +92,8 @@ def storage_settings(kind: str, tmp_path: Path, request: pytest.FixtureRequest) 
         request.addfinalizer(lambda: server.drop_database(name))
     if kind.startswith("database"):
         storage["backend"] = "database"
+    if kind == "filesystem-files":
+        storage["small_blob_bytes"] = 0
     if kind == "s3":
         moto: MotoS3 = request.getfixturevalue("moto")
         storage.update(moto.storage(f"blobs-{uuid.uuid4().hex[:12]}", s3_multipart_bytes=5 * MB))
@@ -319,7 +325,8 @@ def test_storage_migrate_copies_verifies_resumes_and_removes(
     settings = storage_settings(kind, tmp_path, request)
     old = write_config(tmp_path / "old.toml", settings, "filesystem")
     new = write_config(tmp_path / "new.toml", settings, target)
-    source = BlobStore(settings.storage.blob_dir)
+    # The default filesystem store: the small messages packed, the large one a file.
+    source = open_blob_backend(settings, backend="filesystem")
     small = [source.put(make_email(subject=f"message {n}")) for n in range(5)]
     big, _ = large_file(source)
     everything = {*small, big}
@@ -360,6 +367,7 @@ def test_storage_migrate_copies_verifies_resumes_and_removes(
 
 SWEEPABLE = [
     "filesystem",
+    "filesystem-files",
     "database-sqlite",
     pytest.param("database-postgres", marks=pytest.mark.postgres),
 ]
@@ -369,7 +377,14 @@ def age(store: BlobBackend, digest: str, days: float) -> None:
     """Make a blob look last stored ``days`` ago, as if nobody had written it since."""
     when = utcnow() - timedelta(days=days)
     if isinstance(store, BlobStore):
-        os.utime(store.path(digest), (when.timestamp(), when.timestamp()))
+        if store.path(digest).exists():
+            os.utime(store.path(digest), (when.timestamp(), when.timestamp()))
+        pack = store.root / PACK_NAME
+        if pack.exists():
+            with contextlib.closing(sqlite3.connect(pack)) as db, db:
+                db.execute(
+                    "UPDATE blobs SET stored_at = ? WHERE hash = ?", (when.timestamp(), digest)
+                )
         return
     with store._engine.begin() as conn:  # type: ignore[attr-defined]
         conn.execute(update(StoredBlob).where(StoredBlob.hash == digest).values(created_at=when))
@@ -452,7 +467,7 @@ def test_storage_sweep_removes_a_crash_s_leftover_files(
 ) -> None:
     """Half-written (``.tmp-``), half-removed (``.trash-``) and spooled (``.spool-``) files older
     than the cutoff are a crash's; younger ones may be a writer's at work and stay."""
-    _, sessions, store, _ = sweep_world("filesystem", tmp_path, request)
+    _, sessions, store, _ = sweep_world("filesystem-files", tmp_path, request)
     assert isinstance(store, BlobStore)
     digest = store.put(b"a blob\r\n")
     fan_out = store.path(digest).parent

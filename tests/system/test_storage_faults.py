@@ -104,9 +104,16 @@ async def wait_processed(sessions: sessionmaker[Session], count: int) -> list[Me
 async def test_read_only_blob_dir_gets_451_then_recovers(
     settings: Settings, demo: DemoAddresses, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    """A blob file system remounted read-only: 451 4.3.0 and nothing stored; rw again: 250."""
+    """A blob file system remounted read-only: 451 4.3.0 and nothing stored; rw again: 250.
+
+    Every blob a file (``small_blob_bytes = 0``): ``mount -o remount,ro`` is refused while
+    files are open for writing, and the packed small blobs' SQLite file is, from the first
+    message on. How a pack that cannot be written fails is in ``test_blob_pack.py``.
+    """
     with tmpfs(tmp_path / "disk", "8m") as disk:
-        settings = with_storage(settings, blob_dir=str(disk / "blobs"), min_free_bytes=0)
+        settings = with_storage(
+            settings, blob_dir=str(disk / "blobs"), min_free_bytes=0, small_blob_bytes=0
+        )
         async with running_server(settings) as port:
             first = await send_raw_async(port, CONTACT, [demo.user_capture], make_email())
             await asyncio.to_thread(remount, disk, "ro")

@@ -20,6 +20,8 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
+from mailledger.logs import get_logger
+from mailledger.store.blobpack import shared_file_system
 from mailledger.store.blobs import SPOOL_MAX_AGE_SECONDS, Blob, BlobFile, BlobStore, BlobStoreError
 
 if TYPE_CHECKING:
@@ -28,7 +30,9 @@ if TYPE_CHECKING:
 
     from sqlalchemy import Engine
 
-    from mailledger.config import Settings
+    from mailledger.config import Settings, StorageSettings
+
+log = get_logger(__name__)
 
 HEX = frozenset("0123456789abcdef")
 # Reads and copies move this much at a time: far below a message's size, well above a syscall's.
@@ -152,7 +156,7 @@ def open_blob_backend(
     storage = settings.storage
     chosen = backend or storage.backend
     if chosen == "filesystem":
-        return BlobStore(storage.blob_dir)
+        return BlobStore(storage.blob_dir, small_blob_bytes=_small_blob_bytes(storage))
     if chosen == "database":
         from mailledger.store.dbblobs import DatabaseBlobs  # noqa: PLC0415
 
@@ -163,6 +167,23 @@ def open_blob_backend(
 
         return S3Blobs(storage, storage.blob_dir)
     raise ValueError(f"[storage] backend: unknown backend {chosen!r}")
+
+
+def _small_blob_bytes(storage: StorageSettings) -> int:
+    """``[storage] small_blob_bytes``, or 0 where ``blob_dir`` is on a shared file system."""
+    if not storage.small_blob_bytes:
+        return 0
+    shared = shared_file_system(storage.blob_dir)
+    if shared is None:
+        return storage.small_blob_bytes
+    log.warning(
+        "blob_dir is on a network file system: every blob is kept as a file",
+        blob_dir=storage.blob_dir,
+        file_system=shared,
+        why="SQLite's locks are not safe over a network file system",
+        fix="set [storage] small_blob_bytes = 0 to say so, or move blob_dir to a local disk",
+    )
+    return 0
 
 
 class SpooledBackend(abc.ABC):

@@ -1,7 +1,11 @@
 """Content-addressed blob store for raw messages and attachments.
 
 A blob is written to a temporary name, fsynced, renamed to its SHA-256, and the directory is
-fsynced, so once ``put`` returns the bytes survive a crash or power loss (DESIGN §9).
+fsynced, so once ``put`` returns the bytes survive a crash or power loss (DESIGN §9). Blobs
+up to ``small_blob_bytes`` (``[storage] small_blob_bytes``) go into one SQLite file in the
+same directory instead (``store.blobpack``): a file each cost the kernel more than the rest
+of a small message's storing. Reads look there first whatever the setting, so a directory
+written with another setting is read the same.
 ``put_many`` does the same for a batch with one directory fsync per directory instead of one
 per blob: intake's group commit stores many messages at once, and a directory fsync costs a
 journal commit.
@@ -23,9 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import itertools
 import os
 import re
+import sqlite3
 import tempfile
 import threading
 import time
@@ -34,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
+
+from mailledger.store.blobpack import BlobPack
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -104,9 +112,12 @@ Blob = bytes | tuple[bytes | memoryview, ...] | BlobFile
 class BlobStore:
     """A directory of files named by their SHA-256, fanned out by the first two hex digits."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, small_blob_bytes: int = 0) -> None:
         self.root = Path(root)
         self._root = str(self.root)
+        # Blobs up to this size are written to the pack; 0: every blob is a file.
+        self._small_blob_bytes = small_blob_bytes
+        self._pack = BlobPack(self.root)
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         # Fan-out directories whose entry in the root this store has synced itself.
@@ -162,6 +173,53 @@ class BlobStore:
         run side by side: the filesystem folds concurrent fsyncs into one journal commit, where
         one after another each waits for its own.
         """
+        small = self._packable(blobs)
+        packed = self._put_packed([blobs[index] for index in small]) if small else []
+        if len(small) == len(blobs):
+            return packed
+        results = self._put_files([blob for i, blob in enumerate(blobs) if i not in small])
+        for index, outcome in zip(small, packed, strict=True):
+            results.insert(index, outcome)
+        return results
+
+    def _packable(self, blobs: Sequence[Blob]) -> dict[int, None]:
+        """The indexes of the blobs small enough for the pack, in order."""
+        limit = self._small_blob_bytes
+        if not limit:
+            return {}
+        return {
+            index: None
+            for index, blob in enumerate(blobs)
+            if not isinstance(blob, BlobFile)
+            and (
+                len(blob) <= limit
+                if isinstance(blob, bytes)
+                else sum(len(piece) for piece in blob) <= limit
+            )
+        }
+
+    def _put_packed(self, blobs: Sequence[Blob]) -> list[str | BlobStoreError]:
+        """Small blobs into the pack, in one transaction: all stored, or none."""
+        rows = []
+        for blob in blobs:
+            data = blob if isinstance(blob, bytes) else b"".join(blob)  # type: ignore[arg-type]
+            rows.append((hashlib.sha256(data).hexdigest(), data))
+        try:
+            self._pack.put_many(rows)
+        except (sqlite3.Error, OSError) as exc:
+            error = self._pack_error(exc)
+            return [error] * len(rows)
+        return [digest for digest, _ in rows]
+
+    def _pack_error(self, exc: Exception) -> BlobStoreError:
+        error = BlobStoreError(
+            getattr(exc, "errno", None) or 0, f"blob store {self._pack.path}: {exc}"
+        )
+        error.__cause__ = exc
+        return error
+
+    def _put_files(self, blobs: Sequence[Blob]) -> list[str | BlobStoreError]:
+        """``put_many`` for the blobs kept as files of their own."""
         placed = self._map(self._try_place, blobs)
         results: list[str | BlobStoreError] = []
         # Directory -> the indexes of the blobs whose durability depends on its fsync.
@@ -282,17 +340,43 @@ class BlobStore:
     @contextlib.contextmanager
     def open(self, digest: str) -> Iterator[BinaryIO]:
         """A stored blob as a file to read; failing to open or read it is a BlobStoreError."""
+        name = self._file_of(digest)
+        packed, failed = self._look_in_pack(lambda: self._pack.get(digest))
+        if packed is not None:
+            yield io.BytesIO(packed)
+            return
         try:
-            with open(self._file_of(digest), "rb") as stream:
+            with open(name, "rb") as stream:
                 yield stream
         except BlobStoreError:
             raise
+        except FileNotFoundError as exc:
+            raise failed or BlobStoreError(exc.errno, f"blob {digest}: {exc.strerror}") from exc
         except OSError as exc:
             raise BlobStoreError(exc.errno, f"blob {digest}: {exc.strerror}") from exc
 
+    def _packed(self, read: Callable[[], _R]) -> _R:
+        """A read of the pack; its failure is a BlobStoreError like a file's."""
+        try:
+            return read()
+        except sqlite3.Error as exc:
+            raise self._pack_error(exc) from exc
+
+    def _look_in_pack(
+        self, read: Callable[[], _R | None]
+    ) -> tuple[_R | None, BlobStoreError | None]:
+        """A read of the pack, and why it failed: a blob kept as a file is still read from a
+        pack that cannot be (the failure is raised only if there is no file either)."""
+        try:
+            return read(), None
+        except sqlite3.Error as exc:
+            return None, self._pack_error(exc)
+
     def delete(self, digest: str) -> None:
         """Remove a blob (retention, quarantine delete); a missing blob is not an error."""
-        self.path(digest).unlink(missing_ok=True)
+        path = self.path(digest)
+        self._packed(lambda: self._pack.delete(digest))
+        path.unlink(missing_ok=True)
 
     @property
     def name(self) -> str:
@@ -301,19 +385,31 @@ class BlobStore:
 
     def exists(self, digest: str) -> bool:
         """Whether the blob is stored (a file under its digest is complete: it was renamed)."""
-        return self.path(digest).exists()
+        path = self.path(digest)
+        if path.exists():
+            return True
+        return self._packed(lambda: self._pack.size(digest)) is not None
 
     def size(self, digest: str) -> int:
         """The stored blob's length in bytes."""
+        path = self.path(digest)
+        packed, failed = self._look_in_pack(lambda: self._pack.size(digest))
+        if packed is not None:
+            return packed
         try:
-            return self.path(digest).stat().st_size
+            return path.stat().st_size
+        except FileNotFoundError as exc:
+            raise failed or BlobStoreError(exc.errno, f"blob {digest}: {exc.strerror}") from exc
         except OSError as exc:
             raise BlobStoreError(exc.errno, f"blob {digest}: {exc.strerror}") from exc
 
     def digests(self) -> Iterator[str]:
-        """Every stored blob's digest (files named by a digest in the fan-out directories)."""
+        """Every stored blob's digest: the packed ones, then the files named by a digest in
+        the fan-out directories (each once, should a blob be in both)."""
+        yield from self._packed(lambda: list(self._pack.digests()))
         for entry in self._blob_entries():
-            yield entry.name
+            if self._packed(lambda: self._pack.size(entry.name)) is None:  # noqa: B023 - called at once
+                yield entry.name
 
     def _blob_entries(self) -> Iterator[os.DirEntry[str]]:
         """The stored blobs' directory entries: files named by a digest in their fan-out
@@ -347,7 +443,9 @@ class BlobStore:
             file.discard()
 
     def stored_before(self, cutoff: datetime) -> Iterator[str]:
-        """Digests of the blobs last stored before ``cutoff`` (their file's mtime)."""
+        """Digests of the blobs last stored before ``cutoff`` (their row's time in the pack,
+        their file's mtime); one in both places may be given twice."""
+        yield from self._packed(lambda: list(self._pack.stored_before(cutoff)))
         limit = cutoff.timestamp()
         for entry in self._blob_entries():
             with contextlib.suppress(FileNotFoundError):
@@ -359,8 +457,15 @@ class BlobStore:
 
         The file is first renamed aside, so a writer looking for it from then on writes it
         again; then its mtime says whether a writer found it just before. If one did, it goes
-        back under its name (and the directory is fsynced, as for any blob).
+        back under its name (and the directory is fsynced, as for any blob). A packed blob
+        goes in one statement that checks its time. Whether the blob went: from the pack,
+        the file, or both, with nothing of it left.
         """
+        packed = self._packed(lambda: self._pack.remove_if_not_stored_since(digest, cutoff))
+        removed = self._remove_file_if_not_stored_since(digest, cutoff)
+        return (packed or removed) and not self.exists(digest)
+
+    def _remove_file_if_not_stored_since(self, digest: str, cutoff: datetime) -> bool:
         target = self._file_of(digest)
         directory = os.path.dirname(target)
         aside = f"{directory}/{TRASH_PREFIX}{digest[:16]}-{os.getpid()}-{next(_tmp_names)}"
@@ -398,6 +503,7 @@ class BlobStore:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown()
+        self._pack.close()
 
 
 # put_verified copies this much at a time.
