@@ -8,6 +8,7 @@ The filesystem backend's other promises (durable, streamed, removable, swept) ar
 from __future__ import annotations
 
 import hashlib
+import io
 import multiprocessing
 import signal
 import sqlite3
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from mailledger.config import Settings, StorageSettings
+from mailledger.config import DatabaseSettings, Settings, StorageSettings
+from mailledger.service import health
 from mailledger.store.blobbackend import open_blob_backend
 from mailledger.store.blobpack import PACK_NAME, shared_file_system
 from mailledger.store.blobs import BlobStore, BlobStoreError
+from mailledger.store.engine import make_engine, make_sessionmaker
 
 LIMIT = 1024
 
@@ -76,6 +79,20 @@ def test_any_store_on_the_directory_reads_both_places(tmp_path: Path) -> None:
         packing.get(in_pack)
     packing.close()
     files.close()
+
+
+def test_blobs_copied_in_go_where_blobs_written_go(tmp_path: Path) -> None:
+    """``storage migrate --to filesystem`` copies with ``put_verified``: a small blob is
+    packed and a large one is a file, as if the server had written them."""
+    store = BlobStore(tmp_path, small_blob_bytes=LIMIT)
+    small, large = b"s" * LIMIT, b"l" * (LIMIT + 1)
+    for data in (small, large):
+        store.put_verified(digest_of(data), io.BytesIO(data))
+        assert store.get(digest_of(data)) == data
+    assert packed(tmp_path) == {digest_of(small)}
+    assert store.path(digest_of(large)).exists()
+    assert not list(tmp_path.glob(".spool-*"))
+    store.close()
 
 
 def _store_batches(root: str, writer: int, batches: int) -> list[str]:
@@ -140,6 +157,32 @@ def test_a_broken_pack_fails_the_small_blobs_only(tmp_path: Path) -> None:
     with pytest.raises(BlobStoreError, match=PACK_NAME):
         store.get(digest_of(b"small\r\n"))
     store.close()
+
+
+async def test_health_fails_while_the_pack_cannot_be_read(tmp_path: Path) -> None:
+    """/health's blob_store check reads the pack, so a node whose small-blob file is damaged
+    (every small message would get 451) is taken out of a load balancer's rotation."""
+    settings = Settings(
+        database=DatabaseSettings(url=f"sqlite:///{tmp_path / 'mailledger.db'}"),
+        storage=StorageSettings(blob_dir=str(tmp_path / "blobs"), min_free_bytes=0),
+    )
+    engine = make_engine(settings.database.url)
+    sessions = make_sessionmaker(engine)
+    store = open_blob_backend(settings)
+    try:
+        store.put(b"a small message\r\n")
+        fine = await health.check(sessions, store.root, blobs=store, timeout_seconds=10)
+        assert "blob_store" not in fine.problems
+        store.close()  # as a restart would, after the disk damaged the file
+        (store.root / PACK_NAME).write_bytes(b"not an SQLite database any more" * 200)
+        for leftover in store.root.glob(PACK_NAME + "-*"):
+            leftover.unlink()
+        damaged = await health.check(sessions, store.root, blobs=store, timeout_seconds=10)
+        assert "blob_store" in damaged.problems, damaged.problems
+        assert PACK_NAME in damaged.problems["blob_store"]
+    finally:
+        store.close()
+        engine.dispose()
 
 
 MOUNTINFO = """\

@@ -2,10 +2,10 @@
 
 A node is healthy when a message arriving now would be stored: the database answers, and the
 blob directory takes a small fsynced write with the free-space reserve left over (and the
-database or S3 blob backend, when configured, answers). Each check writes or reads for real
-(a directory that exists but turned read-only, or a database that accepts connections but
-not queries, must fail), within a time budget, since a check that hangs tells a load
-balancer nothing.
+backend answers a lookup: the database, S3, or the small-blob file in the directory). Each
+check writes or reads for real (a directory that exists but turned read-only, or a database
+that accepts connections but not queries, must fail), within a time budget, since a check
+that hangs tells a load balancer nothing.
 """
 
 from __future__ import annotations
@@ -71,9 +71,10 @@ def check_blob_dir(blob_dir: str | Path, guard: FreeSpaceGuard | None = None) ->
 def check_blob_store(
     blob_dir: str | Path, guard: FreeSpaceGuard | None = None, blobs: BlobBackend | None = None
 ) -> None:
-    """``check_blob_dir``, and for the database or S3 backend one round trip to it."""
+    """``check_blob_dir``, and one lookup in the backend: a round trip to the database or
+    S3, a read of the filesystem's small-blob file (a damaged one fails it)."""
     check_blob_dir(blob_dir, guard)
-    if blobs is not None and blobs.name != "filesystem":
+    if blobs is not None:
         blobs.exists(PROBE_DIGEST)  # answers False when reachable; raises when not
 
 

@@ -362,6 +362,13 @@ class BlobStore:
         except sqlite3.Error as exc:
             raise self._pack_error(exc) from exc
 
+    def _each_packed(self, digests: Iterator[str]) -> Iterator[str]:
+        """Digests read from the pack a page at a time; its failure is a BlobStoreError."""
+        try:
+            yield from digests
+        except sqlite3.Error as exc:
+            raise self._pack_error(exc) from exc
+
     def _look_in_pack(
         self, read: Callable[[], _R | None]
     ) -> tuple[_R | None, BlobStoreError | None]:
@@ -406,7 +413,7 @@ class BlobStore:
     def digests(self) -> Iterator[str]:
         """Every stored blob's digest: the packed ones, then the files named by a digest in
         the fan-out directories (each once, should a blob be in both)."""
-        yield from self._packed(lambda: list(self._pack.digests()))
+        yield from self._each_packed(self._pack.digests())
         for entry in self._blob_entries():
             if self._packed(lambda: self._pack.size(entry.name)) is None:  # noqa: B023 - called at once
                 yield entry.name
@@ -436,7 +443,8 @@ class BlobStore:
                 file.close()
             if file.digest != digest:
                 raise BlobStoreError(0, f"blob {digest}: the copy hashes to {file.digest}")
-            [result] = self.put_many([file])
+            small = bool(self._small_blob_bytes) and file.size <= self._small_blob_bytes
+            [result] = self.put_many([file.path.read_bytes() if small else file])
             if isinstance(result, BlobStoreError):
                 raise result
         finally:
@@ -445,7 +453,7 @@ class BlobStore:
     def stored_before(self, cutoff: datetime) -> Iterator[str]:
         """Digests of the blobs last stored before ``cutoff`` (their row's time in the pack,
         their file's mtime); one in both places may be given twice."""
-        yield from self._packed(lambda: list(self._pack.stored_before(cutoff)))
+        yield from self._each_packed(self._pack.stored_before(cutoff))
         limit = cutoff.timestamp()
         for entry in self._blob_entries():
             with contextlib.suppress(FileNotFoundError):
