@@ -63,8 +63,10 @@ FULL: dict[str, Any] = {
     "profile": 300,
     # (activities seeded, API clients, seconds): GET /v1/activities?limit=100.
     "api": (100_000, 20, 20.0),
-    # Messages of ~10 KB backfilled from Dovecot by mailbox sync, beside mbsync.
+    # Messages of ~10 KB backfilled from Dovecot by mailbox sync, beside mbsync, and the
+    # longest wait for the earlier phases' load to fade before it starts.
     "sync": 2000,
+    "sync_settle_seconds": sync_backfill.SETTLE_SECONDS,
     # Rounds of dkimpy's RSA verification against ours, per signature and per Gmail forward.
     "rsa_verify": 15,
     # Rounds of authres's Authentication-Results parse against ours (verify.authresfast).
@@ -80,6 +82,7 @@ SMOKE: dict[str, Any] = {
     "profile": 0,
     "api": (300, 20, 1.0),
     "sync": 20,
+    "sync_settle_seconds": 0.0,
     "rsa_verify": 1,
     "authres": 1,
     "peer_sessions": (50,),
@@ -223,7 +226,9 @@ def main() -> int:
         print(f"API: {clients} clients over {activities} activities…", flush=True)
         api_load = api.measure(work / "api", activities, clients, seconds)
         print(f"mailbox sync: backfill of {plan['sync']} messages beside mbsync…", flush=True)
-        sync_load = sync_backfill.measure(work / "sync", plan["sync"])
+        sync_load = sync_backfill.measure(
+            work / "sync", plan["sync"], settle_seconds=plan["sync_settle_seconds"]
+        )
         print(sync_backfill.render(sync_load), flush=True)
         print("RSA verification: dkimpy against OpenSSL…", flush=True)
         rsa_load = rsa_verify.measure(plan["rsa_verify"])

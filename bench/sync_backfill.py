@@ -284,9 +284,14 @@ def _ratio(ours: float | None, theirs: float | None) -> float | None:
 
 
 def measure(
-    work: Path, messages: int = DEFAULT_MESSAGES, processes: int | None = None
+    work: Path,
+    messages: int = DEFAULT_MESSAGES,
+    processes: int | None = None,
+    *,
+    settle_seconds: float = SETTLE_SECONDS,
 ) -> dict[str, Any]:
-    """mbsync's copy and our two backfills of one mailbox of ``messages`` messages."""
+    """mbsync's copy and our two backfills of one mailbox of ``messages`` messages, after
+    waiting up to ``settle_seconds`` for the load average to fall below the cores."""
     processes = processes or os.cpu_count() or 1
     work.mkdir(parents=True, exist_ok=True)
     with Dovecot() as server:
@@ -294,7 +299,7 @@ def measure(
         server.append_many(USER, "INBOX", (_message(n) for n in range(messages)))
         # Others' work on the machine slows both sides; what ran just before (make bench's
         # other phases, the mailbox's filling) is over but still in the load average.
-        settled, load = settle(os.cpu_count() or 1)
+        settled, load = settle(os.cpu_count() or 1, settle_seconds)
         # mbsync before and after ours: its fsync-bound rate moves with the disk's other work
         # by more than a third from minute to minute, so one copy alone makes a poor reference.
         first = _mbsync(server, work / "mbsync-1")

@@ -2,10 +2,14 @@
 
 The real server runs under ``strace -f`` and takes 20 messages one after another (some small
 enough to stay in memory, some large enough to be spooled to disk as they arrive). For each
-``250 … Queued as ID`` written to a client, the trace must show, in this order: the blob's
-bytes fsynced, its rename to its digest, an fsync of the directory it was renamed into (and of
-the store's root once its fan-out directory was made in this run, by any writer), the
-database commit's fsync, and only then the reply (DESIGN §3, §9).
+``250 … Queued as ID`` written to a client, the trace must show, in this order:
+
+- a large message's blob (a file): its bytes fsynced, its rename to its digest, an fsync of
+  the directory it was renamed into (and of the store's root once its fan-out directory was
+  made in this run, by any writer), the database commit's fsync, and only then the reply;
+- a small message's blob (a row of the small-blob file): the fsync of that file's write-ahead
+  log by the intake writer, after the previous reply, then that writer's database commit's
+  fsync, and only then the reply (DESIGN §3, §9).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import re
 import signal
 import smtplib
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +27,7 @@ import pytest
 from sqlalchemy import select
 
 from mailledger.cli.demo import seed_demo
+from mailledger.store.blobpack import PACK_NAME
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Base, ReceivedMessage
 from mailledger.testing.dnsserver import DNSServer
@@ -151,9 +157,18 @@ def test_every_250_follows_the_fsyncs_and_the_commit(
                     replies[match.group(1)] = call
     assert sorted(replies) == sorted(queue_ids)
 
-    for queue_id in queue_ids:
+    with sqlite3.connect(f"{root}/{PACK_NAME}") as pack:
+        packed = {row[0] for row in pack.execute("SELECT hash FROM blobs")}
+    # Both ways of storing are on trial: the small messages packed, the spooled ones files.
+    assert 0 < sum(blob_of[q] in packed for q in queue_ids) < len(queue_ids)
+
+    for number, queue_id in enumerate(queue_ids):
         reply = replies[queue_id]
         digest = blob_of[queue_id]
+        if digest in packed:
+            previous = replies[queue_ids[number - 1]] if number else None
+            _check_packed(queue_id, calls, reply, previous)
+            continue
         directory = f"{root}/{digest[:2]}"
         renames = [
             c
@@ -190,3 +205,30 @@ def test_every_250_follows_the_fsyncs_and_the_commit(
             and _before(c, reply)
             for c in calls
         ), f"{queue_id}: 250 before a database commit after its directory fsync"
+
+
+def _check_packed(queue_id: str, calls: list[Call], reply: Call, previous: Call | None) -> None:
+    """A packed blob's 250: after the previous reply (the client sends one message at a time),
+    a thread fsyncs the small-blob file's log, then commits the database, then the reply."""
+
+    def since_previous(call: Call) -> bool:
+        return previous is None or _before(previous, call)
+
+    commits = [
+        c
+        for c in calls
+        if c.name in SYNCS
+        and Path(c.fd_path).name in DATABASE_FILES
+        and since_previous(c)
+        and _before(c, reply)
+    ]
+    assert commits, f"{queue_id}: 250 before a database commit"
+    assert any(
+        p.name in SYNCS
+        and Path(p.fd_path).name == PACK_NAME + "-wal"
+        and p.pid == commit.pid
+        and since_previous(p)
+        and _before(p, commit)
+        for commit in commits
+        for p in calls
+    ), f"{queue_id}: 250 before the small-blob log's fsync and then the database commit"
