@@ -380,6 +380,51 @@ async def test_silence_while_sending_mail_is_broken(
     assert len(queued(sessions, OutboundKind.CHALLENGE)) == 1
 
 
+async def test_a_return_recorded_while_a_pass_decides_is_not_undone(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    run: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A check comes back (processing marks the forward proven) after a pass read the facts
+    and before it wrote its verdict: the pass must not write the stale breakage back and
+    mail about it again. The next pass decides on fresh facts."""
+    now = utcnow()
+    prove(sessions, now - timedelta(days=8))
+    with sessions.begin() as session:
+        session.add(
+            ForwardingHealth(
+                staff_id=richard(session).id,
+                state=health.BROKEN,
+                since=now - timedelta(days=8) + timedelta(minutes=1),
+                reason=health.SILENCE,
+                detail="no forwarded mail since last week",
+                notified_at=now - timedelta(days=1),
+            )
+        )
+    real_assess = health.assess
+
+    def assess_while_a_check_returns(*args: Any, **kwargs: Any) -> health.Assessment:
+        verdict = real_assess(*args, **kwargs)
+        # What handback does when the check comes back, committed by processing meanwhile.
+        prove(sessions, now)
+        with sessions.begin() as session:
+            row = session.scalars(select(ForwardingHealth)).one()
+            row.state, row.since, row.reason, row.detail = health.PROVEN, now, "", ""
+            row.notified_at = None
+        return verdict
+
+    monkeypatch.setattr(health, "assess", assess_while_a_check_returns)
+    await run(now)
+    assert queued(sessions, OutboundKind.SYSTEM) == []
+    assert health_row(sessions).state == health.PROVEN  # type: ignore[union-attr]
+    monkeypatch.setattr(health, "assess", real_assess)
+    await run(now + timedelta(minutes=1))
+    assert health_row(sessions).state == health.PROVEN  # type: ignore[union-attr]
+    assert queued(sessions, OutboundKind.SYSTEM) == []
+
+
 async def test_silence_without_any_sending_is_not_broken(
     settings: Settings,
     sessions: sessionmaker[Session],
