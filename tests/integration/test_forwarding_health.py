@@ -149,6 +149,22 @@ def sent_mail(sessions: sessionmaker[Session], at: datetime) -> None:
         )
 
 
+def broken_and_mailed_about(sessions: sessionmaker[Session], now: datetime) -> None:
+    """Richard's forward proven 8 days ago, then a silence alarm mailed about yesterday."""
+    prove(sessions, now - timedelta(days=8))
+    with sessions.begin() as session:
+        session.add(
+            ForwardingHealth(
+                staff_id=richard(session).id,
+                state=health.BROKEN,
+                since=now - timedelta(days=8) + timedelta(minutes=1),  # the last proof
+                reason=health.SILENCE,
+                detail="no forwarded mail since last week",
+                notified_at=now - timedelta(days=1),
+            )
+        )
+
+
 def queued(sessions: sessionmaker[Session], kind: OutboundKind) -> list[OutboundMessage]:
     """The outbound rows of one kind, oldest first."""
     with sessions() as session:
@@ -391,18 +407,7 @@ async def test_a_return_recorded_while_a_pass_decides_is_not_undone(
     and before it wrote its verdict: the pass must not write the stale breakage back and
     mail about it again. The next pass decides on fresh facts."""
     now = utcnow()
-    prove(sessions, now - timedelta(days=8))
-    with sessions.begin() as session:
-        session.add(
-            ForwardingHealth(
-                staff_id=richard(session).id,
-                state=health.BROKEN,
-                since=now - timedelta(days=8) + timedelta(minutes=1),
-                reason=health.SILENCE,
-                detail="no forwarded mail since last week",
-                notified_at=now - timedelta(days=1),
-            )
-        )
+    broken_and_mailed_about(sessions, now)
     real_assess = health.assess
 
     def assess_while_a_check_returns(*args: Any, **kwargs: Any) -> health.Assessment:
@@ -650,19 +655,8 @@ async def test_serve_rechecks_on_its_own_and_a_return_proves_it_again(
     """The periodic pass mails a due recheck; its return through Gmail ends a breakage."""
     dns, smtp_port, mx = mailbox
     now = utcnow()
-    prove(sessions, now - timedelta(days=8))
+    broken_and_mailed_about(sessions, now)
     with sessions.begin() as session:
-        # A silence alarm from yesterday, already mailed about.
-        session.add(
-            ForwardingHealth(
-                staff_id=richard(session).id,
-                state=health.BROKEN,
-                since=now - timedelta(days=8) + timedelta(minutes=1),  # the last proof
-                reason=health.SILENCE,
-                detail="no forwarded mail since last week",
-                notified_at=now - timedelta(days=1),
-            )
-        )
         token = make_token(session, session.scalars(select(Tenant)).one())
     running = settings.model_copy(
         update={

@@ -16,13 +16,13 @@ from mailledger.store.blobs import BlobStore, BlobStoreError
 def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record which directories get fsynced."""
     synced: list[str] = []
-    real = blobs_module._fsync_dir
+    real = blobs_module.fsync_dir
 
     def spy(directory: str) -> None:
         synced.append(directory)
         real(directory)
 
-    monkeypatch.setattr(blobs_module, "_fsync_dir", spy)
+    monkeypatch.setattr(blobs_module, "fsync_dir", spy)
     return synced
 
 
@@ -70,7 +70,7 @@ def test_put_many_reports_each_failure_on_its_own_blob(
     def failing(directory: str) -> None:
         raise OSError(5, os.strerror(5))
 
-    monkeypatch.setattr(blobs_module, "_fsync_dir", failing)
+    monkeypatch.setattr(blobs_module, "fsync_dir", failing)
     again = store.put_many([b"other\r\n"])
     assert isinstance(again[0], BlobStoreError)
     with pytest.raises(BlobStoreError):

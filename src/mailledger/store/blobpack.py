@@ -27,6 +27,8 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
+from mailledger.store.durable import fsync_dir
+
 PACK_NAME = "small-blobs.sqlite3"
 # How long a writer keeps trying for the write lock before it gives up (BlobStoreError).
 LOCK_TIMEOUT_SECONDS = 30.0
@@ -92,7 +94,7 @@ class BlobPack:
             connection.execute(_SCHEMA)
             made = self.path.stat()
             if found is None:
-                _fsync_dir(str(self.path.parent))  # the new file's name is durable too
+                fsync_dir(str(self.path.parent))  # the new file's name is durable too
         except BaseException:
             connection.close()
             raise
@@ -236,14 +238,6 @@ def _begin_immediate(connection: sqlite3.Connection) -> None:
             wait = min(wait * 2, LONGEST_WAIT_SECONDS)
     finally:
         connection.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_SECONDS * 1000)}")
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # File systems shared over a network or a cluster: SQLite's locks are not safe on them

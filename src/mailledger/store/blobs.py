@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from mailledger.store.blobpack import BlobPack
+from mailledger.store.durable import fsync_dir
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -487,7 +488,7 @@ class BlobStore:
                 os.unlink(aside)
                 return True
             os.replace(aside, target)  # a writer found it meanwhile: it stays
-            _fsync_dir(directory)
+            fsync_dir(directory)
         except OSError as exc:
             raise self._error(exc) from exc
         return False
@@ -541,15 +542,7 @@ def _stored_again(target: str) -> bool:
 
 def _try_fsync_dir(directory: str) -> OSError | None:
     try:
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as exc:
         return exc
     return None
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
