@@ -1,4 +1,4 @@
-"""`staff remove` and `contact remove`, both ways, counted in rows and blob files.
+"""`staff remove` and `contact remove`, both ways, counted in rows and stored blobs.
 
 Run through the real CLI against a real database (SQLite and PostgreSQL): a world of two staff
 members, a contact, four received messages and three activities, one of them shared.
@@ -290,7 +290,7 @@ def test_staff_remove_remove_history(
     before = _blob_files(tmp_path / "blobs")
     out = cli("staff", "remove", "acme", "richard", "--remove-history")
     assert "1 activity(ies) deleted, 1 shared one(s) kept" in out
-    assert "2 received message(s) and 3 blob file(s) deleted" in out
+    assert "2 received message(s) and 3 stored blob(s) deleted" in out
     gone = {world.digests[k] for k in ("m1", "m3", "only_attachment")}
     assert _blob_files(tmp_path / "blobs") == before - gone
     for digest in gone:

@@ -73,7 +73,7 @@ class RetentionReport:
         attempts = "" if self.dry_run else f" ({self.webhook_attempts} attempt(s))"
         said = (
             f"retention {verb}: raw copies of {self.raw_messages} finished message(s) "
-            f"({self.raw_blobs} blob file(s)), {self.quarantined} quarantined message(s), "
+            f"({self.raw_blobs} stored blob(s)), {self.quarantined} quarantined message(s), "
             f"{self.webhook_events} finished webhook event(s){attempts}, "
             f"{self.unnamed_blobs} stored blob(s) nothing names"
         )
@@ -162,7 +162,7 @@ def _raw_still_needed(session: Session, digest: str, cutoff: datetime) -> bool:
 def delete_expired_raw(
     sessions: sessionmaker[Session], blobs: BlobBackend, days: int, *, batch_size: int = 200
 ) -> tuple[int, int]:
-    """Delete raw copies of finished messages older than ``days``; (messages, blob files)."""
+    """Delete raw copies of finished messages older than ``days``; (messages, blobs)."""
     cutoff = utcnow() - timedelta(days=days)
     messages = files = 0
     while True:

@@ -78,7 +78,7 @@ class RemovalReport:
             f"{self.activities_trimmed} shared one(s) kept without this person's "
             f"{self.sources_deleted} source(s) and {self.participants_deleted} participant "
             f"row(s); {self.messages_deleted} received message(s) and "
-            f"{self.blobs_deleted} blob file(s) deleted"
+            f"{self.blobs_deleted} stored blob(s) deleted"
         )
 
 
