@@ -7,6 +7,7 @@ The filesystem backend's other promises (durable, streamed, removable, swept) ar
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import multiprocessing
@@ -14,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,33 @@ def test_blobs_copied_in_go_where_blobs_written_go(tmp_path: Path) -> None:
     assert store.path(digest_of(large)).exists()
     assert not list(tmp_path.glob(".spool-*"))
     store.close()
+
+
+def test_a_thread_s_connection_goes_with_the_thread(tmp_path: Path) -> None:
+    """Each thread reads through a connection of its own; a thread that ends takes its
+    connection with it, and closing the store leaves no file of the pack open."""
+    store = BlobStore(tmp_path, small_blob_bytes=LIMIT)
+    digest = store.put(b"read from many threads\r\n")
+
+    def read() -> None:
+        assert store.get(digest) == b"read from many threads\r\n"
+
+    for _ in range(20):
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert len(store._pack._connections) == 1  # this thread's, from the put
+    store.close()
+    open_files = [fd for fd in Path("/proc/self/fd").iterdir() if PACK_NAME in _target(fd)]
+    assert open_files == []
+
+
+def _target(fd: Path) -> str:
+    try:
+        return str(fd.readlink())
+    except OSError:  # closed meanwhile (the listing's own descriptor)
+        return ""
 
 
 def _store_batches(root: str, writer: int, batches: int) -> list[str]:

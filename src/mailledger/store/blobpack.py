@@ -23,6 +23,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,14 @@ from pathlib import Path
 from mailledger.store.durable import fsync_dir
 
 PACK_NAME = "small-blobs.sqlite3"
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (``sqlite3.Connection`` cannot)."""
+
+
+# Connections a forked child inherited from its parent: never used, never closed.
+_INHERITED: list[sqlite3.Connection] = []
 # How long a writer keeps trying for the write lock before it gives up (BlobStoreError).
 LOCK_TIMEOUT_SECONDS = 30.0
 # The first wait for the lock, doubled up to the longest.
@@ -55,7 +64,9 @@ class BlobPack:
         self.path = Path(root) / PACK_NAME
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        # Every connection this process opened, to close them all; weakly, so a thread's
+        # connection goes (and is closed) with the thread.
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._pid = os.getpid()
 
     def _reader(self) -> sqlite3.Connection | None:
@@ -77,7 +88,7 @@ class BlobPack:
             found = None
         identity = None if found is None else (found.st_dev, found.st_ino)
         local = self._local
-        connection: sqlite3.Connection | None = getattr(local, "connection", None)
+        connection: _Connection | None = getattr(local, "connection", None)
         if connection is not None:
             if local.pid == os.getpid() and local.identity == identity:
                 return connection
@@ -86,7 +97,11 @@ class BlobPack:
             return None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_TIMEOUT_SECONDS
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=LOCK_TIMEOUT_SECONDS,
+            factory=_Connection,
         )
         try:
             connection.execute("PRAGMA journal_mode=WAL")
@@ -102,18 +117,20 @@ class BlobPack:
         local.identity = (made.st_dev, made.st_ino)
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's list is not ours to close
-                self._connections, self._pid = [], os.getpid()
-            self._connections.append(connection)
+                self._connections, self._pid = weakref.WeakSet(), os.getpid()
+            self._connections.add(connection)
         return connection
 
-    def _forget(self, connection: sqlite3.Connection, pid: int) -> None:
+    def _forget(self, connection: _Connection, pid: int) -> None:
         """Drop this thread's connection to a file no longer at ``path`` (or a parent's)."""
         self._local.connection = None
         if pid != os.getpid():
-            return  # the parent's: closing it here would release the parent's locks
+            # The parent's, inherited by a fork: kept, never closed or freed here, since
+            # SQLite's close in the child would act on the parent's file and locks.
+            _INHERITED.append(connection)
+            return
         with self._lock:
-            if connection in self._connections:
-                self._connections.remove(connection)
+            self._connections.discard(connection)
         connection.close()
 
     def put_many(self, blobs: Sequence[tuple[str, bytes]]) -> None:
@@ -214,8 +231,8 @@ class BlobPack:
     def close(self) -> None:
         """Close every connection this process opened."""
         with self._lock:
-            connections = self._connections if self._pid == os.getpid() else []
-            self._connections = []
+            connections = list(self._connections) if self._pid == os.getpid() else []
+            self._connections = weakref.WeakSet()
         for connection in connections:
             connection.close()
         self._local = threading.local()
