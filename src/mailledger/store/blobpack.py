@@ -19,6 +19,7 @@ removes only rows not stored since its cutoff, in one statement a writer cannot 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -29,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mailledger.store.durable import fsync_dir
+from mailledger.store.engine import poll_write_lock
 
 PACK_NAME = "small-blobs.sqlite3"
 
@@ -141,16 +143,9 @@ class BlobPack:
         """
         if not blobs:
             return
-        connection = self._writer()
         now = time.time()
-        _begin_immediate(connection)
-        try:
+        with self._writing() as connection:
             connection.executemany(_UPSERT, [(digest, data, now) for digest, data in blobs])
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
 
     def get(self, digest: str) -> bytes | None:
         """The blob's bytes, or None when it is not in the pack."""
@@ -211,22 +206,28 @@ class BlobPack:
                 return
             after = page[-1]
 
-    def _writer(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on this thread's connection: committed, or rolled back."""
         connection = self._connection()
         assert connection is not None  # made when missing
-        return connection
-
-    def _write(self, statement: str, params: tuple[object, ...]) -> int:
-        connection = self._writer()
-        _begin_immediate(connection)
+        poll_write_lock(
+            connection,
+            first_wait=FIRST_WAIT_SECONDS,
+            longest_wait=LONGEST_WAIT_SECONDS,
+            timeout=LOCK_TIMEOUT_SECONDS,
+        )
         try:
-            changed = connection.execute(statement, params).rowcount
+            yield connection
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
-        return changed
+
+    def _write(self, statement: str, params: tuple[object, ...]) -> int:
+        with self._writing() as connection:
+            return int(connection.execute(statement, params).rowcount)
 
     def close(self) -> None:
         """Close every connection this process opened."""
@@ -236,25 +237,6 @@ class BlobPack:
         for connection in connections:
             connection.close()
         self._local = threading.local()
-
-
-def _begin_immediate(connection: sqlite3.Connection) -> None:
-    """Take the write lock, trying every fraction of a millisecond (see the module)."""
-    deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
-    wait = FIRST_WAIT_SECONDS
-    connection.execute("PRAGMA busy_timeout=0")
-    try:
-        while True:
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(wait)
-            wait = min(wait * 2, LONGEST_WAIT_SECONDS)
-    finally:
-        connection.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_SECONDS * 1000)}")
 
 
 # File systems shared over a network or a cluster: SQLite's locks are not safe on them

@@ -167,37 +167,32 @@ class BlobStore:
 
         A blob is bytes, a tuple of pieces stored one after another, or a ``BlobFile``.
 
-        Each blob's bytes are fsynced and renamed into place, then every directory a blob was
+        Blobs up to ``small_blob_bytes`` go into the pack, all in one transaction. Each other
+        blob's bytes are fsynced and renamed into place, then every directory a blob was
         renamed into (or found in) is fsynced once, and the root too when this store has not
         yet synced that fan-out directory's entry in it (made now, or by another writer). A
         digest is returned only once all of that succeeded for its blob. The fsyncs of a batch
         run side by side: the filesystem folds concurrent fsyncs into one journal commit, where
         one after another each waits for its own.
         """
-        small = self._packable(blobs)
-        packed = self._put_packed([blobs[index] for index in small]) if small else []
-        if len(small) == len(blobs):
-            return packed
-        results = self._put_files([blob for i, blob in enumerate(blobs) if i not in small])
-        for index, outcome in zip(small, packed, strict=True):
-            results.insert(index, outcome)
+        small = [i for i, blob in enumerate(blobs) if self._packable(blob)]
+        large = [i for i, blob in enumerate(blobs) if not self._packable(blob)]
+        results: list[str | BlobStoreError] = [""] * len(blobs)
+        for indexes, put in ((small, self._put_packed), (large, self._put_files)):
+            if indexes:
+                outcomes = put([blobs[i] for i in indexes])
+                for index, outcome in zip(indexes, outcomes, strict=True):
+                    results[index] = outcome
         return results
 
-    def _packable(self, blobs: Sequence[Blob]) -> dict[int, None]:
-        """The indexes of the blobs small enough for the pack, in order."""
+    def _packable(self, blob: Blob) -> bool:
+        """Whether the blob is small enough for the pack (spooled DATA never is)."""
         limit = self._small_blob_bytes
-        if not limit:
-            return {}
-        return {
-            index: None
-            for index, blob in enumerate(blobs)
-            if not isinstance(blob, BlobFile)
-            and (
-                len(blob) <= limit
-                if isinstance(blob, bytes)
-                else sum(len(piece) for piece in blob) <= limit
-            )
-        }
+        if not limit or isinstance(blob, BlobFile):
+            return False
+        if isinstance(blob, bytes):
+            return len(blob) <= limit
+        return sum(len(piece) for piece in blob) <= limit
 
     def _put_packed(self, blobs: Sequence[Blob]) -> list[str | BlobStoreError]:
         """Small blobs into the pack, in one transaction: all stored, or none."""

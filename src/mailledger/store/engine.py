@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,48 @@ STILL_WAITING_SECONDS = 0.002
 MAX_YIELD_SECONDS = 0.1
 
 
+def poll_write_lock(
+    dbapi_connection: Any,
+    *,
+    first_wait: float,
+    longest_wait: float,
+    timeout: float,
+    stand_back: Callable[[float, float], bool] | None = None,
+    on_busy: Callable[[], None] | None = None,
+) -> None:
+    """``BEGIN IMMEDIATE`` on a driver connection, trying again after ``first_wait``, then
+    twice as long each time up to ``longest_wait``, for at most ``timeout`` seconds.
+
+    SQLite's busy handler sleeps 1, 2, 5 … 100 ms between tries, so a writer that arrives
+    just after another took the lock waits far longer than the other holds it. Trying every
+    fraction of a millisecond takes the lock within a try of its release. ``stand_back(
+    started, now)``: while it says so, do not try at all; ``on_busy``: called after each try
+    that found the lock taken. Raises ``sqlite3.OperationalError`` when the lock stays taken
+    past the timeout, or for any other failure of the ``BEGIN``.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    delay = first_wait
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout=0")
+        while True:
+            if stand_back is None or not stand_back(started, time.monotonic()):
+                try:
+                    cursor.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                if on_busy is not None:
+                    on_busy()
+            time.sleep(delay)
+            delay = min(delay * 2, longest_wait)
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+
 def _begin_immediate(
     dbapi_connection: Any,
     poll_seconds: float,
@@ -50,47 +92,33 @@ def _begin_immediate(
     *,
     announce: bool = True,
 ) -> None:
-    """Take SQLite's write lock by trying often, instead of SQLite's busy handler.
+    """Take SQLite's write lock by trying often (``poll_write_lock``), every ``poll_seconds``
+    at most.
 
-    That handler sleeps 1, 2, 5 … 100 ms between tries, so a writer that arrives just after
-    another took the lock waits far longer than the other holds it: intake's 250 waited up to
-    0.7 s behind processing transactions of 10 ms (`make bench`). Trying every fraction of a
-    millisecond takes the lock within a poll of its release.
-
-    With ``waits`` (``store.lockwaits``): a writer that ``announce``s notes each try that
-    fails, so a processing transaction holding the lock ends soon; one that does not
-    (processing) stands back while one that does is waiting, so the lock a processing
-    transaction gives up goes to intake, not to the next processing transaction.
+    That busy handler's waits let intake's 250 wait up to 0.7 s behind processing
+    transactions of 10 ms (`make bench`). With ``waits`` (``store.lockwaits``): a writer that
+    ``announce``s notes each try that fails, so a processing transaction holding the lock
+    ends soon; one that does not (processing) stands back while one that does is waiting, so
+    the lock a processing transaction gives up goes to intake, not to the next processing
+    transaction.
     """
-    started = time.monotonic()
-    deadline = started + BUSY_TIMEOUT_MS / 1000
-    delay = poll_seconds / 8
-    cursor = dbapi_connection.cursor()
+
+    def yielding(started: float, now: float) -> bool:
+        assert waits is not None
+        return now - started < MAX_YIELD_SECONDS and waits.since(now - STILL_WAITING_SECONDS)
+
     try:
-        cursor.execute("PRAGMA busy_timeout=0")
-        while True:
-            now = time.monotonic()
-            yielding = (
-                waits is not None
-                and not announce
-                and now - started < MAX_YIELD_SECONDS
-                and waits.since(now - STILL_WAITING_SECONDS)
-            )
-            if not yielding:
-                try:
-                    cursor.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() > deadline:
-                        # As SQLAlchemy would have raised it: callers handle storage faults so.
-                        raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
-                if waits is not None and announce:
-                    waits.note()
-            time.sleep(delay)
-            delay = min(delay * 2, poll_seconds)
-    finally:
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cursor.close()
+        poll_write_lock(
+            dbapi_connection,
+            first_wait=poll_seconds / 8,
+            longest_wait=poll_seconds,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            stand_back=yielding if waits is not None and not announce else None,
+            on_busy=waits.note if waits is not None and announce else None,
+        )
+    except sqlite3.OperationalError as exc:
+        # As SQLAlchemy would have raised it: callers handle storage faults so.
+        raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
 
 
 def make_engine(
