@@ -320,27 +320,35 @@ class PassReport:
     changes: list[Change] = field(default_factory=list)
 
 
-def _unchanged(session: Session, staff_id: int, seen: Facts) -> bool:
-    """Whether the health row is as the facts saw it, locked until the commit if so.
+def _locked_row(session: Session, staff_id: int) -> ForwardingHealth | None:
+    """The staff member's health row, locked until the commit (PostgreSQL; SQLite's write
+    transaction holds the whole database)."""
+    return session.scalars(
+        select(ForwardingHealth).where(ForwardingHealth.staff_id == staff_id).with_for_update()
+    ).first()
+
+
+def _as_seen(row: ForwardingHealth | None, seen: Facts) -> bool:
+    """Whether the health row is as the facts saw it.
 
     The facts are read before the writing transaction. A check that came back meanwhile
     changed the row (processing marks the forward proven at once), and a verdict written
-    then would put the breakage back and mail about it again. The lock (PostgreSQL; SQLite's
-    write transaction holds the whole database) keeps processing from slipping between this
-    check and the write.
+    then would put the breakage back and mail about it again. The row's lock keeps
+    processing from slipping between this check and the write.
     """
-    row = session.scalars(
-        select(ForwardingHealth).where(ForwardingHealth.staff_id == staff_id).with_for_update()
-    ).first()
     found = (row.state, row.since) if row is not None else (None, None)
     return found == (seen.state, seen.since)
 
 
-def _record(session: Session, staff_id: int, verdict: Assessment, now: datetime) -> bool:
-    """Write the verdict; whether the staff member is broken and not yet told."""
-    row = session.scalars(
-        select(ForwardingHealth).where(ForwardingHealth.staff_id == staff_id)
-    ).first()
+def _record(
+    session: Session,
+    row: ForwardingHealth | None,
+    staff_id: int,
+    verdict: Assessment,
+    now: datetime,
+) -> bool:
+    """Write the verdict into ``row`` (made when missing); whether the staff member is
+    broken and not yet told."""
     if row is None:
         row = ForwardingHealth(staff_id=staff_id, state=verdict.state, since=verdict.since)
         session.add(row)
@@ -456,9 +464,10 @@ async def check_health(
     for staff_id, tenant_name, username, primary, facts in found:
         verdict = assess(facts, policy, now, primary=primary)
         with sessions.begin() as session:
-            if not _unchanged(session, staff_id, facts):
+            row = _locked_row(session, staff_id)
+            if not _as_seen(row, facts):
                 continue  # a check came back meanwhile: the next pass decides on fresh facts
-            untold = _record(session, staff_id, verdict, now)
+            untold = _record(session, row, staff_id, verdict, now)
         change = Change(
             tenant_name, username, facts.state or PROVEN, verdict.state, verdict.since,
             verdict.reason, verdict.detail,
