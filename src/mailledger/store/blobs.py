@@ -175,8 +175,9 @@ class BlobStore:
         run side by side: the filesystem folds concurrent fsyncs into one journal commit, where
         one after another each waits for its own.
         """
-        small = [i for i, blob in enumerate(blobs) if self._packable(blob)]
-        large = [i for i, blob in enumerate(blobs) if not self._packable(blob)]
+        fits = [self._packable(blob) for blob in blobs]
+        small = [i for i, packable in enumerate(fits) if packable]
+        large = [i for i, packable in enumerate(fits) if not packable]
         results: list[str | BlobStoreError] = [""] * len(blobs)
         for indexes, put in ((small, self._put_packed), (large, self._put_files)):
             if indexes:
