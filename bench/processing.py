@@ -31,7 +31,7 @@ from mailledger.capture.worker import Worker
 from mailledger.cli.demo import seed_demo
 from mailledger.config import load_settings
 from mailledger.logs import configure_logging
-from mailledger.store.blobs import BlobStore
+from mailledger.store.blobbackend import open_blob_backend
 from mailledger.store.engine import make_engine, make_sessionmaker
 from mailledger.store.models import Activity, ActivitySource, Base, ReceivedMessage
 from mailledger.testing.mail import make_email, store_received
@@ -87,7 +87,7 @@ def measure(work: Path, messages: int, batch_size: int, hold_seconds: float) -> 
     event.listen(engine, "do_connect", _counting)
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)
-    blobs = BlobStore(settings.storage.blob_dir, small_blob_bytes=settings.storage.small_blob_bytes)
+    blobs = open_blob_backend(settings)
     with sessions.begin() as session:
         seed_demo(session)
     body = LINE * (10 * 1024 // len(LINE))
