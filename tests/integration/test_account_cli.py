@@ -151,6 +151,7 @@ def test_test_sync_and_reconnect_against_dovecot(
     assert lines["INBOX"].rstrip().endswith("inbox")
     assert lines["Sent"].rstrip().endswith("sent")
     assert "never" in lines["Trash"]
+    assert "never (trash, junk, drafts" in lines["Drafts"]
     out = cli("account", "sync", str(account_id))
     assert "enabled, 1 message(s) fetched" in out
     listed = json.loads(cli("account", "list", "--json"))

@@ -59,6 +59,9 @@ UNTRUSTED_NOTE = (
     "Authentication-Results use (`mailledger account set ID --authserv-id ID`)"
 )
 FOLDER_COLUMNS = ["name", "flags", "synced_as"]
+# What `account test` says of a folder sync never reads (sync.folders.never_read): thrown away,
+# not yet sent, or a view of mail that lives in another folder.
+NEVER_SYNCED = "never (trash, junk, drafts, or a view of other folders)"
 
 
 def read_password(path: str) -> str:
@@ -281,7 +284,7 @@ def cmd_account_test(args: argparse.Namespace, settings: Settings) -> int:
         {
             "name": f.name,
             "flags": sorted(f.flags),
-            "synced_as": "never (trash/junk)" if never_read(f) else roles.get(f.name, "-"),
+            "synced_as": NEVER_SYNCED if never_read(f) else roles.get(f.name, "-"),
         }
         for f in listed
     ]
